@@ -125,8 +125,18 @@ def resolve_config(endpoints: Sequence[str] | str | None = None, *, config_file:
         values["endpoints"] = endpoints
     elif env:
         values["endpoints"] = [e for e in env.split(",") if e.strip()]
+    elif "endpoints" not in values:
+        values["endpoints"] = (_embedded_endpoint(),)
     values.update({k: v for k, v in overrides.items() if v is not None})
     for name in ("endpoints", "schema_files"):
         if name in values:
             values[name] = tuple(values[name]) if not isinstance(values[name], str) else (values[name],)
     return StoreConfig(**values)
+
+
+def _embedded_endpoint() -> str:
+    """The running embedded server's address, else its default one."""
+    from . import server
+
+    running = server.status()
+    return running.client_url if running is not None else DEFAULT_ENDPOINT

@@ -96,7 +96,6 @@ class EtcdGateway:
         self._current = 0
         self._token: str | None = None
         self._token_lock = threading.Lock()
-        self._outage_logged = False
 
     # -- transport -------------------------------------------------------------------------------
     @property
@@ -167,13 +166,7 @@ class EtcdGateway:
                     self._token = None
                 if attempt == 0 and self.config.username:
                     return self.post(path, body, stream=stream, timeout=timeout)
-            if self._outage_logged:
-                log.warning("etcd reachable again at %s", endpoint)
-                self._outage_logged = False
             return _checked(response, endpoint)
-        if not self._outage_logged:
-            self._outage_logged = True
-            log.warning("etcd unreachable: %s", "; ".join(errors))
         raise StoreUnavailable("cannot reach etcd at " + "; ".join(errors))
 
     def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -246,7 +239,7 @@ class WatchStream:
         """Stop the watch from any thread."""
         self._closed = True
         try:
-            self._response.raw._fp.fp.raw._sock.shutdown(2)  # wake a blocked reader at once
+            self._response.raw._fp.fp.raw._sock.shutdown(2)  # type: ignore[union-attr]  # wake a blocked reader
         except Exception:  # noqa: BLE001 - best effort: the socket may be gone already
             pass
         self._response.close()

@@ -98,7 +98,7 @@ class Field(ABC):
     def _expand_slashes(self, text: str) -> list[str]:
         tokens = text.split("/")
         if any(token.strip() == "" for token in tokens):
-            raise ValidationError(self.name, text, "lists are written a/b/c and ranges a/to/b[/by/n], with no empty item")
+            raise ValidationError(self.name, text, "lists are written a/b/c, ranges a/to/b[/by/n]; no empty item")
         lowered = [token.strip().lower() for token in tokens]
         if "to" in lowered or "by" in lowered:
             if len(tokens) not in (3, 5) or lowered[1] != "to" or (len(tokens) == 5 and lowered[3] != "by"):
@@ -158,14 +158,15 @@ class IntField(Field):
     def range(self, start: str, end: str, by: str | None) -> list[str]:
         text = f"{start}/to/{end}" + (f"/by/{by}" if by else "")
         step = 1 if by is None else _as_int(self.name, by, "an integer step")
-        return [self.canonical(n) for n in _checked_steps(self.name, text, self._number(start), self._number(end), step)]
+        numbers = _checked_steps(self.name, text, self._number(start), self._number(end), step)
+        return [self.canonical(n) for n in numbers]
 
     def to_pyaviso(self) -> list[dict[str, Any]]:
         handler: dict[str, Any] = {"type": "IntHandler"}
         if self.minimum is not None and self.maximum is not None:
             handler["range"] = [self.minimum, self.maximum]
         if self.width:
-            handler["canonic"] = "{0:0>%d}" % self.width
+            handler["canonic"] = "{0:0>" + str(self.width) + "}"
         return [handler]
 
     def to_config(self) -> dict[str, Any]:
@@ -200,7 +201,7 @@ class ExpverField(Field):
 
 
 class DateField(Field):
-    """A calendar date written ``YYYYMMDD``; accepts ISO dates, ``date`` objects and ``0``/``-1`` (days from today, UTC)."""
+    """A date written ``YYYYMMDD``; reads ISO dates, ``date`` objects and ``0``/``-1`` (days from today, UTC)."""
 
     kind = "date"
     _RELATIVE = re.compile(r"^[+-]?\d{1,5}$")
@@ -230,7 +231,7 @@ class DateField(Field):
     def _relative(self, value: Any, days: int) -> dt.date:
         if days > 0:
             raise ValidationError(self.name, value, "relative dates count back from today: 0, -1, -2, ...")
-        return dt.datetime.now(dt.timezone.utc).date() + dt.timedelta(days=days)
+        return dt.datetime.now(dt.UTC).date() + dt.timedelta(days=days)
 
     def _parse(self, value: Any, text: str, pattern: str) -> dt.date:
         try:
@@ -306,7 +307,8 @@ class EnumField(Field):
 
     kind = "enum"
 
-    def __init__(self, name: str, values: Iterable[str] | Mapping[str, Iterable[str]], default: str | None = None) -> None:
+    def __init__(self, name: str, values: Iterable[str] | Mapping[str, Iterable[str]],
+                 default: str | None = None) -> None:
         super().__init__(name, default)
         aliases = values if isinstance(values, Mapping) else {v: () for v in values}
         self.values = tuple(str(v).lower() for v in aliases)
@@ -344,7 +346,8 @@ class StringField(Field):
 
     kind = "string"
 
-    def __init__(self, name: str, case: str | None = None, pattern: str | None = None, default: str | None = None) -> None:
+    def __init__(self, name: str, case: str | None = None, pattern: str | None = None,
+                 default: str | None = None) -> None:
         super().__init__(name, default)
         if case not in (None, "upper", "lower"):
             raise SchemaError(f"field {name!r}: case must be 'upper' or 'lower', not {case!r}")

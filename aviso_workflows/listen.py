@@ -16,7 +16,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +94,8 @@ class PrefixWatch:
     def remove(self, subscriber: Subscriber) -> bool:
         """Stop delivering to ``subscriber``; True when nobody is left."""
         with self._lock:
+            if subscriber not in self._keys_of:
+                return False
             wanted = self._keys_of.pop(subscriber, None)
             self._everything.discard(subscriber)
             for key in wanted or ():
@@ -117,8 +119,7 @@ class PrefixWatch:
         while not self._stop.is_set():
             try:
                 if not self.next_revision:
-                    self.next_revision = self.gateway.current_revision() + 1
-                    self._ready.set()
+                    self.next_revision = self._start_revision()
                 self._follow()
                 attempt = 0
             except HistoryCompacted as error:
@@ -136,6 +137,22 @@ class PrefixWatch:
                     log.warning("watch on %s interrupted (%s); reconnecting", self.prefix, _one_line(error))
                 self._stop.wait(RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)])
                 attempt += 1
+
+    def _start_revision(self) -> int:
+        try:
+            revision = self.gateway.current_revision() + 1
+        except StoreError as error:
+            if not self._ready.is_set():  # nobody is waiting yet: report to the subscribers and end
+                self._fail_all(error)
+                self._stop.set()
+            raise
+        self._ready.set()
+        return revision
+
+    @property
+    def alive(self) -> bool:
+        """False once the watch ended for good (stopped, or unable to start)."""
+        return self._thread.is_alive() and not self._stop.is_set()
 
     def _follow(self) -> None:
         self._stream = self.gateway.watch(self.prefix, self.next_revision, idle_timeout=IDLE_TIMEOUT)
@@ -188,7 +205,7 @@ class WatchHub:
         with self._lock:
             key = (config.identity, prefix)
             watch = self._watches.get(key)
-            if watch is None:
+            if watch is None or not watch.alive:
                 watch = self._watches[key] = PrefixWatch(config, prefix)
             return watch
 
@@ -250,48 +267,76 @@ class _Inbox:
         self.queue.put(("failure", error))
 
 
+class _Found:
+    """What a wait has found so far, and whether that releases it."""
+
+    def __init__(self, request: Request, mode: str, known: Iterable[Notification],
+                 on_progress: Callable[[int, int, Notification], None] | None) -> None:
+        if mode not in ("all", "any"):
+            raise ValidationError("mode", mode, "expected 'all' or 'any'")
+        if mode == "all":
+            request.require_complete("waiting for all keys")
+        self.request = request
+        self.mode = mode
+        self.wanted = request.keys() if request.is_complete else None
+        self.total = len(self.wanted) if self.wanted is not None else 1
+        self.on_progress = on_progress
+        self.found: dict[str, Notification] = {n.key: n for n in known}
+
+    def add(self, notifications: Iterable[Notification]) -> bool:
+        """Count new notifications; True when the wait is released."""
+        for notification in notifications:
+            if notification.key not in self.found:
+                self.found[notification.key] = notification
+                if self.on_progress is not None:
+                    self.on_progress(len(self.found), self.total, notification)
+        return len(self.found) >= self.total if self.mode == "all" else bool(self.found)
+
+    def add_puts(self, puts: list[KeyValue]) -> bool:
+        """Count the puts a watch delivered."""
+        return self.add(_matching(self.request, puts))
+
+    def ordered(self) -> list[Notification]:
+        """Found notifications by revision, then in the request's order."""
+        place = {key: index for index, key in enumerate(self.wanted or ())}
+        return sorted(self.found.values(), key=lambda n: (n.revision, place.get(n.key, 0), n.key))
+
+    def timed_out(self, timeout: float | None) -> WaitTimeout:
+        """The error of a wait that ran out of time."""
+        return WaitTimeout(f"timed out after {timeout:g} s with {len(self.found)}/{self.total} available for "
+                           f"{self.request}", self.ordered())
+
+
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else deadline - time.monotonic()
+
+
 def wait(store: Store, request: Request, *, mode: str = "all", timeout: float | None = None,
+         known: Iterable[Notification] = (),
          on_progress: Callable[[int, int, Notification], None] | None = None) -> list[Notification]:
     """Block until every key of ``request`` exists (``mode="any"``: at least one matching key).
 
-    Returns the notifications found, in store order. Keys already posted are found at once; the
-    rest within milliseconds of their post. Raises WaitTimeout (with ``found``) after ``timeout`` s.
+    Returns the notifications found, by revision. Keys already posted are found at once; the rest
+    within milliseconds of their post. Raises WaitTimeout (with ``found``) after ``timeout`` seconds.
+    ``known`` notifications (found earlier) count as found already.
     """
-    if mode not in ("all", "any"):
-        raise ValidationError("mode", mode, "expected 'all' or 'any'")
-    if mode == "all":
-        request.require_complete("waiting for all keys")
-    wanted = set(request.keys()) if request.is_complete else None
-    total = len(wanted) if wanted is not None else 1
+    found = _Found(request, mode, known, on_progress)
     inbox = _Inbox()
-    found: dict[str, Notification] = {}
     deadline = None if timeout is None else time.monotonic() + timeout
-
-    def take(notifications: Iterable[Notification]) -> bool:
-        for notification in notifications:
-            if notification.key not in found:
-                found[notification.key] = notification
-                if on_progress is not None:
-                    on_progress(len(found), total, notification)
-        return len(found) >= total if mode == "all" else bool(found)
-
-    with subscribed(store, request.status_keys(), inbox, wanted, timeout):
-        if take(store.read(request)[1]):
-            return _ordered(found)
-        while True:
-            remaining = None if deadline is None else deadline - time.monotonic()
+    with subscribed(store, request.status_keys(), inbox, found.wanted, timeout):
+        released = found.add(store.read(request)[1])
+        while not released:
+            remaining = _remaining(deadline)
             if remaining is not None and remaining <= 0:
-                raise WaitTimeout(f"timed out after {timeout:g} s with {len(found)}/{total} available for {request}",
-                                  _ordered(found))
+                raise found.timed_out(timeout)
             try:
                 kind, payload = inbox.queue.get(timeout=remaining)
             except queue.Empty:
                 continue
             if kind == "failure":
                 raise payload
-            news = store.read(request)[1] if kind == "resync" else _matching(request, payload)
-            if take(news):
-                return _ordered(found)
+            released = found.add(store.read(request)[1]) if kind == "resync" else found.add_puts(payload)
+    return found.ordered()
 
 
 class _AsyncInbox:
@@ -320,58 +365,37 @@ class _AsyncInbox:
 async def wait_async(store: Store, request: Request, *, mode: str = "all", timeout: float | None = None,
                      known: Iterable[Notification] = (),
                      on_progress: Callable[[int, int, Notification], None] | None = None) -> list[Notification]:
-    """The asyncio form of :func:`wait` for triggers: blocking reads run in worker threads, the shared
-    watch feeds an asyncio queue. ``known`` notifications (found earlier, e.g. by a sensor's poke)
-    count as found already.
+    """The asyncio form of :func:`wait`, for triggers: blocking reads run in worker threads and the
+    shared watch feeds an asyncio queue, so thousands of waiters need no thread of their own.
     """
-    if mode not in ("all", "any"):
-        raise ValidationError("mode", mode, "expected 'all' or 'any'")
-    if mode == "all":
-        request.require_complete("waiting for all keys")
-    wanted = set(request.keys()) if request.is_complete else None
-    total = len(wanted) if wanted is not None else 1
-    found: dict[str, Notification] = {n.key: n for n in known}
+    found = _Found(request, mode, known, on_progress)
     inbox = _AsyncInbox(asyncio.get_running_loop())
     deadline = None if timeout is None else time.monotonic() + timeout
-
-    def take(notifications: Iterable[Notification]) -> bool:
-        for notification in notifications:
-            if notification.key not in found:
-                found[notification.key] = notification
-                if on_progress is not None:
-                    on_progress(len(found), total, notification)
-        return len(found) >= total if mode == "all" else bool(found)
-
-    entered = subscribed(store, request.status_keys(), inbox, wanted, timeout)
+    entered = subscribed(store, request.status_keys(), inbox, found.wanted, timeout)
     await asyncio.to_thread(entered.__enter__)
     try:
-        if take((await asyncio.to_thread(store.read, request))[1]):
-            return _ordered(found)
-        while True:
-            remaining = None if deadline is None else deadline - time.monotonic()
+        released = found.add((await asyncio.to_thread(store.read, request))[1])
+        while not released:
+            remaining = _remaining(deadline)
             if remaining is not None and remaining <= 0:
-                raise WaitTimeout(f"timed out after {timeout:g} s with {len(found)}/{total} available for {request}",
-                                  _ordered(found))
+                raise found.timed_out(timeout)
             try:
                 kind, payload = await asyncio.wait_for(inbox.queue.get(), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
             if kind == "failure":
                 raise payload
-            news = (await asyncio.to_thread(store.read, request))[1] if kind == "resync" \
-                else _matching(request, payload)
-            if take(news):
-                return _ordered(found)
+            if kind == "resync":
+                released = found.add((await asyncio.to_thread(store.read, request))[1])
+            else:
+                released = found.add_puts(payload)
+        return found.ordered()
     finally:
         await asyncio.to_thread(entered.__exit__, None, None, None)
 
 
 def _matching(request: Request, puts: list[KeyValue]) -> list[Notification]:
     return [n for n in (notification_from_kv(request, kv) for kv in puts) if n is not None]
-
-
-def _ordered(found: dict[str, Notification]) -> list[Notification]:
-    return sorted(found.values(), key=lambda n: n.order)
 
 
 # -- cursors -------------------------------------------------------------------------------------
@@ -411,7 +435,7 @@ class Cursor:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         temporary = self.path.with_suffix(f".{os.getpid()}.tmp")
         data = {"revision": position.revision, "key": position.key,
-                "updated": dt.datetime.now(dt.timezone.utc).strftime(DATE_FORMAT)}
+                "updated": dt.datetime.now(dt.UTC).strftime(DATE_FORMAT)}
         with open(temporary, "w") as handle:
             json.dump(data, handle)
             handle.flush()
@@ -461,6 +485,36 @@ def listen(store: Store, requests: list[Request], *, after: Position | None = No
                 return
 
 
+async def listen_async(store: Store, requests: list[Request], *,
+                       after: Position | None = None) -> AsyncIterator[Notification]:
+    """The asyncio form of :func:`listen` for event triggers: yields matching notifications in write
+    order, starting after ``after`` (or now). Blocking reads run in worker threads; the process's
+    shared watches feed an asyncio queue. The caller keeps its own durable position.
+    """
+    if not requests:
+        raise ValidationError("request", [], "at least one request is needed to listen")
+    inbox = _AsyncInbox(asyncio.get_running_loop())
+    entered = subscribed(store, status_prefixes(requests), inbox, None)
+    await asyncio.to_thread(entered.__enter__)
+    try:
+        position = after or Position(await asyncio.to_thread(store.current_revision))
+        seen_until, news = await asyncio.to_thread(_catch_up, store, requests, position)
+        while True:
+            for notification in news:
+                if not position.is_after(notification):
+                    yield notification
+                    position = Position(notification.revision, notification.key)
+            kind, payload = await inbox.queue.get()
+            if kind == "failure":
+                raise payload
+            if kind == "resync":
+                seen_until, news = await asyncio.to_thread(_catch_up, store, requests, position)
+            else:
+                news = [n for n in _match_all(requests, payload) if n.revision > seen_until]
+    finally:
+        await asyncio.to_thread(entered.__exit__, None, None, None)
+
+
 def _advance(cursor: Cursor | None, notification: Notification) -> Position:
     position = Position(notification.revision, notification.key)
     if cursor is not None:
@@ -469,7 +523,7 @@ def _advance(cursor: Cursor | None, notification: Notification) -> Position:
 
 
 def _catch_up(store: Store, requests: list[Request], position: Position) -> tuple[int, list[Notification]]:
-    revision, found = 0, []
+    revision, found = 0, list[Notification]()
     for request in requests:
         read_revision, notifications = store.read(request, min_revision=position.revision)
         revision = min(revision or read_revision, read_revision)
@@ -548,4 +602,5 @@ def _one_line(error: Exception) -> str:
     return text[0][:200] if text else type(error).__name__
 
 
-__all__ = ["wait", "listen", "replay", "Cursor", "Position", "HUB", "PrefixWatch", "StoreError"]
+__all__ = ["wait", "wait_async", "listen", "listen_async", "replay", "Cursor", "Position", "HUB",
+           "PrefixWatch", "StoreError"]

@@ -44,7 +44,8 @@ class Request:
         missing = sorted(schema.required - set(values))
         if missing:
             raise ValidationError(missing[0], None, f"field {missing[0]!r} is required for event {schema.name!r}")
-        request = cls(schema, {n: values[n] for n in schema.fields if n in values})
+        order = list(dict.fromkeys([*schema.key_fields, *schema.fields]))
+        request = cls(schema, {n: values[n] for n in order if n in values})
         if request.is_complete and request.count > MAX_KEYS_PER_REQUEST:
             raise ValidationError("request", request.count, f"at most {MAX_KEYS_PER_REQUEST} keys per request")
         return request

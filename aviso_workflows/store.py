@@ -172,7 +172,7 @@ class Store:
         raise StoreError(f"status key {batch.status_key} kept changing; gave up after {STATUS_RETRIES} attempts")
 
     def _status(self, previous: KeyValue | None, message: str) -> dict[str, Any]:
-        now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
         status: dict[str, Any] = {
             "etcd_user": self.config.username,
             "message": message,
@@ -237,7 +237,8 @@ class Store:
         """Notifications that exist now for a request (wildcards allowed except the base fields)."""
         return self.read(self.request(event, raw))[1]
 
-    def value(self, event: str | Request | Mapping[str, Any], raw: Mapping[str, Any] | None = None) -> dict[str, str | None]:
+    def value(self, event: str | Request | Mapping[str, Any],
+              raw: Mapping[str, Any] | None = None) -> dict[str, str | None]:
         """The stored value of every key of a complete request (None where the key does not exist)."""
         request = self.request(event, raw)
         request.require_complete("value")

@@ -1,0 +1,381 @@
+"""The ``aviso-workflows`` command: notify, wait, listen, key, value, schema and the embedded server.
+
+Exit codes: 0 done (released), 1 timed out, 2 bad input or the store could not be used, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib
+import json
+import logging
+import shlex
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import __version__, server
+from .config import resolve_config
+from .errors import AvisoWorkflowsError, ValidationError, WaitTimeout
+from .listen import Cursor, Position, listen, replay
+from .listeners import load_listener_file
+from .request import Request, parse_pairs
+from .schema import to_pyaviso_document
+from .store import Notification, Store
+
+log = logging.getLogger("aviso_workflows")
+EXIT_OK, EXIT_TIMEOUT, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+#: Modules that may add subcommands with ``add_commands(subparsers, common)``.
+ADAPTER_COMMANDS = ("aviso_workflows.ecflow.cli",)
+PROGRESS_COMMAND_SECONDS = 60
+
+
+# -- building blocks shared by the subcommands ---------------------------------------------------
+def store_from_args(args: argparse.Namespace) -> Store:
+    """The store named by ``--endpoint``/``--config``/``--schema`` (else environment, config file, default)."""
+    config = resolve_config(args.endpoint or None, config_file=args.config,
+                            schema_files=tuple(args.schema) if args.schema else None)
+    return Store(config=config)
+
+
+def request_from_args(store: Store, args: argparse.Namespace) -> tuple[Request, dict[str, Any]]:
+    """The request of ``PAIRS`` or ``--request-file``, and the non-key entries (location, ttl) given with it."""
+    if bool(args.pairs) == bool(getattr(args, "request_file", None)):
+        raise ValidationError("request", args.pairs or None, "give either k=v pairs or --request-file, not both")
+    raw = parse_pairs(args.pairs) if args.pairs else read_request_file(args.request_file)
+    extras = {name: raw.pop(name) for name in ("location", "ttl") if name in raw}
+    return store.request(raw), extras
+
+
+def read_request_file(path: str) -> dict[str, Any]:
+    """A request from YAML: ``event: mars`` plus fields, or ``{event: ..., request: {...}}``."""
+    try:
+        document = yaml.safe_load(Path(path).read_text())
+    except OSError as error:
+        raise ValidationError("request-file", path, f"cannot be read ({error.strerror})") from None
+    except yaml.YAMLError as error:
+        raise ValidationError("request-file", path, f"is not valid YAML ({_first_line(error)})") from None
+    if not isinstance(document, dict):
+        raise ValidationError("request-file", path, "expected a mapping such as 'event: mars' and the fields")
+    nested = document.pop("request", None)
+    if isinstance(nested, dict):
+        document.update(nested)
+    return document
+
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("store")
+    group.add_argument("--endpoint", action="append", metavar="URL",
+                       help="etcd endpoint (repeatable); default: $AVISO_WORKFLOWS_ENDPOINTS, the config file, "
+                            "or the embedded server")
+    group.add_argument("--config", metavar="FILE", help="config file (default ~/.config/aviso-workflows/config.yaml)")
+    group.add_argument("--schema", action="append", metavar="FILE", help="extra event schema file (YAML or JSON)")
+    group.add_argument("-v", "--verbose", action="store_true", help="log what is done")
+    return common
+
+
+def _request_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("pairs", nargs="?", metavar="event=E,k=v,...",
+                        help="the request: pyaviso-style k=v pairs; lists a/b/c, ranges a/to/b/by/n")
+    parser.add_argument("--request-file", metavar="FILE", help="the request as YAML instead of k=v pairs")
+
+
+# -- notify, key, value --------------------------------------------------------------------------
+def cmd_notify(args: argparse.Namespace) -> int:
+    store = store_from_args(args)
+    request, extras = request_from_args(store, args)
+    location = args.location if args.location is not None else extras.get("location")
+    ttl = args.ttl if args.ttl is not None else extras.get("ttl")
+    result = store.notify(request, location=location, ttl=ttl)
+    batches = len(result.revisions)
+    print(f"notified {len(result.keys)} key(s) in {batches} transaction(s), revision {result.revisions[-1]}")
+    for key in result.keys if args.verbose or len(result.keys) <= 10 else ():
+        print(f"  {key}")
+    return EXIT_OK
+
+
+def cmd_key(args: argparse.Namespace) -> int:
+    store = store_from_args(args)
+    request, _ = request_from_args(store, args)
+    request.require_complete("key")
+    for key in request.keys():
+        print(key)
+    return EXIT_OK
+
+
+def cmd_value(args: argparse.Namespace) -> int:
+    store = store_from_args(args)
+    request, _ = request_from_args(store, args)
+    missing = 0
+    for key, value in store.value(request).items():
+        print(f"{key} {value if value is not None else '(not posted)'}")
+        missing += value is None
+    return EXIT_OK if not missing else EXIT_TIMEOUT
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    store = store_from_args(args)
+    schemas = [store.schemas[name] for name in (args.event or store.schemas.names())]
+    if args.format == "pyaviso":
+        print(json.dumps(to_pyaviso_document(schemas), indent=2))
+    else:
+        print(yaml.safe_dump({"events": {s.name: s.to_config() for s in schemas}}, sort_keys=False))
+    return EXIT_OK
+
+
+# -- wait ----------------------------------------------------------------------------------------
+class _Progress:
+    """Shows ``3/5 available`` on a terminal and runs the --progress-command hooks."""
+
+    def __init__(self, commands: Sequence[str], show: bool) -> None:
+        self.commands = [shlex.split(command) for command in commands]
+        self.show = show
+
+    def __call__(self, found: int, total: int, notification: Notification) -> None:
+        if self.show:
+            end = "\n" if found == total else ""
+            print(f"\r{found}/{total} available (latest: {_brief(notification)})", end=end, file=sys.stderr,
+                  flush=True)
+        values = {"found": found, "total": total, "key": notification.key, "revision": notification.revision,
+                  "location": notification.location or "", "event": notification.event, **notification.request}
+        for argv in self.commands:
+            self._run([_fill(argument, values) for argument in argv])
+
+    @staticmethod
+    def _run(argv: list[str]) -> None:
+        try:
+            completed = subprocess.run(argv, timeout=PROGRESS_COMMAND_SECONDS, check=False,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        except (OSError, subprocess.TimeoutExpired) as error:
+            print(f"aviso-workflows: progress command {argv[0]} failed: {error}", file=sys.stderr)
+            return
+        if completed.returncode:
+            detail = completed.stderr.decode(errors="replace").strip().splitlines()
+            print(f"aviso-workflows: progress command {argv[0]} exited {completed.returncode}"
+                  + (f": {detail[-1]}" if detail else ""), file=sys.stderr)
+
+
+def _fill(argument: str, values: dict[str, Any]) -> str:
+    """Substitute ``{name}`` placeholders in one argument (unknown names are left as they are)."""
+    for name, value in values.items():
+        argument = argument.replace("{" + name + "}", str(value))
+    return argument
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    store = store_from_args(args)
+    request, _ = request_from_args(store, args)
+    mode = "any" if args.any else "all"
+    if mode == "all":
+        request.require_complete("wait (without --any)")
+    progress = _Progress(args.progress_command or [], show=sys.stderr.isatty() and not args.quiet)
+    try:
+        found = store.wait(request, mode=mode, timeout=args.timeout, on_progress=progress)
+    except WaitTimeout as timeout:
+        print(f"aviso-workflows: {timeout}", file=sys.stderr)
+        _print_notifications(timeout.found, args.json)
+        return EXIT_TIMEOUT
+    if not args.quiet:
+        _print_notifications(found, args.json)
+    return EXIT_OK
+
+
+def _brief(notification: Notification) -> str:
+    last = list(notification.request.items())[-1]
+    return f"{last[0]}={last[1]}"
+
+
+def _print_notifications(notifications: Sequence[Notification], as_json: bool) -> None:
+    for notification in notifications:
+        print(format_notification(notification, as_json), flush=True)
+
+
+def format_notification(notification: Notification, as_json: bool) -> str:
+    """One line: JSON, or ``revision event fields location``."""
+    if as_json:
+        return json.dumps(notification.to_dict())
+    fields = ",".join(f"{k}={v}" for k, v in notification.request.items())
+    where = f" {notification.location}" if notification.location is not None else ""
+    return f"[{notification.revision}] {notification.event} {fields}{where}"
+
+
+# -- listen --------------------------------------------------------------------------------------
+def parse_moment(field: str, text: str | None) -> dt.datetime | None:
+    """A UTC moment from ``2026-11-22``, ``2026-11-22T06:00:00`` or pyaviso's ``...T06:00:00.000Z``."""
+    if text is None:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValidationError(field, text, "expected an ISO date or time such as 2026-11-22 or "
+                              "2026-11-22T06:00:00Z (UTC)") from None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(dt.UTC).replace(tzinfo=None)
+    return moment
+
+
+def listen_requests(store: Store, args: argparse.Namespace) -> tuple[list[Request], list[Any]]:
+    """Requests from k=v pairs or a listener file (with the listeners' actions, if any)."""
+    source = args.pairs
+    if source and Path(source).suffix in (".yaml", ".yml", ".json") and "=" not in source:
+        listeners = load_listener_file(store, source)
+        return [listener.request for listener in listeners], listeners
+    request, _ = request_from_args(store, args)
+    return [request], []
+
+
+def cmd_listen(args: argparse.Namespace) -> int:
+    store = store_from_args(args)
+    requests, listeners = listen_requests(store, args)
+    start, end = parse_moment("from", args.from_), parse_moment("to", args.to)
+    if end is not None and start is None:
+        raise ValidationError("to", args.to, "--to needs --from")
+    if start is not None and end is not None and end <= start:
+        raise ValidationError("to", args.to, "must be later than --from")
+    handle = _handler(listeners, args)
+    cursor = Cursor(args.cursor) if args.cursor else None
+    handled = 0
+    after: Position | None = None
+    if start is not None:
+        now = store.current_revision()
+        for notification in replay(store, requests, start, end):
+            handle(notification)
+            handled += 1
+            if args.count and handled >= args.count:
+                return EXIT_OK
+        if end is not None:
+            return EXIT_OK
+        after = Position(now)
+    stream = listen(store, requests, after=after, cursor=cursor, stop=threading.Event())
+    for notification in stream:
+        handle(notification)
+        handled += 1
+        if args.count and handled >= args.count:
+            if cursor is not None:
+                cursor.save(Position(notification.revision, notification.key))
+            break
+    return EXIT_OK
+
+
+def _handler(listeners: list[Any], args: argparse.Namespace) -> Callable[[Notification], None]:
+    if listeners and any(getattr(listener, "actions", None) for listener in listeners):
+        from .listeners import dispatch
+
+        return lambda notification: dispatch(listeners, notification, dry_run=args.dry_run)
+    return lambda notification: print(format_notification(notification, args.json), flush=True)
+
+
+# -- server --------------------------------------------------------------------------------------
+def cmd_server(args: argparse.Namespace) -> int:
+    data_dir = args.data_dir or server.default_data_dir()
+    if args.action == "start":
+        info = server.start(data_dir, args.port)
+        print(f"etcd running at {info.client_url} (pid {info.pid}, data in {info.data_dir})")
+        print(f"use it with: export AVISO_WORKFLOWS_ENDPOINTS={info.client_url}")
+        return EXIT_OK
+    if args.action == "stop":
+        stopped = server.stop(data_dir)
+        print("stopped" if stopped else f"no server running on {data_dir}")
+        return EXIT_OK
+    running = server.status(data_dir)
+    if running is None:
+        print(f"not running (data dir {data_dir})")
+        return EXIT_TIMEOUT
+    revision = Store([running.client_url]).current_revision()
+    print(f"running at {running.client_url} (pid {running.pid}, data in {running.data_dir}, revision {revision})")
+    return EXIT_OK
+
+
+# -- parser --------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    """The full command-line parser (adapters add their subcommands)."""
+    common = _common()
+    parser = argparse.ArgumentParser(prog="aviso-workflows",
+                                     description="Aviso-compatible data-availability notifications in etcd.")
+    parser.add_argument("--version", action="version", version=f"aviso-workflows {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    notify = commands.add_parser("notify", parents=[common], help="post notifications (one transaction per 128 keys)")
+    _request_arguments(notify)
+    notify.add_argument("--location", help="payload stored as the value (the data's URL)")
+    notify.add_argument("--ttl", type=int, metavar="SECONDS", help="delete the keys after this many seconds")
+    notify.set_defaults(run=cmd_notify)
+
+    wait = commands.add_parser("wait", parents=[common], help="block until every requested key exists")
+    _request_arguments(wait)
+    wait.add_argument("--any", action="store_true", help="release on the first matching key")
+    wait.add_argument("--timeout", type=float, metavar="SECONDS", help="give up after this long (exit 1)")
+    wait.add_argument("--json", action="store_true", help="print notifications as JSON lines")
+    wait.add_argument("--quiet", action="store_true", help="print nothing when released")
+    wait.add_argument("--progress-command", action="append", metavar="CMD",
+                      help="run CMD (no shell) for each key found; placeholders {found} {total} {key} {location} "
+                           "{revision} {event} and request fields such as {step}")
+    wait.set_defaults(run=cmd_wait)
+
+    listen_parser = commands.add_parser("listen", parents=[common], help="print notifications as they arrive")
+    _request_arguments(listen_parser)
+    listen_parser.add_argument("--from", dest="from_", metavar="TIME", help="replay from this UTC time")
+    listen_parser.add_argument("--to", metavar="TIME", help="replay until this UTC time, then exit")
+    listen_parser.add_argument("--cursor", metavar="NAME", help="resume where the listener of this name stopped")
+    listen_parser.add_argument("--count", type=int, metavar="N", help="exit after N notifications")
+    listen_parser.add_argument("--json", action="store_true", help="print notifications as JSON lines")
+    listen_parser.add_argument("--dry-run", action="store_true", help="show what the listeners' actions would do")
+    listen_parser.set_defaults(run=cmd_listen)
+
+    for name, function, text in (("key", cmd_key, "show the keys of a request"),
+                                 ("value", cmd_value, "show the stored values of a request's keys")):
+        sub = commands.add_parser(name, parents=[common], help=text)
+        _request_arguments(sub)
+        sub.set_defaults(run=function)
+
+    schema = commands.add_parser("schema", parents=[common], help="print event schemas")
+    schema.add_argument("event", nargs="*", help="events to print (default: all)")
+    schema.add_argument("--format", choices=("yaml", "pyaviso"), default="yaml",
+                        help="this project's YAML, or pyaviso 1.x's event_listener_schema.json")
+    schema.set_defaults(run=cmd_schema)
+
+    srv = commands.add_parser("server", help="start, stop or check the embedded etcd")
+    srv.add_argument("action", choices=("start", "stop", "status"))
+    srv.add_argument("--port", type=int, help="client port on 127.0.0.1 (default 2379, or a free one)")
+    srv.add_argument("--data-dir", help=f"data directory (default {server.default_data_dir()})")
+    srv.set_defaults(run=cmd_server, verbose=False)
+
+    for module_name in ADAPTER_COMMANDS:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as error:  # an adapter whose scheduler is not installed adds no command
+            log.debug("commands of %s not available: %s", module_name, error)
+            continue
+        module.add_commands(commands, common)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``aviso-workflows`` command."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+                        format="aviso-workflows: %(message)s")
+    try:
+        return int(args.run(args))
+    except AvisoWorkflowsError as error:
+        print(f"aviso-workflows: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+if __name__ == "__main__":
+    sys.exit(main())

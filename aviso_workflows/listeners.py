@@ -1,0 +1,106 @@
+"""Listener files: "when <request> do <actions>", in pyaviso 1.x's format.
+
+```yaml
+listeners:
+  - event: mars
+    request: {class: od, expver: 1, domain: g, stream: oper, step: [0, 6, 12]}
+    triggers:            # pyaviso's word; ``actions`` is accepted too
+      - type: echo
+```
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ValidationError
+from .request import Request
+from .store import Notification, Store
+
+log = logging.getLogger(__name__)
+Action = Callable[[Notification], None]
+ActionFactory = Callable[[Mapping[str, Any]], Action]
+
+
+def _echo(spec: Mapping[str, Any]) -> Action:
+    return lambda notification: print(json.dumps(notification.to_dict()), flush=True)
+
+
+#: Action types by name; each factory checks its spec when the file is loaded.
+ACTION_TYPES: dict[str, ActionFactory] = {"echo": _echo}
+
+
+@dataclass
+class Listener:
+    """One listener: the request it matches and what to do for each notification."""
+
+    request: Request
+    actions: list[tuple[str, Action]] = field(default_factory=list)
+
+
+def _build_actions(index: int, specs: Any) -> list[tuple[str, Action]]:
+    where = f"listeners[{index}].triggers"
+    if specs is None:
+        return []
+    if not isinstance(specs, list):
+        raise ValidationError(where, specs, "expected a list of actions such as [{type: echo}]")
+    actions = []
+    for number, spec in enumerate(specs):
+        kind = spec.get("type") if isinstance(spec, Mapping) else None
+        if kind not in ACTION_TYPES:
+            raise ValidationError(f"{where}[{number}].type", kind, "supported actions: " + ", ".join(ACTION_TYPES))
+        actions.append((str(kind), ACTION_TYPES[kind](spec)))
+    return actions
+
+
+def parse_listeners(store: Store, document: Any, source: str = "listener file") -> list[Listener]:
+    """Listeners from a parsed document (``{listeners: [...]}``)."""
+    if not isinstance(document, Mapping) or not isinstance(document.get("listeners"), list):
+        raise ValidationError(source, type(document).__name__, "expected 'listeners:' with a list of listeners")
+    listeners = []
+    for index, entry in enumerate(document["listeners"]):
+        if not isinstance(entry, Mapping) or "event" not in entry:
+            raise ValidationError(f"listeners[{index}]", entry, "each listener needs 'event' (and 'request')")
+        raw = entry.get("request") or {}
+        if not isinstance(raw, Mapping):
+            raise ValidationError(f"listeners[{index}].request", raw, "expected a mapping of fields to values")
+        request = store.request(str(entry["event"]), raw)
+        request.status_keys()  # fields choosing where the event is stored must be given
+        listeners.append(Listener(request, _build_actions(index, entry.get("triggers", entry.get("actions")))))
+    if not listeners:
+        raise ValidationError(source, [], "the file holds no listener")
+    return listeners
+
+
+def load_listener_file(store: Store, path: str | Path) -> list[Listener]:
+    """Listeners from a YAML (or JSON) file; a file that does not parse is a ValidationError."""
+    try:
+        document = yaml.safe_load(Path(path).read_text())
+    except OSError as error:
+        raise ValidationError("listener file", str(path), f"cannot be read ({error.strerror})") from None
+    except yaml.YAMLError as error:
+        first = str(error).strip().splitlines()
+        raise ValidationError("listener file", str(path), f"is not valid YAML ({' '.join(first[:3])})") from None
+    return parse_listeners(store, document, str(path))
+
+
+def dispatch(listeners: list[Listener], notification: Notification, *, dry_run: bool = False) -> None:
+    """Run the actions of every listener whose request matches; a failing action is logged, not fatal."""
+    for listener in listeners:
+        if listener.request.event != notification.event or not listener.request.matches(notification.request):
+            continue
+        for kind, action in listener.actions:
+            if dry_run:
+                print(f"would run {kind} for {notification.key}", flush=True)
+                continue
+            try:
+                action(notification)
+            except Exception as error:  # noqa: BLE001 - one failing action must not stop the listener
+                log.error("action %s failed for %s: %s", kind, notification.key, error)
