@@ -1,0 +1,37 @@
+"""Put a pyflow suite on a server: write its scripts, load (replace) the definition, begin it."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import Any
+
+from ..config import ENDPOINTS_VARIABLE
+from .scripts import endpoint_arguments
+
+
+def play(suite: Any, host: str, port: int | str, *, begin: bool = True) -> None:
+    """Deploy ``suite``'s scripts to its ``files`` directory, replace it on ``host:port`` and begin it."""
+    import ecflow
+
+    suite.check_definition()
+    suite.deploy_suite()
+    suite.replace_on_server(host, str(port))
+    if begin:
+        ecflow.Client(host, str(port)).begin_suite(suite.name)
+
+
+def suite_arguments(description: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The options every example suite takes: ``--host``, ``--port``, ``--home``, ``--endpoint``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--host", default="localhost", help="ecflow_server host (default localhost)")
+    parser.add_argument("--port", type=int, required=True, help="ecflow_server port")
+    parser.add_argument("--home", help="directory for scripts and job output (default ./ecflow-home/<suite>)")
+    parser.add_argument("--endpoint", action="append",
+                        help=f"etcd endpoint for the jobs (default ${ENDPOINTS_VARIABLE})")
+    parser.add_argument("--date", help="forecast date YYYYMMDD (default today)")
+    parser.add_argument("--no-begin", action="store_true", help="load the suite but do not begin it")
+    args = parser.parse_args(argv)
+    if args.endpoint:
+        endpoint_arguments(args.endpoint)  # refuse bad URLs before anything is written
+    return args

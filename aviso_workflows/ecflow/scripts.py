@@ -1,0 +1,212 @@
+"""Shell lines for ecFlow jobs that call the ``aviso-workflows`` command.
+
+A request is written as fields whose values may refer to ecFlow variables (``%YMD%``, ``${STEP}``).
+Static parts are validated when the suite is built and quoted with :func:`shlex.quote`; a variable
+becomes a double-quoted shell expansion, and the job refuses (before using it) a value holding anything
+but letters, digits and ``_ . : + / -`` — so a variable can neither run a command nor add a field.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import normalise_endpoint
+from ..errors import ValidationError
+from ..request import Request
+from ..schema import SchemaRegistry
+
+#: ``%NAME%``, ``${NAME}`` or ``$NAME`` inside a request value.
+REFERENCE = re.compile(r"%([A-Za-z_][A-Za-z0-9_]*)%|\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+#: What an ecFlow variable used in a request may hold.
+SAFE_VALUE = re.compile(r"[A-Za-z0-9_.:+/-]+\Z")
+SAFE_CHARACTERS = "letters, digits and _ . : + / -"
+ECFLOW_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+EXIT_TIMEOUT = 1
+
+CHECK_FUNCTION = f"""\
+aviso_check_value() {{  # NAME VALUE: refuse a variable that could change the request's meaning
+  case "$2" in
+    ''|*[!A-Za-z0-9_.:+/-]*)
+      echo "aviso-workflows: ecFlow variable $1='$2' may hold only {SAFE_CHARACTERS}" >&2
+      return 2 ;;
+  esac
+}}"""
+
+
+def command_path() -> str:
+    """The ``aviso-workflows`` executable: the one next to this Python, else the one on PATH."""
+    beside = os.path.join(os.path.dirname(sys.executable), "aviso-workflows")
+    if os.access(beside, os.X_OK):
+        return beside
+    return shutil.which("aviso-workflows") or "aviso-workflows"
+
+
+def _text(name: str, value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        raise ValidationError(name, value, "expected text, a number or a list of them")
+    if isinstance(value, (list, tuple)):
+        return "/".join(_text(name, item) for item in value)
+    return str(value)
+
+
+@dataclass(frozen=True)
+class RequestTemplate:
+    """A request whose values may refer to ecFlow variables, validated as far as it is known."""
+
+    event: str
+    fields: Mapping[str, str]
+    registry: SchemaRegistry = field(default_factory=SchemaRegistry, compare=False, repr=False)
+
+    @classmethod
+    def build(cls, event: str, raw: Mapping[str, Any], *, samples: Callable[[str], str | None] | None = None,
+              registry: SchemaRegistry | None = None) -> RequestTemplate:
+        """Check field names and every static value; with ``samples`` (variable → value), the whole request."""
+        registry = registry or SchemaRegistry()
+        schema = registry[event]
+        fields = {str(name): _text(str(name), value) for name, value in raw.items() if name != "event"}
+        template = cls(schema.name, fields, registry)
+        for name, text in fields.items():
+            if not REFERENCE.search(text):
+                schema.field(name).expand(text)
+            else:
+                schema.field(name)
+        template.check(samples or (lambda _: None))
+        return template
+
+    def variables(self) -> list[str]:
+        """Names of the ecFlow variables the request refers to, in order of first use."""
+        names = (m.group(1) or m.group(2) or m.group(3) for text in self.fields.values()
+                 for m in REFERENCE.finditer(text))
+        return list(dict.fromkeys(names))
+
+    def check(self, samples: Callable[[str], str | None]) -> Request | None:
+        """Validate the whole request with sample values for its variables (None when one is unknown)."""
+        values: dict[str, str] = {}
+        for name in self.variables():
+            sample = samples(name)
+            if sample is None:
+                return None
+            values[name] = check_variable_value(name, str(sample))
+        filled = {name: REFERENCE.sub(lambda m: values[m.group(1) or m.group(2) or m.group(3)], text)
+                  for name, text in self.fields.items()}
+        return Request.build(self.event, filled, self.registry)
+
+    def shell_word(self) -> str:
+        """The request as one shell word: ``'event=mars,...,date='"${YMD}"',...'``."""
+        return quote_with_references(str(self))
+
+    def check_lines(self) -> list[str]:
+        """Shell lines that stop the job when a variable's value is unsafe."""
+        if not self.variables():
+            return []
+        return [CHECK_FUNCTION] + [f'aviso_check_value {name} "${{{name}}}"' for name in self.variables()]
+
+    def __str__(self) -> str:
+        return ",".join([f"event={self.event}"] + [f"{name}={value}" for name, value in self.fields.items()])
+
+
+def ecflow_name(name: str) -> str:
+    """``name`` if it can name an ecFlow meter, label, event or variable."""
+    if not ECFLOW_NAME.match(name):
+        raise ValidationError("name", name, "ecFlow names are letters, digits and '_', not starting with a digit")
+    return name
+
+
+def check_variable_value(name: str, value: str) -> str:
+    """``value`` if it is safe to use in a request, else a ValidationError."""
+    if not SAFE_VALUE.match(value):
+        raise ValidationError(name, value, f"an ecFlow variable used in a request may hold only {SAFE_CHARACTERS}")
+    return value
+
+
+def endpoint_arguments(endpoints: Sequence[str] | str | None) -> list[str]:
+    """``--endpoint URL`` for each endpoint (validated); nothing means the job's environment decides."""
+    if endpoints is None:
+        return []
+    listed = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+    arguments: list[str] = []
+    for endpoint in listed:
+        for part in str(endpoint).split(","):
+            arguments += ["--endpoint", normalise_endpoint(part)]
+    return arguments
+
+
+def _command(words: Iterable[str]) -> str:
+    return " ".join(words)
+
+
+def wait_lines(template: RequestTemplate, *, timeout: float | None = None, meter: str | None = None,
+               label: str | None = None, label_field: str | None = None, endpoints: Sequence[str] | str | None = None,
+               command: str | None = None, any_key: bool = False) -> list[str]:
+    """Lines that wait for ``template``; a meter and a label follow progress; a deadline aborts the task."""
+    argv = [shlex.quote(command or command_path()), "wait", template.shell_word()]
+    argv += [shlex.quote(a) for a in endpoint_arguments(endpoints)]
+    if any_key:
+        argv.append("--any")
+    if timeout is not None:
+        if timeout <= 0:
+            raise ValidationError("timeout", timeout, "expected a positive number of seconds")
+        argv += ["--timeout", shlex.quote(f"{timeout:g}")]
+    if meter:
+        argv += ["--progress-command", shlex.quote(f"ecflow_client --meter={ecflow_name(meter)} {{found}}")]
+    if label:
+        shown = "{found}/{total}" + (f" latest {ecflow_name(label_field)}={{{label_field}}}" if label_field else "")
+        argv += ["--progress-command", shlex.quote(f'ecflow_client --label={ecflow_name(label)} "{shown}"')]
+    lines = [f"# Wait until the data is available: {template}"] + template.check_lines()
+    lines += ["aviso_status=0", _command(argv) + " || aviso_status=$?"]
+    lines += _failure_lines(template, timeout, label)
+    return lines
+
+
+def _failure_lines(template: RequestTemplate, timeout: float | None, label: str | None) -> list[str]:
+    deadline = f"the deadline ({timeout:g} s) passed" if timeout is not None else "the wait ended"
+    message = f"aviso-workflows: {deadline} before the data was available: {template}"
+    lines = ['if [ "$aviso_status" -ne 0 ]; then',
+             f'  if [ "$aviso_status" -eq {EXIT_TIMEOUT} ]; then',
+             f"    echo {quote_with_references(message)} >&2"]
+    if label:
+        lines.append(f"    ecflow_client --label={shlex.quote(label)} {shlex.quote('timed out')} || true")
+    lines += ["  else",
+              '    echo "aviso-workflows: the wait failed (exit $aviso_status): bad request or store unreachable" >&2',
+              "  fi",
+              '  exit "$aviso_status"',
+              "fi"]
+    return lines
+
+
+def notify_line(template: RequestTemplate, *, location: str | None = None, ttl: int | None = None,
+                endpoints: Sequence[str] | str | None = None, command: str | None = None) -> str:
+    """One line that posts ``template`` (after the variable checks, which :func:`notify_lines` adds)."""
+    argv = [shlex.quote(command or command_path()), "notify", template.shell_word()]
+    argv += [shlex.quote(a) for a in endpoint_arguments(endpoints)]
+    if location is not None:
+        argv += ["--location", quote_with_references(location)]
+    if ttl is not None:
+        argv += ["--ttl", shlex.quote(str(int(ttl)))]
+    return _command(argv)
+
+
+def quote_with_references(text: str) -> str:
+    """``text`` as one shell word: static parts quoted, variable references as ``"${NAME}"``."""
+    pieces, position = [], 0
+    for match in REFERENCE.finditer(text):
+        if match.start() > position:
+            pieces.append(shlex.quote(text[position:match.start()]))
+        pieces.append('"${%s}"' % (match.group(1) or match.group(2) or match.group(3)))
+        position = match.end()
+    if position < len(text):
+        pieces.append(shlex.quote(text[position:]))
+    return "".join(pieces) or "''"
+
+
+def notify_lines(template: RequestTemplate, **options: Any) -> list[str]:
+    """The variable checks and the notify line, for a task script."""
+    return [f"# Tell waiting workflows the data is available: {template}"] + template.check_lines() \
+        + [notify_line(template, **options)]
