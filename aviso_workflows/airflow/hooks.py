@@ -1,0 +1,116 @@
+"""AvisoHook: the core Store built from an Airflow connection of type ``aviso``.
+
+Connection fields: host and port (default 2379), or ``endpoints`` in the extras (a list or
+comma-separated text, for a cluster); login/password for etcd's own authentication; TLS with
+``use_tls`` (or ``https://`` endpoints) and ``ca_cert``/``client_cert``/``client_key`` paths;
+``headers`` (a JSON object) for header authentication such as an ``Authorization`` bearer token;
+``timeout`` in seconds and ``schema_files`` for custom events.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from airflow.sdk import BaseHook, Connection
+
+from ..config import DEFAULT_PORT, StoreConfig
+from ..errors import ValidationError
+from ..store import Store
+
+
+class AvisoHook(BaseHook):
+    """Reach an Aviso-compatible etcd store through an ``aviso`` connection."""
+
+    conn_name_attr = "aviso_conn_id"
+    default_conn_name = "aviso_default"
+    conn_type = "aviso"
+    hook_name = "Aviso"
+
+    def __init__(self, aviso_conn_id: str = default_conn_name) -> None:
+        super().__init__()
+        self.aviso_conn_id = aviso_conn_id
+
+    def get_conn(self) -> Store:
+        """The store of the connection (read from Airflow's connections)."""
+        return store_from_connection(self.get_connection(self.aviso_conn_id))
+
+    async def aget_conn(self) -> Store:
+        """The store of the connection, read without blocking the event loop (for triggers)."""
+        return store_from_connection(await self.aget_connection(self.aviso_conn_id))
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Reach the store and report its revision (used by the UI's "Test" button)."""
+        try:
+            revision = self.get_conn().current_revision()
+        except Exception as error:  # noqa: BLE001 - the UI shows any failure as text
+            return False, str(error)
+        return True, f"reached etcd at revision {revision}"
+
+
+def store_from_connection(conn: Connection) -> Store:
+    """Translate a Connection into the core's StoreConfig and Store."""
+    return Store(config=config_from_connection(conn))
+
+
+def config_from_connection(conn: Connection) -> StoreConfig:
+    """The StoreConfig an ``aviso`` connection describes."""
+    extra = conn.extra_dejson or {}
+    settings: dict[str, Any] = {
+        "endpoints": _endpoints(conn, extra),
+        "username": conn.login or None,
+        "password": conn.password or None,
+        "headers": _headers(extra.get("headers")),
+        "schema_files": _texts("schema_files", extra.get("schema_files")),
+    }
+    for name in ("ca_cert", "client_cert", "client_key"):
+        if extra.get(name):
+            settings[name] = str(extra[name])
+    if extra.get("timeout") not in (None, ""):
+        settings["timeout"] = _number("timeout", extra["timeout"])
+    return StoreConfig(**settings)
+
+
+def _endpoints(conn: Connection, extra: Mapping[str, Any]) -> tuple[str, ...]:
+    scheme = "https" if _flag(extra.get("use_tls")) or conn.schema == "https" else "http"
+    listed = _texts("endpoints", extra.get("endpoints"))
+    if listed:
+        return tuple(e if "://" in e else f"{scheme}://{e}" for e in listed)
+    if not conn.host:
+        raise ValidationError("host", conn.host, f"connection {conn.conn_id!r} needs a host or 'endpoints' in extras")
+    return (f"{scheme}://{conn.host}:{conn.port or DEFAULT_PORT}",)
+
+
+def _texts(name: str, value: Any) -> tuple[str, ...]:
+    if value in (None, ""):
+        return ()
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    if isinstance(value, (list, tuple)):
+        return tuple(str(part).strip() for part in value if str(part).strip())
+    raise ValidationError(name, value, "expected a list or comma-separated text")
+
+
+def _headers(value: Any) -> dict[str, str]:
+    if value in (None, ""):
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ValidationError("headers", "***", "expected a JSON object of header names to values") from None
+    if not isinstance(value, Mapping):
+        raise ValidationError("headers", type(value).__name__, "expected an object of header names to values")
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def _flag(value: Any) -> bool:
+    return str(value).strip().lower() in ("1", "true", "yes", "on") if value is not None else False
+
+
+def _number(name: str, value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValidationError(name, value, "expected a number of seconds") from None
