@@ -1,0 +1,47 @@
+"""Consumer suite: one task waits for the forecast's steps; downstream work starts as steps arrive.
+
+    python suites/consumer.py --host localhost --port 3141 [--date 20261122] [--endpoint http://127.0.0.1:2379]
+
+The wait task's meter ``steps`` counts the steps available, so ``early`` (steps 0-6) starts as soon
+as 7 steps are in, long before the whole forecast is.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pyflow as pf
+
+from aviso_workflows.ecflow import LoopbackHost, WaitTask
+from aviso_workflows.ecflow.deploy import play, suite_arguments
+
+FORECAST = {"class": "od", "expver": 1, "domain": "g", "time": 0, "stream": "oper"}
+#: Downstream task → number of steps (0, 1, ... in order) it needs.
+DOWNSTREAM = {"early": 7, "middle": 13, "late": 19, "products": 25}
+
+
+def build(home: Path, date: str, endpoints: Sequence[str] | None = None, name: str = "consumer",
+          timeout: float = 6 * 3600) -> Any:
+    """The consumer suite for forecast ``date``; scripts and job output go under ``home``."""
+    with pf.Suite(name, host=LoopbackHost(), files=str(home / "files"), home=str(home / "out"), YMD=date) as suite:
+        wait = WaitTask("wait", "mars", {**FORECAST, "date": "%YMD%", "step": "0/to/24"}, timeout=timeout,
+                        endpoints=endpoints)
+        for task, needed in DOWNSTREAM.items():
+            work = pf.Task(task, script=f"echo {task}: {needed} steps of $YMD are available")
+            work.triggers = wait.steps >= needed
+    return suite
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = suite_arguments(__doc__.splitlines()[0], argv)
+    home = Path(args.home or Path.cwd() / "ecflow-home" / "consumer").resolve()
+    suite = build(home, args.date or dt.date.today().strftime("%Y%m%d"), args.endpoint)
+    play(suite, args.host, args.port, begin=not args.no_begin)
+    print(f"suite /{suite.name} loaded on {args.host}:{args.port}; scripts in {home / 'files'}")
+
+
+if __name__ == "__main__":
+    main()

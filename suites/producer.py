@@ -1,0 +1,46 @@
+"""Producer suite: a model run posts "step N of date YMD is available" after each step.
+
+    python suites/producer.py --host localhost --port 3141 [--date 20261122] [--endpoint http://127.0.0.1:2379]
+
+A RepeatInteger family walks STEP over 0..24; its notify task builds the request from the ecFlow
+variables %YMD% and %STEP%.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pyflow as pf
+
+from aviso_workflows.ecflow import LoopbackHost, NotifyTask
+from aviso_workflows.ecflow.deploy import play, suite_arguments
+
+FORECAST = {"class": "od", "expver": 1, "domain": "g", "time": 0, "stream": "oper"}
+LAST_STEP = 24
+
+
+def build(home: Path, date: str, endpoints: Sequence[str] | None = None, name: str = "producer",
+          last_step: int = LAST_STEP, step_seconds: float = 0.0) -> Any:
+    """The producer suite for forecast ``date``; scripts and job output go under ``home``."""
+    with pf.Suite(name, host=LoopbackHost(), files=str(home / "files"), home=str(home / "out"), YMD=date) as suite:
+        with pf.Family("steps"):
+            pf.RepeatInteger("STEP", 0, last_step, 1)
+            model = pf.Task("model", script=f"sleep {step_seconds:g}  # the model computes step $STEP")
+            NotifyTask("notify", "mars", {**FORECAST, "date": "%YMD%", "step": "%STEP%"},
+                       location="file:///data/%YMD%/step_%STEP%.grib", endpoints=endpoints).triggers = model.complete
+    return suite
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = suite_arguments(__doc__.splitlines()[0], argv)
+    home = Path(args.home or Path.cwd() / "ecflow-home" / "producer").resolve()
+    suite = build(home, args.date or dt.date.today().strftime("%Y%m%d"), args.endpoint)
+    play(suite, args.host, args.port, begin=not args.no_begin)
+    print(f"suite /{suite.name} loaded on {args.host}:{args.port}; scripts in {home / 'files'}")
+
+
+if __name__ == "__main__":
+    main()

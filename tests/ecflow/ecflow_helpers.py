@@ -1,0 +1,71 @@
+"""Helpers of the ecFlow tests: watch a suite on the server, read job output."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aviso_workflows.ecflow.server import EcflowServer
+
+
+class Watcher:
+    """Polls a suite on the server: node states, meters, labels, and when each node was first seen in a state."""
+
+    def __init__(self, server: EcflowServer) -> None:
+        self.client = server.client()
+        self.first_seen: dict[tuple[str, str], float] = {}
+        self.meter_when_active: dict[str, int] = {}
+
+    def defs(self) -> Any:
+        self.client.sync_local()
+        return self.client.get_defs()
+
+    def state(self, path: str) -> str:
+        node = self.defs().find_abs_node(path)
+        assert node is not None, f"{path} is not on the server"
+        return str(node.get_state())
+
+    def meter(self, path: str, name: str) -> int:
+        return int(self.defs().find_abs_node(path).find_meter(name).value())
+
+    def label(self, path: str, name: str) -> str:
+        return str(self.defs().find_abs_node(path).find_label(name).new_value())
+
+    def record(self, on_poll: Callable[[Any], None] | None = None) -> Any:
+        defs = self.defs()
+        now = time.monotonic()
+        for node in defs.get_all_nodes():
+            self.first_seen.setdefault((node.get_abs_node_path(), str(node.get_state())), now)
+        if on_poll is not None:
+            on_poll(defs)
+        return defs
+
+    def until(self, condition: Callable[[Any], bool], timeout: float, what: str,
+              on_poll: Callable[[Any], None] | None = None) -> None:
+        """Poll every 0.1 s until ``condition(defs)``; fail with the states seen after ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while True:
+            defs = self.record(on_poll)
+            if condition(defs):
+                return
+            if time.monotonic() > deadline:
+                states = {n.get_abs_node_path(): str(n.get_state()) for n in defs.get_all_nodes()}
+                pytest.fail(f"{what} did not happen within {timeout:g} s; states: {states}")
+            time.sleep(0.1)
+
+    def when(self, path: str, state: str) -> float:
+        return self.first_seen[(path, state)]
+
+
+def node_state(defs: Any, path: str) -> str:
+    node = defs.find_abs_node(path)
+    return str(node.get_state()) if node is not None else "missing"
+
+
+def job_output(home: Path, path: str, try_number: int = 1) -> str:
+    """The job output of ``path``'s try (pyflow writes it under ECF_HOME/<path>.<try>)."""
+    return (home / "out" / f"{path.lstrip('/')}.{try_number}").read_text()
