@@ -19,7 +19,7 @@ from typing import Any
 
 from . import __version__
 from .config import StoreConfig, resolve_config
-from .errors import StoreError, ValidationError
+from .errors import StoreError
 from .etcd import EtcdGateway, KeyValue, b64, range_op
 from .request import Request, check_location, check_ttl, split_event
 from .schema import EventSchema, SchemaRegistry
@@ -60,13 +60,27 @@ class Notification:
         return self.revision, self.key
 
 
+_REPORTED_LAYOUTS: set[str] = set()
+
+
 def notification_from_kv(request: Request, kv: KeyValue) -> Notification | None:
     """The notification held by ``kv`` if it is a data key that ``request`` matches."""
-    fields = request.match_key(kv.key)
+    fields = request.schema.parse_key(kv.key)
     if fields is None:
+        _report_foreign_key(request.event, kv.key)
+        return None
+    if not request.matches(fields):
         return None
     location = None if kv.value == NO_PAYLOAD else kv.value
     return Notification(request.event, fields, location, kv.key, kv.mod_revision)
+
+
+def _report_foreign_key(event: str, key: str) -> None:
+    """Log once per event that keys of another layout are skipped (status keys end with '/' and are expected)."""
+    if key.endswith("/") or event in _REPORTED_LAYOUTS:
+        return
+    _REPORTED_LAYOUTS.add(event)
+    log.warning("skipping keys that do not follow the layout of event %r, such as %s", event, key)
 
 
 @dataclass(frozen=True)
@@ -284,9 +298,3 @@ def _unchanged(key: str, previous: KeyValue | None) -> dict[str, Any]:
     if previous is None:
         return {"key": b64(key), "target": "VERSION", "result": "EQUAL", "version": 0}
     return {"key": b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": previous.mod_revision}
-
-
-def check_request_text(text: str) -> None:
-    """Reject request text that could never be valid (used by adapters before templating)."""
-    if not isinstance(text, str):
-        raise ValidationError("request", text, "expected text")
