@@ -133,7 +133,8 @@ class Store:
 
     # -- notify ----------------------------------------------------------------------------------
     def notify(self, event: str | Request | Mapping[str, Any], raw: Mapping[str, Any] | None = None, *,
-               location: str | None = None, ttl: int | None = None, message: str | None = None) -> NotifyResult:
+               location: str | None = None, ttl: int | str | None = None,
+               message: str | None = None) -> NotifyResult:
         """Post every key of a complete request: one transaction per base and per ``max_txn_ops`` operations.
 
         ``location`` (or a ``location`` entry in the request) is stored as the value; ``ttl`` makes the
