@@ -82,7 +82,29 @@ def _defined(node: Any, name: str) -> bool:
     return name in node.all_exportables
 
 
-class WaitTask(pf.Task):
+class _RequestTask(pf.Task):
+    """A task whose request refers to ecFlow variables: they reach the job without passing through the shell.
+
+    pyflow exports a variable as ``export NAME="%NAME%"``, where a value holding ``$(...)`` would run.
+    Here ecFlow writes the value into a quoted here-document instead, which the shell never expands.
+    """
+
+    request_template: RequestTemplate
+
+    def generate_script(self) -> Any:
+        lines, includes = super().generate_script()
+        names = set(self.request_template.variables())
+        return [_literal_export(line, names) for line in lines], includes
+
+
+def _literal_export(line: str, names: set[str]) -> str:
+    for name in names:
+        if line == f'export {name}="%{name}%"':
+            return f"{name}=$(cat <<'AVISO_VALUE'\n%{name}%\nAVISO_VALUE\n)\nexport {name}"
+    return line
+
+
+class WaitTask(_RequestTask):
     """A task that completes when every key of the request exists (at once if posted already).
 
     While it waits, meter ``steps`` counts the keys found and label ``latest`` shows the newest
@@ -114,7 +136,7 @@ class WaitTask(pf.Task):
         return request.count if request is not None and request.is_complete else 1
 
 
-class NotifyTask(pf.Task):
+class NotifyTask(_RequestTask):
     """A task that posts the request's keys (``location`` becomes the stored value)."""
 
     def __init__(self, name: str, event: str, request: Mapping[str, Any], *, location: str | None = None,

@@ -10,7 +10,7 @@ import catchup
 import consumer
 import producer
 import pytest
-from ecflow_helpers import Watcher, job_output, node_state
+from ecflow_helpers import Watcher, node_state
 
 from aviso_workflows import Store
 from aviso_workflows.ecflow.deploy import play
