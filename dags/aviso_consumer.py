@@ -7,7 +7,7 @@ from airflow.sdk import DAG, task
 
 from aviso_workflows.airflow import AvisoSensor
 
-with DAG("aviso_consumer", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC"), catchup=False,
+with DAG("aviso_consumer", schedule=None, start_date=pendulum.datetime(2000, 1, 1, tz="UTC"), catchup=False,
          tags=["aviso", "example"]):
     wait = AvisoSensor(
         task_id="wait_for_steps",

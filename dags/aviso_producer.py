@@ -17,7 +17,7 @@ FIELDS = {"class": "od", "expver": 1, "domain": "g", "stream": "oper", "time": 0
 STEPS = (0, 6, 12)
 OUTPUT = os.environ.get("AVISO_DEMO_OUTPUT", os.path.join(tempfile.gettempdir(), "aviso-demo-output"))
 
-with DAG("aviso_producer", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC"), catchup=False,
+with DAG("aviso_producer", schedule=None, start_date=pendulum.datetime(2000, 1, 1, tz="UTC"), catchup=False,
          tags=["aviso", "example"]):
 
     @task

@@ -87,9 +87,10 @@ class AvisoEventTrigger(BaseEventTrigger):
         notifications = listen_async(store, [request], after=position)
         try:
             async for notification in notifications:
-                yield TriggerEvent(notification.to_dict())
-                # Back here, the triggerer has taken the event: move the cursor past it.
-                await self._save_position(Position(notification.revision, notification.key))
+                try:
+                    yield TriggerEvent(notification.to_dict())
+                finally:  # resumed or closed here, the triggerer holds the event: move the cursor past it
+                    await self._save_position(Position(notification.revision, notification.key))
         finally:
             await notifications.aclose()
 

@@ -5,36 +5,16 @@ Airflow reads its home when first imported, so it is set here, before any test i
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
+from airflow_helpers import AIRFLOW, DAGS, MIGRATE_SECONDS, connection_json
 
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="aviso-airflow-unit-"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-
-ROOT = Path(__file__).resolve().parents[2]
-DAGS = ROOT / "dags"
-RUN_DAG = Path(__file__).with_name("run_dag.py")
-AIRFLOW = Path(sys.executable).with_name("airflow")
-MIGRATE_SECONDS = 300
-DAG_TEST_SECONDS = 120
-
-
-def connection_json(etcd_url: str, **extra: Any) -> str:
-    """An ``aviso`` connection as Airflow reads it from ``AIRFLOW_CONN_*``."""
-    parts = urlsplit(etcd_url)
-    conn: dict[str, Any] = {"conn_type": "aviso", "host": parts.hostname, "port": parts.port}
-    if extra:
-        conn["extra"] = extra
-    return json.dumps(conn)
 
 
 @pytest.fixture
@@ -61,19 +41,6 @@ def airflow_env(etcd_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict
     subprocess.run([str(AIRFLOW), "db", "migrate"], env=env, check=True, capture_output=True,
                    timeout=MIGRATE_SECONDS)
     return env
-
-
-def run_dag(env: dict[str, str], dag_id: str, logical_date: str = "none",
-            timeout: float = DAG_TEST_SECONDS) -> dict[str, Any]:
-    """``dag.test()`` of an example DAG in a subprocess bounded by ``timeout`` (dag.test ignores defer timeouts)."""
-    dag_file = DAGS / f"{dag_id}.py"
-    done = subprocess.run([sys.executable, str(RUN_DAG), str(dag_file), dag_id, logical_date], env=env,
-                          capture_output=True, text=True, timeout=timeout)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    if done.returncode != 0 or not lines:
-        raise AssertionError(f"dag.test of {dag_id} failed ({done.returncode}):\n{done.stdout[-3000:]}\n"
-                             f"{done.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
 
 
 @pytest.fixture

@@ -14,11 +14,10 @@ import pendulum
 
 
 def main(dag_file: str, dag_id: str, logical_date: str = "none") -> dict[str, Any]:
-    from sqlalchemy import select
-
     from airflow.dag_processing.dagbag import DagBag
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
+    from sqlalchemy import select
 
     bag = DagBag(dag_folder=dag_file)
     if dag_id not in bag.dags:

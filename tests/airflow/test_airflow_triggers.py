@@ -1,0 +1,150 @@
+"""AvisoTrigger and AvisoEventTrigger driven directly with asyncio against the real etcd."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from airflow_helpers import connection_json
+
+from aviso_workflows import Store
+from aviso_workflows.airflow import AvisoEventTrigger, AvisoTrigger
+from aviso_workflows.airflow.triggers import CURSOR_KEY
+from aviso_workflows.listen import HUB
+from aviso_workflows.server import free_port
+
+FIELDS = {"class": "od", "expver": 1, "domain": "g", "stream": "oper", "time": 0}
+PREFIX = "/ec/mars/"
+
+
+def request_of(store: Store, date: str, step: Any = "0/6/12") -> dict[str, Any]:
+    return store.request("mars", {**FIELDS, "date": date, "step": step}).as_dict()
+
+
+async def notify(store: Store, date: str, step: Any, location: str | None = None) -> None:
+    await asyncio.to_thread(store.notify, "mars", {**FIELDS, "date": date, "step": step}, location=location)
+
+
+def subscribers_on(prefix: str) -> int:
+    return sum(w.subscriber_count for w in HUB.watches() if w.prefix == prefix)
+
+
+async def test_released_on_the_last_post_not_before(store: Store, unique_date: str, aviso_conn: str) -> None:
+    trigger = AvisoTrigger(event="mars", request=request_of(store, unique_date), aviso_conn_id=aviso_conn)
+    waiting = asyncio.create_task(anext(trigger.run()))
+    await asyncio.sleep(0.5)
+    await notify(store, unique_date, "0/6", location="file:///early")
+    await asyncio.sleep(0.5)
+    assert not waiting.done()
+    assert subscribers_on(PREFIX) >= 1
+    await notify(store, unique_date, 12, location="file:///last")
+    event = await asyncio.wait_for(waiting, 10)
+    assert event.payload["status"] == "success"
+    steps = sorted(int(n["request"]["step"]) for n in event.payload["notifications"])
+    assert steps == [0, 6, 12]
+    assert {n["location"] for n in event.payload["notifications"]} == {"file:///early", "file:///last"}
+
+
+async def test_known_notifications_count_as_found(store: Store, unique_date: str, aviso_conn: str) -> None:
+    await notify(store, unique_date, 0)
+    known = [n.to_dict() for n in store.get("mars", {**FIELDS, "date": unique_date, "step": 0})]
+    trigger = AvisoTrigger(event="mars", request=request_of(store, unique_date, "0/6"), aviso_conn_id=aviso_conn,
+                           known=known)
+    waiting = asyncio.create_task(anext(trigger.run()))
+    await asyncio.sleep(0.3)
+    assert not waiting.done()
+    await notify(store, unique_date, 6)
+    event = await asyncio.wait_for(waiting, 10)
+    assert [n["request"]["step"] for n in event.payload["notifications"]] == ["0", "6"]
+
+
+async def test_many_triggers_share_one_watch(store: Store, unique_date: str, aviso_conn: str) -> None:
+    triggers = [AvisoTrigger(event="mars", request=request_of(store, unique_date, step), aviso_conn_id=aviso_conn)
+                for step in range(0, 60, 3)]
+    waiting = [asyncio.create_task(anext(t.run())) for t in triggers]
+    for _ in range(100):
+        if subscribers_on(PREFIX) >= len(triggers):
+            break
+        await asyncio.sleep(0.05)
+    assert [w.prefix for w in HUB.watches()].count(PREFIX) == 1
+    assert subscribers_on(PREFIX) >= len(triggers)
+    await notify(store, unique_date, "0/to/57/by/3")
+    events = await asyncio.wait_for(asyncio.gather(*waiting), 15)
+    assert all(e.payload["status"] == "success" for e in events)
+
+
+async def test_error_when_etcd_cannot_be_reached(monkeypatch: pytest.MonkeyPatch, store: Store,
+                                                 unique_date: str) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_AVISO_NOWHERE", connection_json(f"http://127.0.0.1:{free_port()}", timeout=1))
+    trigger = AvisoTrigger(event="mars", request=request_of(store, unique_date), aviso_conn_id="aviso_nowhere")
+    event = await asyncio.wait_for(anext(trigger.run()), 30)
+    assert event.payload["status"] == "error"
+    assert "127.0.0.1" in event.payload["message"]
+
+
+@pytest.mark.parametrize("trigger", [
+    AvisoTrigger(event="mars", request={"class": "od", "step": ["0", "6"]}, aviso_conn_id="c", wait_for="any",
+                 known=[{"event": "mars", "request": {"step": "0"}, "key": "/ec/mars/x", "revision": 3}]),
+    AvisoEventTrigger(event="dissemination", request={"destination": "COM"}, aviso_conn_id="d"),
+])
+def test_serialize_round_trip(trigger: AvisoTrigger | AvisoEventTrigger) -> None:
+    classpath, kwargs = trigger.serialize()
+    module, name = classpath.rsplit(".", 1)
+    rebuilt = getattr(__import__(module, fromlist=[name]), name)(**kwargs)
+    assert rebuilt.serialize() == (classpath, kwargs)
+    assert classpath.startswith("aviso_workflows.airflow.triggers.")
+
+
+class MemoryStateStore:
+    """Stands in for the triggerer's asset state store: aget/aset of JSON values."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+
+    async def aget(self, key: str, default: Any = None) -> Any:
+        return self.values.get(key, default)
+
+    async def aset(self, key: str, value: Any) -> None:
+        self.values[key] = value
+
+
+async def collect(trigger: AvisoEventTrigger, count: int, timeout: float = 10) -> list[dict[str, Any]]:
+    events = trigger.run()
+    try:
+        return [(await asyncio.wait_for(anext(events), timeout)).payload for _ in range(count)]
+    finally:
+        await events.aclose()
+
+
+async def test_event_trigger_resumes_from_its_cursor(store: Store, unique_date: str, aviso_conn: str) -> None:
+    state = MemoryStateStore()
+    request = {**FIELDS, "date": unique_date}
+    first = AvisoEventTrigger(event="mars", request=request, aviso_conn_id=aviso_conn)
+    first.asset_state_store = state  # type: ignore[assignment]
+    running = asyncio.create_task(collect(first, 3))
+    for _ in range(100):
+        if CURSOR_KEY in state.values:
+            break
+        await asyncio.sleep(0.05)
+    for step in (0, 6, 12):
+        await notify(store, unique_date, step, location=f"file:///{step}")
+    got = await running
+    assert [p["request"]["step"] for p in got] == ["0", "6", "12"]
+    assert got[0]["location"] == "file:///0" and got[0]["event"] == "mars"
+    for step in (18, 24):  # posted while no triggerer runs
+        await notify(store, unique_date, step)
+    again = AvisoEventTrigger(event="mars", request=request, aviso_conn_id=aviso_conn)
+    again.asset_state_store = state  # type: ignore[assignment]
+    resumed = await collect(again, 2)
+    assert [p["request"]["step"] for p in resumed] == ["18", "24"]
+    assert state.values[CURSOR_KEY]["key"] == resumed[-1]["key"]
+
+
+def test_message_queue_trigger_uses_the_aviso_scheme() -> None:
+    from airflow.providers.common.messaging.triggers.msg_queue import MessageQueueTrigger
+
+    trigger = MessageQueueTrigger(scheme="aviso", event="mars", request={"class": "od"}, aviso_conn_id="x")
+    assert isinstance(trigger.trigger, AvisoEventTrigger)
+    assert trigger.serialize() == ("aviso_workflows.airflow.triggers.AvisoEventTrigger",
+                                   {"event": "mars", "request": {"class": "od"}, "aviso_conn_id": "x"})
