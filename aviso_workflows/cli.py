@@ -253,6 +253,8 @@ def cmd_listen(args: argparse.Namespace) -> int:
         if end is not None:
             return EXIT_OK
         after = Position(now)
+    if cursor is not None and args.dry_run:  # a dry run starts from the cursor but never moves it
+        after, cursor = after or cursor.load(), None
     stream = listen(store, requests, after=after, cursor=cursor, stop=threading.Event())
     for notification in stream:
         handle(notification)
@@ -264,7 +266,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _handler(listeners: list[Any], args: argparse.Namespace) -> Callable[[Notification], None]:
+def _handler(listeners: list[Any], args: argparse.Namespace) -> Callable[[Notification], object]:
     if listeners and any(getattr(listener, "actions", None) for listener in listeners):
         from .listeners import dispatch
 

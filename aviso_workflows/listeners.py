@@ -20,21 +20,16 @@ from typing import Any
 
 import yaml
 
+from .actions import ACTION_TYPES, ActionFactory
 from .errors import ValidationError
 from .request import Request
 from .store import Notification, Store
 
 log = logging.getLogger(__name__)
+#: Anything called with a notification; actions of ACTION_TYPES also ``describe`` what they would do.
 Action = Callable[[Notification], None]
-ActionFactory = Callable[[Mapping[str, Any]], Action]
-
-
-def _echo(spec: Mapping[str, Any]) -> Action:
-    return lambda notification: print(json.dumps(notification.to_dict()), flush=True)
-
-
-#: Action types by name; each factory checks its spec when the file is loaded.
-ACTION_TYPES: dict[str, ActionFactory] = {"echo": _echo}
+__all__ = ["ACTION_TYPES", "ActionFactory", "Action", "Listener", "parse_listeners", "load_listener_file",
+           "dispatch"]
 
 
 @dataclass
@@ -51,7 +46,7 @@ def _build_actions(index: int, specs: Any) -> list[tuple[str, Action]]:
         return []
     if not isinstance(specs, list):
         raise ValidationError(where, specs, "expected a list of actions such as [{type: echo}]")
-    actions = []
+    actions: list[tuple[str, Action]] = []
     for number, spec in enumerate(specs):
         kind = spec.get("type") if isinstance(spec, Mapping) else None
         if kind not in ACTION_TYPES:
@@ -91,16 +86,35 @@ def load_listener_file(store: Store, path: str | Path) -> list[Listener]:
     return parse_listeners(store, document, str(path))
 
 
-def dispatch(listeners: list[Listener], notification: Notification, *, dry_run: bool = False) -> None:
-    """Run the actions of every listener whose request matches; a failing action is logged, not fatal."""
+def dispatch(listeners: list[Listener], notification: Notification, *, dry_run: bool = False) -> int:
+    """Run the actions of every listener whose request matches; returns how many failed.
+
+    A failing action is logged with the notification it failed on and does not stop the others
+    (actions that retry have given up by the time they raise).
+    """
+    failed = 0
     for listener in listeners:
         if listener.request.event != notification.event or not listener.request.matches(notification.request):
             continue
         for kind, action in listener.actions:
             if dry_run:
-                print(f"would run {kind} for {notification.key}", flush=True)
+                print(f"[{notification.revision}] {notification.key}: {kind}: {_describe(action, notification)}",
+                      flush=True)
                 continue
             try:
                 action(notification)
             except Exception as error:  # noqa: BLE001 - one failing action must not stop the listener
-                log.error("action %s failed for %s: %s", kind, notification.key, error)
+                failed += 1
+                log.error("action %s failed for notification %s: %s", kind, json.dumps(notification.to_dict()),
+                          error)
+    return failed
+
+
+def _describe(action: Action, notification: Notification) -> str:
+    describe = getattr(action, "describe", None)
+    if describe is None:
+        return f"call {getattr(action, '__qualname__', repr(action))}(notification)"
+    try:
+        return str(describe(notification))
+    except Exception as error:  # noqa: BLE001 - a dry run reports what would fail instead of stopping
+        return f"would fail: {error}"
