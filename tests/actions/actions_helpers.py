@@ -88,7 +88,8 @@ class Receiver:
 def start_cursor(store: Store, name: str) -> Cursor:
     """A cursor saved at the store's current revision: a listen with it sees what is posted from now on."""
     cursor = Cursor(name)
-    cursor.save(Position(store.current_revision()))
+    # Position(R) still admits the keys written at revision R itself, so the cursor is put before R + 1.
+    cursor.save(Position(store.current_revision() + 1))
     return cursor
 
 

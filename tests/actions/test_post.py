@@ -107,7 +107,7 @@ def test_cursor_stays_while_the_action_is_retried(store: Store, unique_date: str
         listener.join(BOUND)
     assert not listener.is_alive() and codes == [0]
     saved = cursor.load()
-    assert saved is not None and saved.revision > first.revision and saved.key.endswith("step=0")
+    assert saved is not None and saved != first and saved.key.endswith("step=0")
     assert receiver.received()[-1].json()["data"]["request"]["step"] == "0"
 
 
