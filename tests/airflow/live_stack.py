@@ -1,0 +1,141 @@
+"""A live Airflow on loopback for tests: api-server, scheduler, dag-processor and triggerer on SQLite.
+
+Every process is started in its own session on a free 127.0.0.1 port and stopped by its pid
+(its process group: the api-server and the executor start children). Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import sqlite3
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+from airflow_helpers import AIRFLOW, MIGRATE_SECONDS
+
+from aviso_workflows.server import free_port
+
+T = TypeVar("T")
+COMPONENTS = {
+    "api-server": ["api-server", "--host", "127.0.0.1", "--port", "{port}"],
+    "scheduler": ["scheduler", "--skip-serve-logs"],
+    "dag-processor": ["dag-processor"],
+    "triggerer": ["triggerer", "--skip-serve-logs"],
+}
+STOP_SECONDS = 20.0
+CLI_SECONDS = 120.0
+CLI_ATTEMPTS = 3
+
+
+def eventually(what: str, check: Callable[[], T | None], timeout: float, every: float = 1.0) -> T:
+    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout / every) + 2):
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            break
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+class LiveStack:
+    """The four Airflow services of one AIRFLOW_HOME."""
+
+    def __init__(self, home: Path, dags: Path, extra_env: dict[str, str]) -> None:
+        self.home = home
+        self.port = free_port()
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "AVISO_WORKFLOWS"))}
+        self.env.update(extra_env)
+        self.env.update({
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__PARALLELISM": "8",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{self.port}/execution/",
+            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{self.port}",
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__PORT": str(self.port),
+            "AIRFLOW__API__WORKERS": "1",
+            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(16),
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+            "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+            "AIRFLOW__TRIGGERER__DEFAULT_CAPACITY": "100",
+        })
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.logs: list[IO[bytes]] = []
+
+    def start(self) -> None:
+        self.cli("db", "migrate", timeout=MIGRATE_SECONDS)
+        with sqlite3.connect(self.home / "airflow.db") as db:  # readers and one writer at a time, not one of all
+            db.execute("pragma journal_mode=wal")
+        for name, args in COMPONENTS.items():
+            log = open(self.home / f"{name}.log", "wb")
+            self.logs.append(log)
+            command = [str(AIRFLOW)] + [a.format(port=self.port) for a in args]
+            self.processes[name] = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                                    start_new_session=True)
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_SECONDS
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=5)
+        for log in self.logs:
+            log.close()
+
+    def check_alive(self) -> None:
+        dead = {n: p.returncode for n, p in self.processes.items() if p.poll() is not None}
+        if dead:
+            raise AssertionError(f"airflow processes ended: {dead}; logs in {self.home}")
+
+    def cli(self, *args: str, timeout: float = CLI_SECONDS) -> str:
+        for _ in range(CLI_ATTEMPTS):  # SQLite may be busy with the services' writes: try again
+            done = subprocess.run([str(AIRFLOW), *args], env=self.env, capture_output=True, text=True,
+                                  timeout=timeout)
+            if done.returncode == 0 or "database is locked" not in done.stderr + done.stdout:
+                break
+            time.sleep(1)
+        if done.returncode != 0:
+            raise AssertionError(f"airflow {' '.join(args)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+        return done.stdout
+
+    def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        """Read the metadata DB (SQLite) directly: faster than a CLI call per poll."""
+        self.check_alive()
+        with sqlite3.connect(f"file:{self.home / 'airflow.db'}?mode=ro", uri=True, timeout=10) as db:
+            return db.execute(sql, params).fetchall()
+
+    def runs(self, dag_id: str, run_type: str | None = None) -> list[tuple[str, str]]:
+        sql = "select run_id, state from dag_run where dag_id = ?" + (" and run_type = ?" if run_type else "")
+        return self.query(sql, dag_id, *([run_type] if run_type else []))
+
+    def task_state(self, dag_id: str, run_id: str, task_id: str) -> str | None:
+        rows = self.query("select state from task_instance where dag_id = ? and run_id = ? and task_id = ?",
+                          dag_id, run_id, task_id)
+        return rows[0][0] if rows else None
+
+    def asset_payloads(self, asset_name: str) -> list[dict[str, Any]]:
+        rows = self.query("select e.extra from asset_event e join asset a on a.id = e.asset_id where a.name = ? "
+                          "order by e.id", asset_name)
+        return [json.loads(extra).get("payload", {}) for (extra,) in rows]
+
+    def asset_state(self, asset_name: str) -> list[tuple[str, str]]:
+        return self.query("select s.key, s.value from asset_state_store s join asset a on a.id = s.asset_id "
+                          "where a.name = ?", asset_name)
