@@ -2,8 +2,9 @@
 
     python suites/producer.py --host localhost --port 3141 [--date 20261122] [--endpoint http://127.0.0.1:2379]
 
-A RepeatInteger family walks STEP over 0..24; its notify task builds the request from the ecFlow
-variables %YMD% and %STEP%.
+A RepeatInteger family walks STEP over 0..24; the model task ends with the one-line notify helper,
+whose request comes from the ecFlow variables %YMD% and %STEP%. (``NotifyTask`` is the same as a task
+of its own.)
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 import pyflow as pf
 
-from aviso_workflows.ecflow import LoopbackHost, NotifyTask
+from aviso_workflows.ecflow import LoopbackHost, notify_command
 from aviso_workflows.ecflow.deploy import play, suite_arguments
 
 FORECAST = {"class": "od", "expver": 1, "domain": "g", "time": 0, "stream": "oper"}
@@ -28,9 +29,10 @@ def build(home: Path, date: str, endpoints: Sequence[str] | None = None, name: s
     with pf.Suite(name, host=LoopbackHost(), files=str(home / "files"), home=str(home / "out"), YMD=date) as suite:
         with pf.Family("steps"):
             pf.RepeatInteger("STEP", 0, last_step, 1)
-            model = pf.Task("model", script=f"sleep {step_seconds:g}  # the model computes step $STEP")
-            NotifyTask("notify", "mars", {**FORECAST, "date": "%YMD%", "step": "%STEP%"},
-                       location="file:///data/%YMD%/step_%STEP%.grib", endpoints=endpoints).triggers = model.complete
+            model = pf.Task("model")
+            model.script = [f"sleep {step_seconds:g}  # the model computes step $STEP",
+                            notify_command(model, "mars", {**FORECAST, "date": "%YMD%", "step": "%STEP%"},
+                                           location="file:///data/%YMD%/step_%STEP%.grib", endpoints=endpoints)]
     return suite
 
 

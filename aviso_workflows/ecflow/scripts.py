@@ -98,18 +98,22 @@ class RequestTemplate:
                   for name, text in self.fields.items()}
         return Request.build(self.event, filled, self.registry)
 
-    def shell_word(self) -> str:
+    def shell_word(self, prefix: str = "") -> str:
         """The request as one shell word: ``'event=mars,...,date='"${YMD}"',...'``."""
-        return quote_with_references(str(self))
+        return quote_with_references(str(self), prefix)
 
-    def check_lines(self) -> list[str]:
+    def check_lines(self, prefix: str = "") -> list[str]:
         """Shell lines that stop the job when a variable's value is unsafe."""
         if not self.variables():
             return []
-        return [CHECK_FUNCTION] + [f'aviso_check_value {name} "${{{name}}}"' for name in self.variables()]
+        return [CHECK_FUNCTION] + [f'aviso_check_value {name} "${{{prefix}{name}}}"' for name in self.variables()]
 
     def __str__(self) -> str:
         return ",".join([f"event={self.event}"] + [f"{name}={value}" for name, value in self.fields.items()])
+
+    def display(self) -> str:
+        """The request with variables written ``%NAME%`` (for comments: not a shell reference)."""
+        return REFERENCE.sub(lambda m: f"%{m.group(1) or m.group(2) or m.group(3)}%", str(self))
 
 
 def ecflow_name(name: str) -> str:
@@ -159,7 +163,7 @@ def wait_lines(template: RequestTemplate, *, timeout: float | None = None, meter
     if label:
         shown = "{found}/{total}" + (f" latest {ecflow_name(label_field)}={{{label_field}}}" if label_field else "")
         argv += ["--progress-command", shlex.quote(f'ecflow_client --label={ecflow_name(label)} "{shown}"')]
-    lines = [f"# Wait until the data is available: {template}"] + template.check_lines()
+    lines = [f"# Wait until the data is available: {template.display()}"] + template.check_lines()
     lines += ["aviso_status=0", _command(argv) + " || aviso_status=$?"]
     lines += _failure_lines(template, timeout, label)
     return lines
@@ -182,31 +186,52 @@ def _failure_lines(template: RequestTemplate, timeout: float | None, label: str 
 
 
 def notify_line(template: RequestTemplate, *, location: str | None = None, ttl: int | None = None,
-                endpoints: Sequence[str] | str | None = None, command: str | None = None) -> str:
+                endpoints: Sequence[str] | str | None = None, command: str | None = None, prefix: str = "") -> str:
     """One line that posts ``template`` (after the variable checks, which :func:`notify_lines` adds)."""
-    argv = [shlex.quote(command or command_path()), "notify", template.shell_word()]
+    argv = [shlex.quote(command or command_path()), "notify", template.shell_word(prefix)]
     argv += [shlex.quote(a) for a in endpoint_arguments(endpoints)]
     if location is not None:
-        argv += ["--location", quote_with_references(location)]
+        argv += ["--location", quote_with_references(location, prefix)]
     if ttl is not None:
         argv += ["--ttl", shlex.quote(str(int(ttl)))]
     return _command(argv)
 
 
-def quote_with_references(text: str) -> str:
-    """``text`` as one shell word: static parts quoted, variable references as ``"${NAME}"``."""
+def quote_with_references(text: str, prefix: str = "") -> str:
+    """``text`` as one shell word: static parts quoted, variable references as ``"${PREFIXNAME}"``."""
     pieces, position = [], 0
     for match in REFERENCE.finditer(text):
         if match.start() > position:
             pieces.append(shlex.quote(text[position:match.start()]))
-        pieces.append('"${%s}"' % (match.group(1) or match.group(2) or match.group(3)))
+        name = match.group(1) or match.group(2) or match.group(3)
+        pieces.append(f'"${{{prefix}{name}}}"')
         position = match.end()
     if position < len(text):
         pieces.append(shlex.quote(text[position:]))
     return "".join(pieces) or "''"
 
 
-def notify_lines(template: RequestTemplate, **options: Any) -> list[str]:
-    """The variable checks and the notify line, for a task script."""
-    return [f"# Tell waiting workflows the data is available: {template}"] + template.check_lines() \
-        + [notify_line(template, **options)]
+def literal_reads(names: Iterable[str], prefix: str) -> list[str]:
+    """Lines that read ecFlow variables into shell variables ``PREFIXNAME`` without any shell expansion.
+
+    They leave the script's ``%nopp`` block so that ecFlow substitutes ``%NAME%`` into a quoted
+    here-document, then enter it again.
+    """
+    lines: list[str] = []
+    for name in names:
+        lines += ["%end", f"{prefix}{name}=$(cat <<'AVISO_VALUE'", f"%{name}%", "AVISO_VALUE", ")", "%nopp"]
+    return lines
+
+
+def notify_lines(template: RequestTemplate, *, prefix: str = "", location: str | None = None,
+                 **options: Any) -> list[str]:
+    """The variable checks and the notify line; with ``prefix``, the variables are read literally first."""
+    names = list(dict.fromkeys(template.variables() + _references(location or "")))
+    reads = literal_reads(names, prefix) if prefix else []
+    comment = f"# Tell waiting workflows the data is available: {template.display()}"
+    return [comment, *reads, *template.check_lines(prefix),
+            notify_line(template, prefix=prefix, location=location, **options)]
+
+
+def _references(text: str) -> list[str]:
+    return [m.group(1) or m.group(2) or m.group(3) for m in REFERENCE.finditer(text)]

@@ -21,6 +21,7 @@ from .scripts import RequestTemplate, check_variable_value, notify_lines, wait_l
 
 METER = "steps"
 LABEL = "latest"
+LITERAL_PREFIX = "AVISO_VAR_"
 
 
 class LoopbackHost(pf.LocalHost):
@@ -152,9 +153,11 @@ def notify_command(node: Any, event: str, request: Mapping[str, Any], **options:
     """Lines to append to an existing task's script: post the request when the work is done.
 
         task.script = ["run_model", notify_command(task, "mars", {..., "step": "%STEP%"})]
+
+    The variables are read into ``AVISO_VAR_<NAME>`` shell variables through a quoted here-document.
     """
     template = _template(node, event, request, options.pop("registry", None))
-    return "\n".join(notify_lines(template, **options))
+    return "\n".join(notify_lines(template, prefix=LITERAL_PREFIX, **options))
 
 
 def catchup_family(name: str, start: dt.date, end: dt.date, event: str, request: Mapping[str, Any], *,

@@ -54,16 +54,23 @@ def test_variables_altered_on_the_server_cannot_run_commands_or_add_fields(
         NotifyTask("command", "mars", {**FORECAST, "date": "%YMD%", "step": "%STEP%"}, endpoints=[etcd_url])
         with pf.Family("field", STEP="0"):
             NotifyTask("notify", "mars", {**FORECAST, "date": "%YMD%", "step": "%STEP%"}, endpoints=[etcd_url])
+        with pf.Family("helper", STEP="0"):
+            work = pf.Task("work")
+            work.script = ["echo working", notify_command(work, "mars", {**FORECAST, "date": "%YMD%",
+                                                                         "step": "${STEP}"}, endpoints=[etcd_url])]
     play(s, "localhost", ecflow_server.port)
     client = ecflow_server.client()
     client.alter("/inject", "change", "variable", "STEP", f'0$(touch {marker})"`touch {marker}`')
     client.alter("/inject/field", "change", "variable", "STEP", "0,class=rd")
+    client.alter("/inject/helper", "change", "variable", "STEP", f"0$(touch {marker})`touch {marker}`")
     client.resume("/inject")
     watcher.until(lambda d: node_state(d, "/inject/command") == "aborted"
-                  and node_state(d, "/inject/field/notify") == "aborted", 30, "both notify tasks refusing")
+                  and node_state(d, "/inject/field/notify") == "aborted"
+                  and node_state(d, "/inject/helper/work") == "aborted", 30, "the three notifying tasks refusing")
     assert not marker.exists()
     assert "may hold only letters, digits" in job_output(home, "/inject/command")
     assert "ecFlow variable STEP='0,class=rd'" in job_output(home, "/inject/field/notify")
+    assert "may hold only letters, digits" in job_output(home, "/inject/helper/work")
     assert store.get("mars", {**FORECAST, "date": unique_date}) == []
 
 
@@ -81,4 +88,5 @@ def test_requests_are_checked_when_the_suite_is_built(tmp_path: Path) -> None:
             NotifyTask("e", "mars", {**FORECAST, "date": "%YMD%", "step": "%S%"}, S="1;reboot")
         task = pf.Task("f")
         line = notify_command(task, "mars", {**FORECAST, "date": "%YMD%", "step": 6}, location="file:///a b/%YMD%")
-    assert "date=\"${YMD}\"" in line and "--location 'file:///a b/'\"${YMD}\"" in line
+    assert "date=\"${AVISO_VAR_YMD}\"" in line and "--location 'file:///a b/'\"${AVISO_VAR_YMD}\"" in line
+    assert "AVISO_VAR_YMD=$(cat <<'AVISO_VALUE'\n%YMD%\nAVISO_VALUE\n)" in line and "${YMD" not in line
