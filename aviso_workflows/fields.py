@@ -200,6 +200,11 @@ class ExpverField(Field):
                 {"type": "RegexHandler", "regex": "^[0-9a-z]{4}$"}]
 
 
+def _yyyymmdd(date: dt.date) -> str:
+    """``YYYYMMDD`` with a four-digit year (``strftime`` drops the zeros of years before 1000)."""
+    return f"{date.year:04d}{date.month:02d}{date.day:02d}"
+
+
 class DateField(Field):
     """A date written ``YYYYMMDD``; reads ISO dates, ``date`` objects and ``0``/``-1`` (days from today, UTC)."""
 
@@ -240,14 +245,14 @@ class DateField(Field):
             raise ValidationError(self.name, value, f"not a calendar date; expected {self.describe()}") from None
 
     def canonical(self, value: Any) -> str:
-        return self.to_date(value).strftime("%Y%m%d")
+        return _yyyymmdd(self.to_date(value))
 
     def range(self, start: str, end: str, by: str | None) -> list[str]:
         text = f"{start}/to/{end}" + (f"/by/{by}" if by else "")
         first, last = self.to_date(start), self.to_date(end)
         step = 1 if by is None else _as_int(self.name, by, "a whole number of days")
         days = _checked_steps(self.name, text, 0, (last - first).days, step)
-        return [(first + dt.timedelta(days=n)).strftime("%Y%m%d") for n in days]
+        return [_yyyymmdd(first + dt.timedelta(days=n)) for n in days]
 
     def to_pyaviso(self) -> list[dict[str, Any]]:
         return [{"type": "DateHandler", "canonic": "%Y%m%d"}]

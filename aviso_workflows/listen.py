@@ -158,6 +158,8 @@ class PrefixWatch:
         self._stream = self.gateway.watch(self.prefix, self.next_revision, idle_timeout=IDLE_TIMEOUT)
         self.connections_opened += 1
         try:
+            if self._stop.is_set():  # stop() ran before the stream existed and could not close it
+                return
             for batch in self._stream:
                 if batch.puts:
                     self._deliver(batch.puts, batch.revision)
@@ -239,7 +241,9 @@ def subscribed(store: Store, prefixes: Iterable[str], subscriber: Subscriber, ke
             watch = HUB.watch_for(store.config, prefix)
             watch.add(subscriber, key_list)
             joined.append(prefix)
-            watch.wait_ready(timeout if timeout is not None else store.config.timeout)
+            # etcd gets its usual request timeout to answer even when the wait's own timeout is shorter:
+            # a slow first answer makes a short wait time out (WaitTimeout), not report etcd unreachable
+            watch.wait_ready(store.config.timeout if timeout is None else max(timeout, store.config.timeout))
         yield
     finally:
         for prefix in joined:
@@ -461,6 +465,8 @@ def listen(store: Store, requests: list[Request], *, after: Position | None = No
         position = start or Position(store.current_revision())
         read_revision, backlog = _catch_up(store, requests, position)
         for notification in backlog:
+            if stop.is_set():
+                return
             yield notification
             position = _advance(cursor, notification)
         if until_revision is not None and read_revision >= until_revision:
@@ -478,6 +484,8 @@ def listen(store: Store, requests: list[Request], *, after: Position | None = No
             else:
                 news = [n for n in _match_all(requests, payload) if n.revision > seen_until]
             for notification in news:
+                if stop.is_set():
+                    return
                 if not position.is_after(notification):
                     yield notification
                     position = _advance(cursor, notification)

@@ -67,8 +67,9 @@ def free_port() -> int:
 
 
 def port_is_free(port: int) -> bool:
-    """True if nothing listens on 127.0.0.1:port."""
+    """True if nothing listens on 127.0.0.1:port (connections closing in TIME_WAIT do not count, as for etcd)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:

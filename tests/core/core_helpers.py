@@ -1,0 +1,92 @@
+"""Small helpers shared by the core tests (requests on a test's own date, snapshots of etcd)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aviso_workflows import Store
+from aviso_workflows.etcd import KeyValue
+
+WAIT_BOUND = 10.0  # seconds: no test waits longer than this for something that should be immediate
+
+
+def mars(date: str, /, **fields: Any) -> dict[str, Any]:
+    """A complete mars request on ``date`` (fields override the defaults)."""
+    raw: dict[str, Any] = {"event": "mars", "class": "od", "expver": 1, "domain": "g", "date": date, "time": 0,
+                           "stream": "oper", "step": 0}
+    raw.update(fields)
+    return {k: v for k, v in raw.items() if v is not None}
+
+
+def diss(date: str, /, **fields: Any) -> dict[str, Any]:
+    """A complete dissemination request on ``date`` (destination COM, target E1 unless given)."""
+    fields = {"destination": "COM", "target": "E1", **fields}
+    raw = mars(date, **fields)
+    raw["event"] = "dissemination"
+    return {k: v for k, v in raw.items() if v is not None}
+
+
+def destination_for(date: str, tag: str = "T") -> str:
+    """A dissemination destination no other test uses (its own status key and watch prefix)."""
+    return f"{tag}{date}"
+
+
+def mars_key(date: str, step: int | str = 0, time_: str = "00") -> str:
+    """The data key pyaviso writes for the default mars request."""
+    return f"/ec/mars/date={date},class=od,expver=0001,domain=g,time={time_},stream=oper,step={step}"
+
+
+def everything(store: Store, prefix: str) -> list[KeyValue]:
+    """Every key under ``prefix`` now."""
+    return store.gateway.range_all(prefix)[1]
+
+
+class Snapshot:
+    """The store's revision and the keys under some prefixes, to prove that nothing was written."""
+
+    def __init__(self, store: Store, *prefixes: str) -> None:
+        self.store = store
+        self.prefixes = prefixes or ("/",)
+        self.revision = store.current_revision()
+        self.keys = self._keys()
+
+    def _keys(self) -> dict[str, tuple[str, int]]:
+        return {kv.key: (kv.value, kv.mod_revision) for p in self.prefixes for kv in everything(self.store, p)}
+
+    def assert_unchanged(self) -> None:
+        assert self.store.current_revision() == self.revision, "something was written"
+        assert self._keys() == self.keys
+
+
+def status_of(kv: KeyValue | None) -> dict[str, Any]:
+    assert kv is not None, "no status key"
+    return json.loads(kv.value)
+
+
+def run_in_thread(target: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
+    """Run ``target`` in a daemon thread; the dict gets 'result' or 'error' and 'ended' (monotonic time)."""
+    outcome: dict[str, Any] = {}
+
+    def body() -> None:
+        try:
+            outcome["result"] = target()
+        except BaseException as error:  # noqa: BLE001 - handed back to the test
+            outcome["error"] = error
+        outcome["ended"] = time.monotonic()
+
+    thread = threading.Thread(target=body, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def joined(thread: threading.Thread, outcome: dict[str, Any], bound: float = WAIT_BOUND) -> Any:
+    """Join within ``bound`` seconds and return the result (re-raising the thread's error)."""
+    thread.join(bound)
+    assert not thread.is_alive(), f"still running after {bound} s"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("result")
