@@ -16,7 +16,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +29,8 @@ from .request import Request
 from .store import DATE_FORMAT, Notification, Store, notification_from_kv
 
 log = logging.getLogger(__name__)
+#: Sorts after every key: a position with it has passed the whole revision.
+END_OF_REVISION = "\U0010ffff"
 RETRY_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 IDLE_TIMEOUT = 30.0
 
@@ -405,10 +407,13 @@ def _matching(request: Request, puts: list[KeyValue]) -> list[Notification]:
 # -- cursors -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Position:
-    """A place in the store's history: after this revision and, within it, after this key."""
+    """A place in the store's history: after this revision and, within it, after this key.
+
+    Without a key, the whole revision is passed (``Position(store.current_revision())`` means "now").
+    """
 
     revision: int
-    key: str = ""
+    key: str = END_OF_REVISION
 
     def is_after(self, notification: Notification) -> bool:
         """True when ``notification`` was already passed."""
@@ -428,7 +433,7 @@ class Cursor:
         """The saved position, or None if this cursor never moved."""
         try:
             data = json.loads(self.path.read_text())
-            return Position(int(data["revision"]), str(data.get("key", "")))
+            return Position(int(data["revision"]), str(data.get("key", END_OF_REVISION)))
         except FileNotFoundError:
             return None
         except (ValueError, KeyError) as error:
@@ -494,7 +499,7 @@ def listen(store: Store, requests: list[Request], *, after: Position | None = No
 
 
 async def listen_async(store: Store, requests: list[Request], *,
-                       after: Position | None = None) -> AsyncIterator[Notification]:
+                       after: Position | None = None) -> AsyncGenerator[Notification, None]:
     """The asyncio form of :func:`listen` for event triggers: yields matching notifications in write
     order, starting after ``after`` (or now). Blocking reads run in worker threads; the process's
     shared watches feed an asyncio queue. The caller keeps its own durable position.
