@@ -13,7 +13,7 @@ from typing import Any
 from airflow.triggers.base import BaseEventTrigger, BaseTrigger, TriggerEvent
 
 from ..errors import AvisoWorkflowsError
-from ..listen import Position, listen_async, wait_async
+from ..listen import END_OF_REVISION, Position, listen_async, wait_async
 from ..store import Notification, Store
 from .hooks import AvisoHook
 
@@ -96,8 +96,9 @@ class AvisoEventTrigger(BaseEventTrigger):
 
     async def _load_position(self, store: Store) -> Position:
         saved = await self.asset_state_store.aget(CURSOR_KEY) if self.asset_state_store is not None else None
-        if isinstance(saved, dict) and "revision" in saved:
-            return Position(int(saved["revision"]), str(saved.get("key", "")))
+        revision = saved.get("revision") if isinstance(saved, dict) else None
+        if isinstance(revision, int) and isinstance(saved, dict):
+            return Position(revision, str(saved.get("key", END_OF_REVISION)))
         position = Position(await _current_revision(store))
         await self._save_position(position)
         return position
