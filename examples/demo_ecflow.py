@@ -32,9 +32,8 @@ def say(who: str, text: str) -> None:
 
 
 def demo_date() -> str:
-    """A date no earlier run posted (the demo's etcd keeps its data between runs)."""
-    day = dt.date(1950, 1, 1) + dt.timedelta(days=int(time.time()) % 20000)
-    return day.strftime("%Y%m%d")
+    """Today (UTC): the demo's store is fresh, and the core demo posts the 00 UTC run, this one the 12 UTC run."""
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%d")
 
 
 def build(home: Path, date: str, store_url: str) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -117,9 +118,40 @@ def _wait_for_ping(server: EcflowServer, wait_seconds: float) -> None:
 
 
 def stop(server: EcflowServer, *, wait_seconds: float = STOP_SECONDS) -> None:
-    """``ecflow_client --terminate=yes`` on localhost, then wait for the pid (killed if it lingers)."""
+    """``ecflow_client --terminate=yes`` on localhost, then wait for the pid (killed if it lingers).
+
+    Jobs this server started and that still run (an automatic retry, a client still trying to reach
+    the server) are ended too, by their pids: they would otherwise keep retrying for a day.
+    """
     if server.process.poll() is not None:
         return
+    try:
+        _terminate(server, wait_seconds)
+    finally:
+        end_jobs_of(server.port)
+
+
+def end_jobs_of(port: int) -> list[int]:
+    """End (SIGKILL) the job processes whose environment names this server's port; returns their pids."""
+    marker = f"ECF_PORT={port}".encode()
+    ended = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environment = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if marker in environment:
+            try:
+                os.kill(int(entry.name), signal.SIGKILL)
+                ended.append(int(entry.name))
+            except ProcessLookupError:
+                pass
+    return ended
+
+
+def _terminate(server: EcflowServer, wait_seconds: float) -> None:
     subprocess.run(["ecflow_client", "--terminate=yes", f"--host={server.host}", f"--port={server.port}"],
                    env=server.environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                    timeout=wait_seconds, check=False)

@@ -88,8 +88,7 @@ class Receiver:
 def start_cursor(store: Store, name: str) -> Cursor:
     """A cursor saved at the store's current revision: a listen with it sees what is posted from now on."""
     cursor = Cursor(name)
-    # Position(R) still admits the keys written at revision R itself, so the cursor is put before R + 1.
-    cursor.save(Position(store.current_revision() + 1))
+    cursor.save(Position(store.current_revision()))  # without a key: the whole revision is passed
     return cursor
 
 
