@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -92,9 +92,6 @@ class StoreConfig:
         return (self.endpoints, self.username, self.password, tuple(sorted(self.headers.items())),
                 self.ca_cert, self.client_cert, self.client_key)
 
-    def with_endpoints(self, endpoints: Sequence[str]) -> StoreConfig:
-        """A copy pointing at other endpoints."""
-        return replace(self, endpoints=tuple(endpoints))
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:

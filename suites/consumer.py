@@ -8,7 +8,6 @@ as 7 steps are in, long before the whole forecast is.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import pyflow as pf
 
 from aviso_workflows.ecflow import LoopbackHost, WaitTask
-from aviso_workflows.ecflow.deploy import play, suite_arguments
+from aviso_workflows.ecflow.deploy import run_daily_suite
 
 FORECAST = {"class": "od", "expver": 1, "domain": "g", "time": 0, "stream": "oper"}
 #: Downstream task → number of steps (0, 1, ... in order) it needs.
@@ -36,11 +35,7 @@ def build(home: Path, date: str, endpoints: Sequence[str] | None = None, name: s
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = suite_arguments(__doc__.splitlines()[0], argv)
-    home = Path(args.home or Path.cwd() / "ecflow-home" / "consumer").resolve()
-    suite = build(home, args.date or dt.date.today().strftime("%Y%m%d"), args.endpoint)
-    play(suite, args.host, args.port, begin=not args.no_begin)
-    print(f"suite /{suite.name} loaded on {args.host}:{args.port}; scripts in {home / 'files'}")
+    run_daily_suite("consumer", __doc__.splitlines()[0], build, argv)
 
 
 if __name__ == "__main__":

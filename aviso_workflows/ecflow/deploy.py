@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import datetime as dt
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from ..config import ENDPOINTS_VARIABLE
@@ -35,3 +37,13 @@ def suite_arguments(description: str, argv: Sequence[str] | None = None) -> argp
     if args.endpoint:
         endpoint_arguments(args.endpoint)  # refuse bad URLs before anything is written
     return args
+
+
+def run_daily_suite(name: str, description: str, build: Callable[[Path, str, Sequence[str] | None], Any],
+                    argv: Sequence[str] | None = None) -> None:
+    """The command line of a one-date example suite: build it for ``--date`` and play it on the server."""
+    args = suite_arguments(description, argv)
+    home = Path(args.home or Path.cwd() / "ecflow-home" / name).resolve()
+    suite = build(home, args.date or dt.date.today().strftime("%Y%m%d"), args.endpoint)
+    play(suite, args.host, args.port, begin=not args.no_begin)
+    print(f"suite /{suite.name} loaded on {args.host}:{args.port}; scripts in {home / 'files'}")
