@@ -148,10 +148,14 @@ class EtcdGateway:
         return str(response.json()["token"])
 
     def post(self, path: str, body: dict[str, Any], *, stream: bool = False,
-             timeout: float | tuple[float, float | None] | None = None) -> requests.Response:
-        """POST to the first endpoint that answers, failing over in order; raises StoreUnavailable if none does."""
+             timeout: float | tuple[float, float | None] | None = None,
+             signed_in_again: bool = False) -> requests.Response:
+        """POST to the first endpoint that answers, failing over in order; raises StoreUnavailable if none does.
+
+        An expired etcd token is replaced once per call (signing in again), not in a loop.
+        """
         errors: list[str] = []
-        for attempt in range(len(self.config.endpoints)):
+        for _ in range(len(self.config.endpoints)):
             endpoint = self.endpoint
             try:
                 response = self._session().post(self.url(path, endpoint), json=body, stream=stream,
@@ -164,8 +168,8 @@ class EtcdGateway:
             if response.status_code in (401,) or _is_token_error(response):
                 with self._token_lock:
                     self._token = None
-                if attempt == 0 and self.config.username:
-                    return self.post(path, body, stream=stream, timeout=timeout)
+                if self.config.username and not signed_in_again:
+                    return self.post(path, body, stream=stream, timeout=timeout, signed_in_again=True)
             return _checked(response, endpoint)
         raise StoreUnavailable("cannot reach etcd at " + "; ".join(errors))
 

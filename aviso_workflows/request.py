@@ -10,7 +10,6 @@ from functools import cached_property
 from typing import Any
 
 from .errors import ValidationError
-from .fields import check_characters
 from .schema import BUILTIN_SCHEMAS, EventSchema, SchemaRegistry
 
 #: The most concrete keys one request may stand for.
@@ -188,4 +187,4 @@ def check_ttl(ttl: Any) -> int | None:
     return seconds
 
 
-__all__ = ["Request", "parse_pairs", "split_event", "check_location", "check_ttl", "check_characters"]
+__all__ = ["Request", "parse_pairs", "split_event", "check_location", "check_ttl"]
