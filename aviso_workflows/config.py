@@ -68,6 +68,8 @@ class StoreConfig:
     client_key: str | None = None
     schema_files: tuple[str, ...] = ()
     max_txn_ops: int = 128
+    #: A key posted again with the same value within this many revisions is a repeat: listeners skip it.
+    dedupe_window: int = 100_000
 
     def __post_init__(self) -> None:
         if not self.endpoints:
@@ -77,6 +79,9 @@ class StoreConfig:
             raise ValidationError("timeout", self.timeout, "expected a positive number of seconds")
         if not (isinstance(self.max_txn_ops, int) and self.max_txn_ops >= 3):
             raise ValidationError("max_txn_ops", self.max_txn_ops, "expected a whole number of at least 3")
+        if not (isinstance(self.dedupe_window, int) and self.dedupe_window >= 0):
+            raise ValidationError("dedupe_window", self.dedupe_window,
+                                  "expected a whole number of revisions (0 turns deduplication off)")
 
     def __repr__(self) -> str:
         shown = {f.name: getattr(self, f.name) for f in fields(self) if f.repr}

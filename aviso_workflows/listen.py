@@ -487,7 +487,7 @@ def listen(store: Store, requests: list[Request], *, after: Position | None = No
             if kind == "resync":
                 seen_until, news = _catch_up(store, requests, position)
             else:
-                news = [n for n in _match_all(requests, payload) if n.revision > seen_until]
+                news = _fresh(store, requests, payload, seen_until)
             for notification in news:
                 if stop.is_set():
                     return
@@ -523,7 +523,7 @@ async def listen_async(store: Store, requests: list[Request], *,
             if kind == "resync":
                 seen_until, news = await asyncio.to_thread(_catch_up, store, requests, position)
             else:
-                news = [n for n in _match_all(requests, payload) if n.revision > seen_until]
+                news = _fresh(store, requests, payload, seen_until)
     finally:
         await asyncio.to_thread(entered.__exit__, None, None, None)
 
@@ -540,8 +540,41 @@ def _catch_up(store: Store, requests: list[Request], position: Position) -> tupl
     for request in requests:
         read_revision, notifications = store.read(request, min_revision=position.revision)
         revision = min(revision or read_revision, read_revision)
-        found.extend(n for n in notifications if not position.is_after(n))
+        found.extend(n for n in notifications
+                     if not position.is_after(n) and not 0 < _repeated_revision(store, n) <= position.revision)
     return revision, sorted({n.key: n for n in found}.values(), key=lambda n: n.order)
+
+
+def _fresh(store: Store, requests: list[Request], puts: list[KeyValue], seen_until: int) -> list[Notification]:
+    """The notifications of watched puts not read already, without repeats of a key's previous post."""
+    previous = {kv.key: (kv.prev_value, kv.prev_mod_revision) for kv in puts}
+    return [n for n in _match_all(requests, puts)
+            if n.revision > seen_until and not _repeated_revision(store, n, previous.get(n.key))]
+
+
+def _repeated_revision(store: Store, notification: Notification, previous: tuple[str | None, int] | None = None) -> int:
+    """The revision of the post that ``notification`` repeats, else 0.
+
+    A repeat writes a key's previous value again within ``dedupe_window`` revisions (a notify retried
+    after a timeout, a producer run twice). ``previous`` is the value and revision a watch reported;
+    without it the previous version is read (compacted history: not a repeat, delivered again).
+    """
+    window = store.config.dedupe_window
+    if not window or notification.version <= 1:
+        return 0
+    prev_value, prev_revision = previous if previous and previous[0] is not None else _previous_version(
+        store, notification)
+    if prev_value != notification.value or not 0 < notification.revision - prev_revision <= window:
+        return 0
+    return prev_revision
+
+
+def _previous_version(store: Store, notification: Notification) -> tuple[str | None, int]:
+    try:
+        _, kv = store.gateway.get(notification.key, revision=notification.revision - 1)
+    except HistoryCompacted:
+        return None, 0
+    return (kv.value, kv.mod_revision) if kv is not None else (None, 0)
 
 
 def _match_all(requests: list[Request], puts: list[KeyValue]) -> list[Notification]:

@@ -39,6 +39,13 @@ class Notification:
     location: str | None
     key: str
     revision: int
+    #: How many times the key was written (1: first post); not part of the notification's identity.
+    version: int = field(default=1, compare=False)
+
+    @property
+    def value(self) -> str:
+        """The stored value: the location, or the literal ``None``."""
+        return self.location if self.location is not None else NO_PAYLOAD
 
     def to_dict(self) -> dict[str, Any]:
         """pyaviso's notification dict (``event``, ``request``, ``location`` if any) plus key and revision."""
@@ -72,7 +79,7 @@ def notification_from_kv(request: Request, kv: KeyValue) -> Notification | None:
     if not request.matches(fields):
         return None
     location = None if kv.value == NO_PAYLOAD else kv.value
-    return Notification(request.event, fields, location, kv.key, kv.mod_revision)
+    return Notification(request.event, fields, location, kv.key, kv.mod_revision, kv.version or 1)
 
 
 def _report_foreign_key(event: str, key: str) -> None:
@@ -258,8 +265,7 @@ class Store:
         request = self.request(event, raw)
         request.require_complete("value")
         existing = {n.key: n for n in self.read(request)[1]}
-        return {key: (existing[key].location if existing[key].location is not None else NO_PAYLOAD)
-                if key in existing else None for key in request.keys()}
+        return {key: existing[key].value if key in existing else None for key in request.keys()}
 
     def current_revision(self) -> int:
         """The store's revision now."""

@@ -1,0 +1,251 @@
+"""A notification posted twice (a notify retried after a timeout) reaches listeners, cursors and actions once.
+
+The retry writes the same key and value a second time; listeners skip a key that is written again with
+its previous value within the store's ``dedupe_window`` (in revisions). A changed value is a new
+notification, and so is a repeat posted after the window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.server
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from aviso_workflows import Store
+from aviso_workflows.cli import main
+from aviso_workflows.listen import Cursor, Position, listen, listen_async
+from aviso_workflows.store import Notification
+
+BOUND = 20.0  # seconds: the longest any step of these tests may take
+
+
+def mars(date: str, step: int) -> dict[str, Any]:
+    return {"event": "mars", "class": "od", "expver": 1, "domain": "g", "date": date, "time": 0,
+            "stream": "oper", "step": step}
+
+
+def day_request(store: Store, date: str) -> Any:
+    """Every step of the test's date."""
+    raw = mars(date, 0)
+    del raw["step"]
+    return store.request(raw)
+
+
+def steps_and_locations(notifications: list[Notification]) -> list[tuple[str, str | None]]:
+    return [(n.request["step"], n.location) for n in notifications]
+
+
+class LiveListener:
+    """``listen`` on a thread, collecting what it yields until ``stop()``."""
+
+    def __init__(self, store: Store, date: str, cursor: Cursor | None = None) -> None:
+        self.received: list[Notification] = []
+        self._stop = threading.Event()
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(store, date, cursor), daemon=True)
+        self._thread.start()
+
+    def _run(self, store: Store, date: str, cursor: Cursor | None) -> None:
+        try:
+            stream = listen(store, [day_request(store, date)], after=Position(store.current_revision()),
+                            cursor=cursor, stop=self._stop, poll=0.05)
+            self._started.set()
+            for notification in stream:
+                self.received.append(notification)
+        except BaseException as error:  # noqa: BLE001 - reported by the test thread
+            self._error = error
+            self._started.set()
+
+    def until_step(self, step: str) -> list[Notification]:
+        """Wait (bounded) for the notification of ``step``, then stop and return all received."""
+        deadline = time.monotonic() + BOUND
+        while not any(n.request["step"] == step for n in self.received) and time.monotonic() < deadline:
+            if self._error is not None:
+                raise self._error
+            time.sleep(0.02)
+        self._stop.set()
+        self._thread.join(BOUND)
+        assert not self._thread.is_alive(), "the listener did not stop"
+        return self.received
+
+
+@pytest.fixture
+def live(store: Store, unique_date: str) -> Iterator[LiveListener]:
+    listener = LiveListener(store, unique_date)
+    listener._started.wait(BOUND)
+    time.sleep(0.2)  # the listener's first read is done: what follows arrives through the watch
+    yield listener
+    listener._stop.set()
+
+
+def test_a_repost_of_the_same_value_is_delivered_once_and_a_changed_value_again(
+        store: Store, unique_date: str, live: LiveListener) -> None:
+    store.notify(mars(unique_date, 0), location="file:///a")
+    store.notify(mars(unique_date, 0), location="file:///a")   # the same post again
+    store.notify(mars(unique_date, 0), location="file:///b")   # a correction: new data
+    store.notify(mars(unique_date, 6))                         # the end marker
+
+    assert steps_and_locations(live.until_step("6")) == [("0", "file:///a"), ("0", "file:///b"), ("6", None)]
+
+
+def test_a_cursor_restarted_after_a_repost_does_not_deliver_it_again(store: Store, unique_date: str) -> None:
+    cursor = Cursor("dedupe-restart")
+    first = LiveListener(store, unique_date, cursor)
+    first._started.wait(BOUND)
+    time.sleep(0.2)
+    store.notify(mars(unique_date, 0), location="file:///a")
+    assert steps_and_locations(first.until_step("0")) == [("0", "file:///a")]
+
+    store.notify(mars(unique_date, 0), location="file:///a")   # posted again while the listener is down
+    store.notify(mars(unique_date, 12))
+    resumed = list(listen(store, [day_request(store, unique_date)], cursor=cursor,
+                          until_revision=store.current_revision()))
+
+    assert steps_and_locations(resumed) == [("12", None)]
+
+
+def test_a_post_and_its_repeat_both_after_the_cursor_are_delivered_once(store: Store, unique_date: str) -> None:
+    start = Position(store.current_revision())
+    store.notify(mars(unique_date, 0), location="file:///a")
+    store.notify(mars(unique_date, 0), location="file:///a")
+
+    caught_up = list(listen(store, [day_request(store, unique_date)], after=start,
+                            until_revision=store.current_revision()))
+
+    assert steps_and_locations(caught_up) == [("0", "file:///a")]
+
+
+def test_a_repeat_after_the_window_is_a_new_notification(etcd_url: str, unique_date: str) -> None:
+    store = Store([etcd_url], dedupe_window=2)
+    listener = LiveListener(store, unique_date)
+    listener._started.wait(BOUND)
+    time.sleep(0.2)
+    store.notify(mars(unique_date, 0))
+    store.notify(mars(unique_date, 0))   # within two revisions: a repeat
+    store.notify(mars(unique_date, 6))
+    store.notify(mars(unique_date, 12))
+    store.notify(mars(unique_date, 0))   # three revisions after the last post of step 0: new
+    store.notify(mars(unique_date, 18))
+
+    assert steps_and_locations(listener.until_step("18")) == [("0", None), ("6", None), ("12", None), ("0", None),
+                                                               ("18", None)]
+
+
+def test_a_window_of_zero_delivers_every_post(etcd_url: str, unique_date: str) -> None:
+    store = Store([etcd_url], dedupe_window=0)
+    listener = LiveListener(store, unique_date)
+    listener._started.wait(BOUND)
+    time.sleep(0.2)
+    store.notify(mars(unique_date, 0))
+    store.notify(mars(unique_date, 0))
+    store.notify(mars(unique_date, 6))
+
+    assert steps_and_locations(listener.until_step("6")) == [("0", None), ("0", None), ("6", None)]
+
+
+# -- a real retry: the first endpoint commits the transaction but answers too late -----------------
+class SlowTxnProxy:
+    """An HTTP proxy to etcd on loopback that holds back the answer of every transaction for ``delay`` s."""
+
+    def __init__(self, target: str, delay: float) -> None:
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the http.server name
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                answer = requests.post(target + self.path, data=body, timeout=BOUND)
+                if self.path.endswith("/kv/txn"):
+                    proxy.delayed += 1
+                    time.sleep(delay)
+                try:
+                    self.send_response(answer.status_code)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(answer.content)))
+                    self.end_headers()
+                    self.wfile.write(answer.content)
+                except OSError:  # the client gave up waiting
+                    pass
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.delayed = 0
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(BOUND)
+
+
+@pytest.fixture
+def slow_proxy(etcd_url: str) -> Iterator[SlowTxnProxy]:
+    proxy = SlowTxnProxy(etcd_url, delay=2.0)
+    yield proxy
+    proxy.close()
+
+
+def retried_notify(slow_proxy: SlowTxnProxy, etcd_url: str, raw: dict[str, Any], location: str) -> None:
+    """A notify whose first transaction times out after committing, then is retried on the next endpoint."""
+    producer = Store([slow_proxy.url, etcd_url], timeout=1.0)
+    producer.notify(raw, location=location)
+    assert slow_proxy.delayed == 1, "the notify did not go through the slow endpoint first"
+
+
+def test_a_notify_retried_after_a_timeout_writes_twice_but_listeners_see_it_once(
+        store: Store, unique_date: str, etcd_url: str, slow_proxy: SlowTxnProxy, live: LiveListener) -> None:
+    retried_notify(slow_proxy, etcd_url, mars(unique_date, 0), "file:///a")
+    store.notify(mars(unique_date, 6))
+
+    _, written = store.gateway.get(store.request(mars(unique_date, 0)).keys()[0])
+    assert written is not None and written.version == 2, "the retry should have written the key a second time"
+    assert steps_and_locations(live.until_step("6")) == [("0", "file:///a"), ("6", None)]
+
+
+async def test_an_asset_watcher_stream_gets_one_event_for_a_retried_notify(
+        store: Store, unique_date: str, etcd_url: str, slow_proxy: SlowTxnProxy) -> None:
+    stream = listen_async(store, [day_request(store, unique_date)])
+    first = asyncio.ensure_future(stream.__anext__())
+    await asyncio.sleep(0.5)  # the stream has read what exists and follows the watch
+    await asyncio.to_thread(retried_notify, slow_proxy, etcd_url, mars(unique_date, 0), "file:///a")
+    await asyncio.to_thread(store.notify, mars(unique_date, 6))
+    try:
+        received = [await asyncio.wait_for(first, BOUND), await asyncio.wait_for(stream.__anext__(), BOUND)]
+    finally:
+        await stream.aclose()
+
+    assert steps_and_locations(received) == [("0", "file:///a"), ("6", None)]
+
+
+def test_listener_actions_run_once_for_a_retried_notify(
+        store: Store, unique_date: str, etcd_url: str, slow_proxy: SlowTxnProxy, tmp_path: Path) -> None:
+    log_file = tmp_path / "actions.log"
+    listener_file = tmp_path / "listener.yaml"
+    request = {k: v for k, v in mars(unique_date, 0).items() if k not in ("event", "step")}
+    listener_file.write_text(json.dumps({"listeners": [{"event": "mars", "request": request,
+                                                         "actions": [{"type": "log", "path": str(log_file)}]}]}))
+    arguments = ["listen", str(listener_file), "--endpoint", etcd_url, "--cursor", "dedupe-actions", "--count", "2"]
+    exit_codes: list[int] = []
+    running = threading.Thread(target=lambda: exit_codes.append(main(arguments)), daemon=True)
+    running.start()
+    time.sleep(1.0)  # the listener follows the watch: both posts arrive live
+
+    retried_notify(slow_proxy, etcd_url, mars(unique_date, 0), "file:///a")
+    store.notify(mars(unique_date, 6))
+    running.join(BOUND)
+
+    assert exit_codes == [0]
+    handled = [json.loads(line.split(" ", 1)[1]) for line in log_file.read_text().splitlines()]
+    assert [(n["request"]["step"], n.get("location")) for n in handled] == [("0", "file:///a"), ("6", None)]
