@@ -91,6 +91,18 @@ def range_op(key: str, *, prefix_of: str | None = None, limit: int = 0, revision
     return body
 
 
+#: Per thread, one HTTP session per store identity: every gateway of a store (each Store object, each
+#: shared watch) reuses the thread's keep-alive connections instead of opening its own.
+_SESSIONS = threading.local()
+
+
+def _thread_sessions() -> dict[tuple[Any, ...], requests.Session]:
+    sessions: dict[tuple[Any, ...], requests.Session] | None = getattr(_SESSIONS, "by_identity", None)
+    if sessions is None:
+        sessions = _SESSIONS.by_identity = {}
+    return sessions
+
+
 class EtcdGateway:
     """Talks to one etcd cluster through any of its endpoints; thread safe (one HTTP session per thread)."""
 
@@ -108,7 +120,8 @@ class EtcdGateway:
         return self.config.endpoints[self._current % len(self.config.endpoints)]
 
     def _session(self) -> requests.Session:
-        session = getattr(self._local, "session", None)
+        sessions = _thread_sessions()
+        session = sessions.get(self.config.identity)
         if session is None:
             session = requests.Session()
             session.headers.update(self.config.headers)
@@ -117,7 +130,7 @@ class EtcdGateway:
             if self.config.client_cert:
                 session.cert = (self.config.client_cert, self.config.client_key) if self.config.client_key \
                     else self.config.client_cert
-            self._local.session = session
+            sessions[self.config.identity] = session
         return session
 
     def _client(self, endpoint: str) -> Etcd3Client:
