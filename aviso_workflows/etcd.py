@@ -18,12 +18,20 @@ from typing import Any
 
 import requests
 from etcd3gw.client import Etcd3Client
+from urllib3.exceptions import ReadTimeoutError
 
 from .config import StoreConfig
 from .errors import HistoryCompacted, PermissionDenied, StoreError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 PAGE_SIZE = 10_000
+#: Pauses before asking again when etcd cannot serve a request now (leader election, overload).
+BUSY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.5)
+#: A bound on the attempts of one request, besides its time budget.
+MAX_ATTEMPTS = 1000
+#: Words of etcd's answers (HTTP 500) that mean "not now" rather than "never".
+BUSY_MARKERS = ("leader changed", "no leader", "request timed out", "too many requests", "deadline exceeded",
+                "server stopped", "not capable")
 
 
 def b64(text: str | bytes) -> str:
@@ -110,6 +118,7 @@ class EtcdGateway:
         self.config = config
         self._local = threading.local()
         self._current = 0
+        self._endpoint_lock = threading.Lock()
         self._token: str | None = None
         self._token_lock = threading.Lock()
 
@@ -169,10 +178,15 @@ class EtcdGateway:
              signed_in_again: bool = False) -> requests.Response:
         """POST to the first endpoint that answers, failing over in order; raises StoreUnavailable if none does.
 
-        An expired etcd token is replaced once per call (signing in again), not in a loop.
+        An answer that etcd cannot serve the request now (a leader election: "leader changed", "no
+        leader"; "request timed out"; "too many requests") is retried after a brief pause on the next
+        endpoint, within the request's time budget (``config.timeout``). An expired etcd token is
+        replaced once per call (signing in again), not in a loop.
         """
         errors: list[str] = []
-        for _ in range(len(self.config.endpoints)):
+        deadline = time.monotonic() + self.config.timeout
+        unreachable = 0  # endpoints in a row that could not be reached
+        for attempt in range(MAX_ATTEMPTS):
             endpoint = self.endpoint
             try:
                 response = self._session().post(self.url(path, endpoint), json=body, stream=stream,
@@ -180,15 +194,35 @@ class EtcdGateway:
                                                 timeout=timeout or self.config.timeout)
             except (requests.ConnectionError, requests.Timeout) as error:
                 errors.append(f"{endpoint}: {_short(error)}")
-                self._current += 1
+                self._fail_over(endpoint)
+                unreachable += 1
+                if unreachable >= len(self.config.endpoints):
+                    break
                 continue
+            unreachable = 0
             if response.status_code in (401,) or _is_token_error(response):
                 with self._token_lock:
                     self._token = None
                 if self.config.username and not signed_in_again:
                     return self.post(path, body, stream=stream, timeout=timeout, signed_in_again=True)
-            return _checked(response, endpoint)
-        raise StoreUnavailable("cannot reach etcd at " + "; ".join(errors))
+            if not _is_busy(response):
+                return _checked(response, endpoint)
+            errors.append(f"{endpoint}: {_error_message(response)}")
+            response.close()
+            pause = min(BUSY_DELAYS[min(attempt, len(BUSY_DELAYS) - 1)], deadline - time.monotonic())
+            if pause <= 0:
+                raise StoreUnavailable(f"etcd could not serve {path} within {self.config.timeout:g} s: "
+                                       + "; ".join(errors[-len(self.config.endpoints):]))
+            log.debug("etcd at %s is busy (%s); trying again in %.2f s", endpoint, errors[-1], pause)
+            time.sleep(pause)
+            self._fail_over(endpoint)
+        raise StoreUnavailable("cannot reach etcd at " + "; ".join(errors[-len(self.config.endpoints):]))
+
+    def _fail_over(self, endpoint: str) -> None:
+        """Move on from ``endpoint`` unless another thread did already (threads share the choice)."""
+        with self._endpoint_lock:
+            if self.endpoint == endpoint:
+                self._current += 1
 
     def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST and decode the JSON answer."""
@@ -246,15 +280,22 @@ class EtcdGateway:
                                    "start_revision": start_revision, "progress_notify": True,
                                    "prev_kv": True}}
         response = self.post("watch", body, stream=True, timeout=(self.config.timeout, idle_timeout))
-        return WatchStream(response, start_revision)
+        return WatchStream(response, start_revision, idle_timeout)
+
+
+class WatchIdle(StoreUnavailable):
+    """A watch stream sent nothing for its idle timeout: reconnecting is routine, not an outage."""
 
 
 class WatchStream:
-    """The responses of one etcd watch; each iteration yields a WatchBatch."""
+    """The responses of one etcd watch; each iteration yields a WatchBatch (the first, with no puts,
+    when etcd confirms the watch). A lost stream raises StoreUnavailable, a silent one WatchIdle.
+    """
 
-    def __init__(self, response: requests.Response, start_revision: int) -> None:
+    def __init__(self, response: requests.Response, start_revision: int, idle_timeout: float | None = None) -> None:
         self._response = response
         self.start_revision = start_revision
+        self.idle_timeout = idle_timeout
         self._closed = False
 
     def close(self) -> None:
@@ -266,18 +307,33 @@ class WatchStream:
             pass
         self._response.close()
 
+    @property
+    def endpoint(self) -> str:
+        """The endpoint serving this watch."""
+        return str(self._response.url).split("/v3/", 1)[0]
+
     def __iter__(self) -> Iterator[WatchBatch]:
         buffer = b""
-        for chunk in self._response.iter_content(chunk_size=None):
-            buffer += chunk
-            while b"\n" in buffer:
-                line, buffer = buffer.split(b"\n", 1)
-                if line.strip():
-                    batch = self._batch(json.loads(line))
-                    if batch is not None:
-                        yield batch
+        try:
+            for chunk in self._response.iter_content(chunk_size=None):
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    if line.strip():
+                        batch = self._batch(json.loads(line))
+                        if batch is not None:
+                            yield batch
+        except requests.RequestException as error:
+            if not self._closed:
+                raise self._lost(error) from None
         if not self._closed:
-            raise StoreUnavailable("the etcd watch stream ended")
+            raise StoreUnavailable(f"etcd at {self.endpoint} ended the watch stream")
+
+    def _lost(self, error: requests.RequestException) -> StoreUnavailable:
+        if isinstance(error, requests.Timeout) or any(isinstance(a, ReadTimeoutError) for a in error.args):
+            return WatchIdle(f"etcd at {self.endpoint} sent nothing on the watch for {self.idle_timeout} s")
+        reason = "connection broken" if isinstance(error, requests.exceptions.ChunkedEncodingError) else _short(error)
+        return StoreUnavailable(f"lost the watch stream from etcd at {self.endpoint} ({reason})")
 
     def _batch(self, message: dict[str, Any]) -> WatchBatch | None:
         if "error" in message:
@@ -293,7 +349,7 @@ class WatchStream:
                 raise PermissionDenied(f"etcd watch refused: {reason}")
             raise StoreError(f"etcd watch canceled: {reason}")
         if result.get("created"):
-            return None
+            return WatchBatch([], revision)
         puts = [KeyValue.from_json(e["kv"], e.get("prev_kv")) for e in result.get("events", [])
                 if e.get("type", "PUT") == "PUT"]
         return WatchBatch(puts, revision)
@@ -317,6 +373,13 @@ def _error_message(response: requests.Response) -> str:
 
 def _is_token_error(response: requests.Response) -> bool:
     return response.status_code != 200 and "invalid auth token" in response.text
+
+
+def _is_busy(response: requests.Response) -> bool:
+    """etcd (or a proxy) cannot serve the request now but may in a moment: unavailable, overloaded, electing."""
+    if response.status_code in (408, 429, 502, 503, 504):  # 408: a member shutting down cancelled the request
+        return True
+    return response.status_code == 500 and any(m in _error_message(response).lower() for m in BUSY_MARKERS)
 
 
 def _checked(response: requests.Response, endpoint: str) -> requests.Response:

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from .config import StoreConfig, state_dir
 from .errors import HistoryCompacted, PermissionDenied, StoreError, StoreUnavailable, ValidationError, WaitTimeout
-from .etcd import EtcdGateway, KeyValue
+from .etcd import EtcdGateway, KeyValue, WatchIdle
 from .request import Request
 from .store import DATE_FORMAT, Notification, Store, notification_from_kv
 
@@ -64,6 +64,7 @@ class PrefixWatch:
         self._stop = threading.Event()
         self._stream: Any = None
         self._error: Exception | None = None
+        self._failures = 0  # connection attempts failed in a row; the first one was reported
         self.next_revision = 0
         self.connections_opened = 0
         self._thread = threading.Thread(target=self._run, name=f"aviso-watch {prefix}", daemon=True)
@@ -117,13 +118,11 @@ class PrefixWatch:
         self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        attempt = 0
         while not self._stop.is_set():
             try:
                 if not self.next_revision:
                     self.next_revision = self._start_revision()
                 self._follow()
-                attempt = 0
             except HistoryCompacted as error:
                 log.warning("watch on %s: history compacted past revision %s; reading again", self.prefix,
                             self.next_revision)
@@ -135,10 +134,26 @@ class PrefixWatch:
             except Exception as error:  # noqa: BLE001 - any transport failure: reconnect after a pause
                 if self._stop.is_set():
                     return
-                if attempt == 0:
-                    log.warning("watch on %s interrupted (%s); reconnecting", self.prefix, _one_line(error))
-                self._stop.wait(RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)])
-                attempt += 1
+                self._interrupted(error)
+
+    def _interrupted(self, error: Exception) -> None:
+        """One warning per outage (an idle stream is routine: debug only), then a growing pause."""
+        if isinstance(error, WatchIdle) and not self._failures:
+            log.debug("watch on %s idle (%s); reconnecting", self.prefix, _one_line(error))
+            return
+        if not self._failures:
+            log.warning("watch on %s interrupted (%s); reconnecting from revision %s", self.prefix,
+                        _one_line(error), self.next_revision)
+        else:
+            log.debug("watch on %s still interrupted (%s)", self.prefix, _one_line(error))
+        self._stop.wait(RETRY_DELAYS[min(self._failures, len(RETRY_DELAYS) - 1)])
+        self._failures += 1
+
+    def _connected(self) -> None:
+        """The stream works: report the end of an outage once, and start the next one's pauses afresh."""
+        if self._failures:
+            log.info("watch on %s resumed at revision %s", self.prefix, self.next_revision)
+            self._failures = 0
 
     def _start_revision(self) -> int:
         try:
@@ -163,6 +178,7 @@ class PrefixWatch:
             if self._stop.is_set():  # stop() ran before the stream existed and could not close it
                 return
             for batch in self._stream:
+                self._connected()
                 if batch.puts:
                     self._deliver(batch.puts, batch.revision)
                     self.next_revision = max(self.next_revision, batch.puts[-1].mod_revision + 1)
