@@ -16,8 +16,9 @@ import os
 import queue
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -75,6 +76,11 @@ class PrefixWatch:
         """How many subscribers share this watch."""
         with self._lock:
             return len(self._keys_of)
+
+    @property
+    def ready(self) -> bool:
+        """True once the watch knows the revision it follows from (or failed: see :meth:`wait_ready`)."""
+        return self._ready.is_set()
 
     def wait_ready(self, timeout: float) -> None:
         """Block until the watch knows the revision it follows from (bounded)."""
@@ -231,13 +237,19 @@ class WatchHub:
 
     def release(self, config: StoreConfig, prefix: str, subscriber: Subscriber) -> None:
         """Unsubscribe; the watch stops when its last subscriber leaves."""
+        watch = self.detach(config, prefix, subscriber)
+        if watch is not None:
+            watch.stop()
+
+    def detach(self, config: StoreConfig, prefix: str, subscriber: Subscriber) -> PrefixWatch | None:
+        """Unsubscribe without waiting; returns the watch if its last subscriber left (the caller stops it)."""
         with self._lock:
             key = (config.identity, prefix)
             watch = self._watches.get(key)
             if watch is None or not watch.remove(subscriber):
-                return
+                return None
             del self._watches[key]
-        watch.stop()
+            return watch
 
     def watches(self) -> list[PrefixWatch]:
         """The watches running now."""
@@ -266,6 +278,83 @@ def subscribed(store: Store, prefixes: Iterable[str], subscriber: Subscriber, ke
     finally:
         for prefix in joined:
             HUB.release(store.config, prefix, subscriber)
+
+
+@asynccontextmanager
+async def subscribed_async(store: Store, prefixes: Iterable[str], subscriber: Subscriber, keys: Iterable[str] | None,
+                           timeout: float | None = None) -> AsyncIterator[None]:
+    """The asyncio form of :func:`subscribed`: joining or leaving a running watch takes no thread, so
+    thousands of waiters start and end in a moment; only a watch's start and stop are waited for in one.
+    """
+    key_list = list(keys) if keys is not None else None
+    joined: list[str] = []
+    try:
+        for prefix in dict.fromkeys(prefixes):
+            watch = HUB.watch_for(store.config, prefix)
+            watch.add(subscriber, key_list)
+            joined.append(prefix)
+            limit = store.config.timeout if timeout is None else max(timeout, store.config.timeout)
+            if watch.ready:
+                watch.wait_ready(limit)  # returns at once, or raises why the watch could not start
+            else:
+                await asyncio.to_thread(watch.wait_ready, limit)
+        yield
+    finally:
+        for prefix in joined:
+            ended = HUB.detach(store.config, prefix, subscriber)
+            if ended is not None:
+                await asyncio.to_thread(ended.stop)
+
+
+#: The threads reading the store for asyncio waiters: few, so their keep-alive connections to etcd are few.
+_READERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="aviso-read")
+
+
+class _ReadBatch:
+    """The first reads of the asyncio waiters of one loop and store, gathered into shared transactions.
+
+    A waiter's read joins the batch being gathered; one worker thread reads a whole batch while the
+    next one gathers, so a thousand triggers starting together cost a few transactions, not a
+    thousand requests.
+    """
+
+    _batches: dict[tuple[asyncio.AbstractEventLoop, Any], _ReadBatch] = {}
+    _lock = threading.Lock()
+
+    def __init__(self, store: Store, loop: asyncio.AbstractEventLoop) -> None:
+        self.store = store
+        self.loop = loop
+        self.pending: list[tuple[Request, asyncio.Future[tuple[int, list[Notification]]]]] = []
+        self.draining: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def read(cls, store: Store, request: Request) -> tuple[int, list[Notification]]:
+        """What :meth:`Store.read` returns for ``request``, read together with the other waiters' requests."""
+        loop = asyncio.get_running_loop()
+        with cls._lock:
+            for stale in [key for key in cls._batches if key[0].is_closed()]:
+                del cls._batches[stale]
+            batch = cls._batches.setdefault((loop, (store.config.identity, store.config.max_txn_ops)),
+                                            cls(store, loop))
+        future: asyncio.Future[tuple[int, list[Notification]]] = loop.create_future()
+        batch.pending.append((request, future))
+        if batch.draining is None or batch.draining.done():
+            batch.draining = loop.create_task(batch._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        while self.pending:
+            taken, self.pending = self.pending, []
+            try:
+                answers = await self.loop.run_in_executor(_READERS, self.store.read_many, [r for r, _ in taken])
+            except Exception as error:  # noqa: BLE001 - every waiter of the batch gets the read's error
+                for _, future in taken:
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            for (_, future), answer in zip(taken, answers):
+                if not future.done():
+                    future.set_result(answer)
 
 
 def status_prefixes(requests: Iterable[Request]) -> list[str]:
@@ -387,16 +476,15 @@ class _AsyncInbox:
 async def wait_async(store: Store, request: Request, *, mode: str = "all", timeout: float | None = None,
                      known: Iterable[Notification] = (),
                      on_progress: Callable[[int, int, Notification], None] | None = None) -> list[Notification]:
-    """The asyncio form of :func:`wait`, for triggers: blocking reads run in worker threads and the
-    shared watch feeds an asyncio queue, so thousands of waiters need no thread of their own.
+    """The asyncio form of :func:`wait`, for triggers: the shared watch feeds an asyncio queue, and
+    the reads of waiters starting together share transactions in a worker thread, so thousands of
+    waiters need no thread of their own and open no connection of their own.
     """
     found = _Found(request, mode, known, on_progress)
     inbox = _AsyncInbox(asyncio.get_running_loop())
     deadline = None if timeout is None else time.monotonic() + timeout
-    entered = subscribed(store, request.status_keys(), inbox, found.wanted, timeout)
-    await asyncio.to_thread(entered.__enter__)
-    try:
-        released = found.add((await asyncio.to_thread(store.read, request))[1])
+    async with subscribed_async(store, request.status_keys(), inbox, found.wanted, timeout):
+        released = found.add((await _ReadBatch.read(store, request))[1])
         while not released:
             remaining = _remaining(deadline)
             if remaining is not None and remaining <= 0:
@@ -408,12 +496,10 @@ async def wait_async(store: Store, request: Request, *, mode: str = "all", timeo
             if kind == "failure":
                 raise payload
             if kind == "resync":
-                released = found.add((await asyncio.to_thread(store.read, request))[1])
+                released = found.add((await _ReadBatch.read(store, request))[1])
             else:
                 released = found.add_puts(payload)
-        return found.ordered()
-    finally:
-        await asyncio.to_thread(entered.__exit__, None, None, None)
+    return found.ordered()
 
 
 def _matching(request: Request, puts: list[KeyValue]) -> list[Notification]:

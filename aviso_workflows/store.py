@@ -226,19 +226,20 @@ class Store:
         Returns the revision the read saw (the earliest, when it took several transactions) and the
         notifications in store order (revision, then key). Ranges are read 128 per transaction.
         """
-        prefixes = request.read_prefixes()
-        found: dict[str, Notification] = {}
+        return self.read_many([request], min_revision=min_revision)[0]
+
+    def read_many(self, requests: Sequence[Request], *,
+                  min_revision: int = 0) -> list[tuple[int, list[Notification]]]:
+        """:meth:`read` of several requests at once: their ranges share transactions (for many waiters)."""
+        prefixes = list(dict.fromkeys(p for request in requests for p in request.read_prefixes()))
+        kvs: dict[str, KeyValue] = {}
         first_revision = 0
         step = self.config.max_txn_ops
         for start in range(0, len(prefixes), step):
-            chunk = prefixes[start:start + step]
-            revision, kvs = self._read_ranges(chunk, min_revision)
+            revision, chunk = self._read_ranges(prefixes[start:start + step], min_revision)
             first_revision = first_revision or revision
-            for kv in kvs:
-                notification = notification_from_kv(request, kv)
-                if notification is not None:
-                    found[kv.key] = notification
-        return first_revision, sorted(found.values(), key=lambda n: n.order)
+            kvs.update((kv.key, kv) for kv in chunk)
+        return [(first_revision, _matching_notifications(request, kvs)) for request in requests]
 
     def _read_ranges(self, prefixes: list[str], min_revision: int) -> tuple[int, list[KeyValue]]:
         if len(prefixes) == 1:
@@ -285,6 +286,16 @@ class Store:
         from .listen import listen
 
         return listen(self, [requests] if isinstance(requests, Request) else list(requests), **options)
+
+
+def _matching_notifications(request: Request, kvs: Mapping[str, KeyValue]) -> list[Notification]:
+    """The notifications among ``kvs`` that ``request`` matches, in store order."""
+    if request.is_complete and request.count < len(kvs):  # look its few keys up rather than test every key
+        candidates = [kvs[key] for key in request.keys() if key in kvs]
+    else:
+        candidates = list(kvs.values())
+    found = (notification_from_kv(request, kv) for kv in candidates)
+    return sorted((n for n in found if n is not None), key=lambda n: n.order)
 
 
 def _unix_user() -> str:
