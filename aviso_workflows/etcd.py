@@ -207,13 +207,14 @@ class EtcdGateway:
                     return self.post(path, body, stream=stream, timeout=timeout, signed_in_again=True)
             if not _is_busy(response):
                 return _checked(response, endpoint)
-            errors.append(f"{endpoint}: {_error_message(response)}")
+            reason = _error_message(response)
+            errors.append(f"{endpoint}: {reason}")
             response.close()
             pause = min(BUSY_DELAYS[min(attempt, len(BUSY_DELAYS) - 1)], deadline - time.monotonic())
             if pause <= 0:
                 raise StoreUnavailable(f"etcd could not serve {path} within {self.config.timeout:g} s: "
                                        + "; ".join(errors[-len(self.config.endpoints):]))
-            log.debug("etcd at %s is busy (%s); trying again in %.2f s", endpoint, errors[-1], pause)
+            log.debug("etcd at %s is busy (%s); trying again in %.2f s", endpoint, reason, pause)
             time.sleep(pause)
             self._fail_over(endpoint)
         raise StoreUnavailable("cannot reach etcd at " + "; ".join(errors[-len(self.config.endpoints):]))

@@ -118,7 +118,8 @@ def test_the_watched_member_stops_twice_and_the_others_carry_on(cluster: Cluster
 
 @pytest.mark.slow
 def test_without_a_leader_a_notify_fails_in_bounded_time_or_is_written_when_a_leader_is_back(
-        cluster: Cluster, tmp_path: Path, unique_date: str) -> None:
+        cluster: Cluster, tmp_path: Path, unique_date: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="aviso_workflows.etcd")
     alone, *stopped = cluster.members
     for member in stopped:
         cluster.stop(member)
@@ -129,8 +130,9 @@ def test_without_a_leader_a_notify_fails_in_bounded_time_or_is_written_when_a_le
     store = store_on([alone.client_url], tmp_path, timeout=60)
     destination = f"Q{unique_date}"
     patient = Producer(store, unique_date, destination, [0])
-    time.sleep(2.0)  # the notify now waits for a leader that cannot be elected
-    assert not patient.reached(1)
+    until("etcd answering that it cannot serve the notify now (after its own 7 s request timeout)",
+          lambda: any(" is busy (" in r.getMessage() for r in caplog.records), BOUND)
+    assert not patient.reached(1)  # still trying, not failed: no leader can be elected yet
     cluster.restart(stopped[0])
     patient.joined(BOUND)
 
