@@ -67,6 +67,7 @@ class PrefixWatch:
         self._error: Exception | None = None
         self._failures = 0  # connection attempts failed in a row; the first one was reported
         self.next_revision = 0
+        self._resync_pending = False  # history was compacted past: subscribers read again once restarted
         self.connections_opened = 0
         self._thread = threading.Thread(target=self._run, name=f"aviso-watch {prefix}", daemon=True)
         self._thread.start()
@@ -128,12 +129,15 @@ class PrefixWatch:
             try:
                 if not self.next_revision:
                     self.next_revision = self._start_revision()
+                if self._resync_pending:  # after the watch's new start is known: nothing falls between
+                    self._resync_pending = False
+                    self._resync_all()
                 self._follow()
-            except HistoryCompacted as error:
+            except HistoryCompacted:
                 log.warning("watch on %s: history compacted past revision %s; reading again", self.prefix,
                             self.next_revision)
-                self.next_revision = self.gateway.current_revision() + 1 if error.compact_revision else 0
-                self._resync_all()
+                self.next_revision = 0
+                self._resync_pending = True
             except PermissionDenied as error:
                 self._fail_all(error)
                 return
