@@ -40,7 +40,7 @@ PROGRESS_COMMAND_SECONDS = 60
 def store_from_args(args: argparse.Namespace) -> Store:
     """The store named by ``--endpoint``/``--config``/``--schema`` (else environment, config file, default)."""
     config = resolve_config(args.endpoint or None, config_file=args.config,
-                            schema_files=tuple(args.schema) if args.schema else None)
+                            schema_files=tuple(args.schema) if args.schema else None, **_auth_settings(args))
     return Store(config=config)
 
 
@@ -78,7 +78,28 @@ def _common() -> argparse.ArgumentParser:
     group.add_argument("--config", metavar="FILE", help="config file (default ~/.config/aviso-workflows/config.yaml)")
     group.add_argument("--schema", action="append", metavar="FILE", help="extra event schema file (YAML or JSON)")
     group.add_argument("-v", "--verbose", action="store_true", help="log what is done")
+    _auth_arguments(common.add_argument_group("authentication and TLS (secrets: prefer the environment, "
+                                              "since other users can see command lines)"))
     return common
+
+
+def _auth_arguments(group: argparse._ArgumentGroup) -> None:
+    for option, text in (("--username", "etcd user ($AVISO_WORKFLOWS_USERNAME)"),
+                         ("--password", "etcd user's password ($AVISO_WORKFLOWS_PASSWORD)"),
+                         ("--token", "send 'Authorization: Bearer TOKEN', for Aviso's auth proxy "
+                                     "($AVISO_WORKFLOWS_TOKEN)"),
+                         ("--auth-type", "X-Auth-Type sent with --token: ecmwf (default) or openid"),
+                         ("--email", "send 'Authorization: EmailKey EMAIL:KEY' ($AVISO_WORKFLOWS_EMAIL)"),
+                         ("--key", "the key of --email ($AVISO_WORKFLOWS_KEY)"),
+                         ("--ca-cert", "CA certificate (PEM) that signed etcd's certificate"),
+                         ("--client-cert", "client certificate (PEM) for etcd's --client-cert-auth"),
+                         ("--client-key", "private key (PEM) of --client-cert")):
+        group.add_argument(option, help=text)
+
+
+def _auth_settings(args: argparse.Namespace) -> dict[str, Any]:
+    names = ("username", "password", "token", "auth_type", "email", "key", "ca_cert", "client_cert", "client_key")
+    return {name: getattr(args, name, None) for name in names}
 
 
 def _request_arguments(parser: argparse.ArgumentParser) -> None:

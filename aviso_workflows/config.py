@@ -2,7 +2,8 @@
 
 Resolution order for endpoints: explicit argument, ``AVISO_WORKFLOWS_ENDPOINTS`` (comma-separated),
 the config file (``AVISO_WORKFLOWS_CONFIG`` or ``~/.config/aviso-workflows/config.yaml``), then the
-embedded server's default address.
+embedded server's default address. Every other setting: argument, environment (credentials only:
+``AVISO_WORKFLOWS_USERNAME``/``_PASSWORD``, ``_TOKEN``, ``_EMAIL``/``_KEY``), config file, default.
 """
 
 from __future__ import annotations
@@ -63,6 +64,14 @@ class StoreConfig:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    #: Sent as ``Authorization: Bearer <token>`` with ``X-Auth-Type: <auth_type>`` (Aviso's auth proxy).
+    token: str | None = field(default=None, repr=False)
+    auth_type: str = "ecmwf"
+    #: Sent as ``Authorization: EmailKey <email>:<key>`` (as ecFlow's Aviso poller does).
+    email: str | None = None
+    key: str | None = field(default=None, repr=False)
+    #: Seconds between reads when a proxy refuses watches and listening falls back to polling.
+    poll_interval: float = 1.0
     ca_cert: str | None = None
     client_cert: str | None = None
     client_key: str | None = None
@@ -79,23 +88,83 @@ class StoreConfig:
             raise ValidationError("timeout", self.timeout, "expected a positive number of seconds")
         if not (isinstance(self.max_txn_ops, int) and self.max_txn_ops >= 3):
             raise ValidationError("max_txn_ops", self.max_txn_ops, "expected a whole number of at least 3")
+        if not (isinstance(self.poll_interval, (int, float)) and self.poll_interval > 0):
+            raise ValidationError("poll_interval", self.poll_interval, "expected a positive number of seconds")
+        _check_credentials(self)
+        _check_tls_files(self)
         if not (isinstance(self.dedupe_window, int) and self.dedupe_window >= 0):
             raise ValidationError("dedupe_window", self.dedupe_window,
                                   "expected a whole number of revisions (0 turns deduplication off)")
 
     def __repr__(self) -> str:
         shown = {f.name: getattr(self, f.name) for f in fields(self) if f.repr}
-        if self.password is not None:
-            shown["password"] = _SECRET
+        for name in ("password", "token", "key"):
+            if getattr(self, name) is not None:
+                shown[name] = _SECRET
         if self.headers:
             shown["headers"] = {k: _SECRET for k in self.headers}
         return "StoreConfig(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
     @property
     def identity(self) -> tuple[Any, ...]:
-        """What makes two configs reach the same data as the same client (used to share watches)."""
+        """What makes two configs reach the same data as the same client (used to share watches).
+
+        It holds the credentials: never log it.
+        """
         return (self.endpoints, self.username, self.password, tuple(sorted(self.headers.items())),
-                self.ca_cert, self.client_cert, self.client_key)
+                self.token, self.auth_type, self.email, self.key, self.ca_cert, self.client_cert, self.client_key)
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        """The headers of header authentication (``token`` or ``email``/``key``), added to ``headers``."""
+        if self.token is not None:
+            return {"Authorization": f"Bearer {self.token}", "X-Auth-Type": self.auth_type}
+        if self.email is not None:
+            return {"Authorization": f"EmailKey {self.email}:{self.key}"}
+        return {}
+
+
+#: Credential settings and the kind of authentication each belongs to; one kind per config.
+CREDENTIALS = {"username": "etcd", "password": "etcd", "token": "token", "email": "email", "key": "email"}
+CREDENTIAL_VARIABLES = {name: f"AVISO_WORKFLOWS_{name.upper()}" for name in CREDENTIALS}
+AUTH_TYPES = ("ecmwf", "openid")
+_ONE_KIND = ("use one of: username and password (etcd users), token (Authorization: Bearer) "
+             "or email and key (Authorization: EmailKey)")
+
+
+def _credential_kinds(settings: Mapping[str, Any]) -> dict[str, list[str]]:
+    kinds: dict[str, list[str]] = {}
+    for name, kind in CREDENTIALS.items():
+        if settings.get(name) not in (None, ""):
+            kinds.setdefault(kind, []).append(name)
+    return kinds
+
+
+def _check_credentials(config: StoreConfig) -> None:
+    kinds = _credential_kinds({name: getattr(config, name) for name in CREDENTIALS})
+    if len(kinds) > 1:
+        raise ValidationError("credentials", sorted(n for names in kinds.values() for n in names), _ONE_KIND)
+    if config.password is not None and not config.username:
+        raise ValidationError("username", config.username, "a password needs a username")
+    if (config.email is None) != (config.key is None):
+        missing = "key" if config.key is None else "email"
+        raise ValidationError(missing, None, "EmailKey authentication needs both email and key")
+    if config.email is not None and (":" in config.email or not config.email.strip()):
+        raise ValidationError("email", config.email, "expected an e-mail address without ':'")
+    if config.auth_type not in AUTH_TYPES:
+        raise ValidationError("auth_type", config.auth_type, "expected one of " + ", ".join(AUTH_TYPES))
+    if kinds and any(name.lower() == "authorization" for name in config.headers):
+        raise ValidationError("headers", "Authorization", "set it in headers or through " + "/".join(
+            sorted(kinds.popitem()[1])) + ", not both")
+
+
+def _check_tls_files(config: StoreConfig) -> None:
+    if config.client_key and not config.client_cert:
+        raise ValidationError("client_key", config.client_key, "a client key needs client_cert as well")
+    for name in ("ca_cert", "client_cert", "client_key"):
+        path = getattr(config, name)
+        if path is not None and not os.path.isfile(path):
+            raise ValidationError(name, path, "expected the path of an existing PEM file")
 
 
 
@@ -114,7 +183,8 @@ def _read_config_file(path: Path) -> dict[str, Any]:
 def resolve_config(endpoints: Sequence[str] | str | None = None, *, config_file: str | Path | None = None,
                    **overrides: Any) -> StoreConfig:
     """Build a StoreConfig from arguments, environment, config file and defaults, in that order."""
-    document = _read_config_file(Path(config_file) if config_file else default_config_path())
+    path = Path(config_file) if config_file else default_config_path()
+    document = _read_config_file(path)
     known = {f.name for f in fields(StoreConfig)}
     unknown = sorted(set(document) - known)
     if unknown:
@@ -129,11 +199,33 @@ def resolve_config(endpoints: Sequence[str] | str | None = None, *, config_file:
         values["endpoints"] = [e for e in env.split(",") if e.strip()]
     elif "endpoints" not in values:
         values["endpoints"] = (_embedded_endpoint(),)
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    environment = {name: os.environ[variable] for name, variable in CREDENTIAL_VARIABLES.items()
+                   if os.environ.get(variable)}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    values.update(environment)
+    values.update(given)
+    _keep_one_credential_kind(values, (("arguments", given), ("environment", environment), (str(path), document)))
     for name in ("endpoints", "schema_files"):
         if name in values:
             values[name] = tuple(values[name]) if not isinstance(values[name], str) else (values[name],)
     return StoreConfig(**values)
+
+
+def _keep_one_credential_kind(values: dict[str, Any], sources: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+    """Keep the kind of credentials of the first source that has any (so ``--token`` overrides a
+    username in the config file); within that kind, each setting still comes from the first source that has it.
+    """
+    for where, source in sources:
+        kinds = _credential_kinds(source)
+        if len(kinds) > 1:
+            names = sorted(n for group in kinds.values() for n in group)
+            raise ValidationError("credentials", names, f"{_ONE_KIND} (given together in: {where})")
+        if kinds:
+            chosen = next(iter(kinds))
+            for name, kind in CREDENTIALS.items():
+                if kind != chosen:
+                    values.pop(name, None)
+            return
 
 
 def _embedded_endpoint() -> str:

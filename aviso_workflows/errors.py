@@ -35,6 +35,13 @@ class PermissionDenied(StoreError):
     """etcd refused the operation for the credentials in use."""
 
 
+class NotForwarded(PermissionDenied):
+    """A proxy in front of etcd refused a request path (HTTP 403, 404 or 405 without an etcd error).
+
+    Aviso's authenticating proxies forward only ``kv/range``: watches fall back to polling it.
+    """
+
+
 class HistoryCompacted(StoreError):
     """A revision that was asked for has been compacted away."""
 

@@ -21,7 +21,7 @@ from etcd3gw.client import Etcd3Client
 from urllib3.exceptions import ReadTimeoutError
 
 from .config import StoreConfig
-from .errors import HistoryCompacted, PermissionDenied, StoreError, StoreUnavailable
+from .errors import HistoryCompacted, NotForwarded, PermissionDenied, StoreError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 PAGE_SIZE = 10_000
@@ -111,6 +111,26 @@ def _thread_sessions() -> dict[tuple[Any, ...], requests.Session]:
     return sessions
 
 
+class _SignInBusy(Exception):
+    """etcd could not sign the user in now (its answer says it is busy or unavailable)."""
+
+    def __init__(self, response: requests.Response) -> None:
+        super().__init__(response.status_code)
+        self.response = response
+
+
+class _Session(requests.Session):
+    """A session whose own CA file wins over ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` in the environment
+    (requests lets those replace a session's ``verify``, so a private CA would be ignored).
+    """
+
+    def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any) -> Any:
+        settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        if verify is None and isinstance(self.verify, str):
+            settings["verify"] = self.verify
+        return settings
+
+
 class EtcdGateway:
     """Talks to one etcd cluster through any of its endpoints; thread safe (one HTTP session per thread)."""
 
@@ -132,8 +152,9 @@ class EtcdGateway:
         sessions = _thread_sessions()
         session = sessions.get(self.config.identity)
         if session is None:
-            session = requests.Session()
+            session = _Session()
             session.headers.update(self.config.headers)
+            session.headers.update(self.config.auth_headers)
             if self.config.ca_cert:
                 session.verify = self.config.ca_cert
             if self.config.client_cert:
@@ -165,9 +186,16 @@ class EtcdGateway:
                 self._token = self._authenticate(endpoint)
             return {"Authorization": self._token}
 
+    def forget_token(self) -> None:
+        """Sign in again on the next request (a token the server no longer knows is refused)."""
+        with self._token_lock:
+            self._token = None
+
     def _authenticate(self, endpoint: str) -> str:
         body = {"name": self.config.username, "password": self.config.password or ""}
         response = self._session().post(self.url("auth/authenticate", endpoint), json=body, timeout=self.config.timeout)
+        if _is_busy(response):
+            raise _SignInBusy(response)
         if response.status_code != 200:
             raise PermissionDenied(f"etcd at {endpoint} refused user {self.config.username!r}: "
                                    f"{_error_message(response)}")
@@ -192,6 +220,8 @@ class EtcdGateway:
                 response = self._session().post(self.url(path, endpoint), json=body, stream=stream,
                                                 headers=self._auth_headers(endpoint),
                                                 timeout=timeout or self.config.timeout)
+            except _SignInBusy as busy:  # retried as any answer of a busy etcd
+                response = busy.response
             except (requests.ConnectionError, requests.Timeout) as error:
                 errors.append(f"{endpoint}: {_short(error)}")
                 self._fail_over(endpoint)
@@ -257,7 +287,14 @@ class EtcdGateway:
         return int(answer["header"]["revision"]), KeyValue.from_json(kvs[0]) if kvs else None
 
     def current_revision(self) -> int:
-        """The store's revision now."""
+        """The store's revision now.
+
+        etcd users may read only their prefixes, so with a username the revision comes from the
+        maintenance status, which any signed-in user may ask; proxies forward only ranges, so without
+        one it comes from an empty range.
+        """
+        if self.config.username:
+            return int(self.call("maintenance/status", {})["header"]["revision"])
         body = {"key": b64("\0"), "count_only": True}
         return int(self.range(body)["header"]["revision"])
 
@@ -298,6 +335,8 @@ class WatchStream:
         self.start_revision = start_revision
         self.idle_timeout = idle_timeout
         self._closed = False
+        #: etcd confirmed the watch (with the credentials in use).
+        self.created = False
 
     def close(self) -> None:
         """Stop the watch from any thread."""
@@ -350,6 +389,7 @@ class WatchStream:
                 raise PermissionDenied(f"etcd watch refused: {reason}")
             raise StoreError(f"etcd watch canceled: {reason}")
         if result.get("created"):
+            self.created = True
             return WatchBatch([], revision)
         puts = [KeyValue.from_json(e["kv"], e.get("prev_kv")) for e in result.get("events", [])
                 if e.get("type", "PUT") == "PUT"]
@@ -357,11 +397,33 @@ class WatchStream:
 
 
 def _short(error: Exception) -> str:
+    if isinstance(error, requests.exceptions.SSLError):
+        return _tls_reason(error)
     text = str(error)
     for marker in ("Connection refused", "timed out", "Name or service not known", "No route to host"):
         if marker.lower() in text.lower():
             return marker.lower()
     return text.splitlines()[0][:200] if text else type(error).__name__
+
+
+_TLS_HINTS = {
+    "certificate verify failed": " (is ca_cert the CA that signed etcd's certificate?)",
+    "alert bad certificate": " (etcd refused the client certificate, or none was given: client_cert, client_key)",
+    "alert certificate required": " (etcd wants a client certificate: client_cert, client_key)",
+    "alert unknown ca": " (etcd does not trust the CA of the client certificate)",
+}
+
+
+def _tls_reason(error: requests.exceptions.SSLError) -> str:
+    """One line for a failed TLS handshake: the OpenSSL reason without the layers of wrapping, and a hint."""
+    text = str(error)
+    for marker in ("certificate verify failed", "alert", "wrong version number", "record layer failure"):
+        start = text.find(marker)
+        if start >= 0:
+            reason = text[start:].split("(_ssl.c")[0].split("')")[0].strip(" :")
+            hint = next((h for m, h in _TLS_HINTS.items() if reason.lower().startswith(m)), "")
+            return f"TLS handshake failed: {reason}{hint}"
+    return "TLS handshake failed: " + (text.splitlines()[0][-200:] if text else type(error).__name__)
 
 
 def _error_message(response: requests.Response) -> str:
@@ -373,7 +435,17 @@ def _error_message(response: requests.Response) -> str:
 
 
 def _is_token_error(response: requests.Response) -> bool:
-    return response.status_code != 200 and "invalid auth token" in response.text
+    """etcd no longer accepts the token: expired, or signed before a change of users or roles."""
+    return response.status_code != 200 and any(text in response.text for text in (
+        "invalid auth token", "revision of auth store is old"))
+
+
+def _is_etcd_error(response: requests.Response) -> bool:
+    """The gateway's own errors are JSON with a gRPC ``code``; a proxy's refusal is not."""
+    try:
+        return isinstance(response.json().get("code"), int)
+    except (ValueError, AttributeError):
+        return False
 
 
 def _is_busy(response: requests.Response) -> bool:
@@ -389,8 +461,13 @@ def _checked(response: requests.Response, endpoint: str) -> requests.Response:
     message = _error_message(response)
     if "compacted" in message:
         raise HistoryCompacted(0, 0)
+    if response.status_code in (403, 404, 405) and not _is_etcd_error(response):
+        raise NotForwarded(f"{response.url}: permission denied (HTTP {response.status_code} {response.reason}: "
+                           f"{message}); is a proxy that forwards only some requests in front of etcd?")
     if "permission denied" in message or "user name is empty" in message or response.status_code == 403:
         raise PermissionDenied(f"etcd at {endpoint}: permission denied ({message})")
+    if response.status_code == 401:
+        raise PermissionDenied(f"{endpoint} refused the credentials in use (HTTP 401: {message})")
     raise StoreError(f"etcd at {endpoint} answered {response.status_code}: {message}")
 
 

@@ -24,7 +24,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .config import StoreConfig, state_dir
-from .errors import HistoryCompacted, PermissionDenied, StoreError, StoreUnavailable, ValidationError, WaitTimeout
+from .errors import (
+    HistoryCompacted,
+    NotForwarded,
+    PermissionDenied,
+    StoreError,
+    StoreUnavailable,
+    ValidationError,
+    WaitTimeout,
+)
 from .etcd import EtcdGateway, KeyValue, WatchIdle
 from .request import Request
 from .store import DATE_FORMAT, Notification, Store, notification_from_kv
@@ -69,6 +77,9 @@ class PrefixWatch:
         self.next_revision = 0
         self._resync_pending = False  # history was compacted past: subscribers read again once restarted
         self.connections_opened = 0
+        #: True once a proxy refused the watch: the prefix is read every ``poll_interval`` seconds instead.
+        self.polling = False
+        self._signed_in_again = False
         self._thread = threading.Thread(target=self._run, name=f"aviso-watch {prefix}", daemon=True)
         self._thread.start()
 
@@ -139,6 +150,8 @@ class PrefixWatch:
                 self.next_revision = 0
                 self._resync_pending = True
             except PermissionDenied as error:
+                if self._may_sign_in_again(error):
+                    continue
                 self._fail_all(error)
                 return
             except Exception as error:  # noqa: BLE001 - any transport failure: reconnect after a pause
@@ -181,8 +194,27 @@ class PrefixWatch:
         """False once the watch ended for good (stopped, or unable to start)."""
         return self._thread.is_alive() and not self._stop.is_set()
 
+    def _may_sign_in_again(self, error: PermissionDenied) -> bool:
+        """etcd refuses a watch whose token it no longer knows (expired, or signed before a restart) as
+        "permission denied": sign in again once; a second refusal in a row is a real one.
+        """
+        if not self.config.username or self._signed_in_again or isinstance(error, NotForwarded):
+            return False
+        self._signed_in_again = True
+        self.gateway.forget_token()
+        return True
+
     def _follow(self) -> None:
-        self._stream = self.gateway.watch(self.prefix, self.next_revision, idle_timeout=IDLE_TIMEOUT)
+        if self.polling:
+            self._poll()
+            return
+        try:
+            self._stream = self.gateway.watch(self.prefix, self.next_revision, idle_timeout=IDLE_TIMEOUT)
+        except NotForwarded as error:
+            log.info("watch on %s refused (%s); reading it every %g s instead", self.prefix, _one_line(error),
+                     self.config.poll_interval)
+            self.polling = True
+            return
         self.connections_opened += 1
         try:
             if self._stop.is_set():  # stop() ran before the stream existed and could not close it
@@ -195,8 +227,20 @@ class PrefixWatch:
                 if self._stop.is_set():
                     return
         finally:
+            self._signed_in_again = self._signed_in_again and not self._stream.created
             self._stream.close()
             self._stream = None
+
+    def _poll(self) -> None:
+        """Read the puts since ``next_revision`` every ``poll_interval`` seconds and deliver them as the
+        watch would, until stopped (for proxies that forward only ``kv/range``).
+        """
+        while not self._stop.is_set():
+            revision, puts = self.gateway.range_all(self.prefix, min_mod_revision=self.next_revision)
+            if puts:
+                self._deliver(puts, revision)
+            self.next_revision = max(self.next_revision, revision + 1)
+            self._stop.wait(self.config.poll_interval)
 
     def _deliver(self, puts: list[KeyValue], revision: int) -> None:
         puts = sorted(puts, key=lambda kv: (kv.mod_revision, kv.key))

@@ -19,7 +19,7 @@ from typing import Any
 
 from . import __version__
 from .config import StoreConfig, resolve_config
-from .errors import StoreError
+from .errors import NotForwarded, PermissionDenied, StoreError
 from .etcd import EtcdGateway, KeyValue, b64, range_op
 from .request import Request, check_location, check_ttl, split_event
 from .schema import EventSchema, SchemaRegistry
@@ -119,6 +119,7 @@ class Store:
         for path in self.config.schema_files:
             self.schemas.add_file(path)
         self.gateway = EtcdGateway(self.config)
+        self._reads_in_txn = True
 
     def __repr__(self) -> str:
         return f"Store({self.config!r})"
@@ -184,6 +185,13 @@ class Store:
         keys = [key for key, _ in batch.puts]
         text = message or (f"notification to key {keys[0]}" if len(keys) == 1
                            else f"notification to {len(keys)} keys from {keys[0]}")
+        try:
+            return self._commit_status_chain(batch, lease, text)
+        except PermissionDenied as error:
+            user = f" as user {self.config.username!r}" if self.config.username else ""
+            raise type(error)(f"{error}; {text}{user} was not written") from None
+
+    def _commit_status_chain(self, batch: _Batch, lease: str | None, text: str) -> int:
         for _ in range(STATUS_RETRIES):
             _, previous = self.gateway.get(batch.status_key)
             status = self._status(previous, text)
@@ -242,10 +250,14 @@ class Store:
         return [(first_revision, _matching_notifications(request, kvs)) for request in requests]
 
     def _read_ranges(self, prefixes: list[str], min_revision: int) -> tuple[int, list[KeyValue]]:
-        if len(prefixes) == 1:
-            return self.gateway.range_all(prefixes[0], min_mod_revision=min_revision)
+        if len(prefixes) == 1 or not self._reads_in_txn:
+            return self._read_each(prefixes, min_revision)
         ops = [{"request_range": range_op(p, prefix_of=p, min_mod_revision=min_revision)} for p in prefixes]
-        answer = self.gateway.txn([], ops)
+        try:
+            answer = self.gateway.txn([], ops)
+        except NotForwarded:  # a proxy that forwards only kv/range
+            self._reads_in_txn = False
+            return self._read_each(prefixes, min_revision)
         revision = int(answer["header"]["revision"])
         kvs: list[KeyValue] = []
         for prefix, response in zip(prefixes, answer.get("responses", [])):
@@ -255,6 +267,15 @@ class Store:
             else:
                 kvs.extend(KeyValue.from_json(kv) for kv in body.get("kvs", []))
         return revision, kvs
+
+    def _read_each(self, prefixes: list[str], min_revision: int) -> tuple[int, list[KeyValue]]:
+        """One range per prefix; returns the earliest revision read."""
+        first_revision, kvs = 0, list[KeyValue]()
+        for prefix in prefixes:
+            revision, found = self.gateway.range_all(prefix, min_mod_revision=min_revision)
+            first_revision = min(first_revision or revision, revision)
+            kvs.extend(found)
+        return first_revision, kvs
 
     def get(self, event: str | Request | Mapping[str, Any], raw: Mapping[str, Any] | None = None) -> list[Notification]:
         """Notifications that exist now for a request (wildcards allowed except the base fields)."""

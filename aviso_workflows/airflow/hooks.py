@@ -1,10 +1,17 @@
 """AvisoHook: the core Store built from an Airflow connection of type ``aviso``.
 
 Connection fields: host and port (default 2379), or ``endpoints`` in the extras (a list or
-comma-separated text, for a cluster); login/password for etcd's own authentication; TLS with
-``use_tls`` (or ``https://`` endpoints) and ``ca_cert``/``client_cert``/``client_key`` paths;
-``headers`` (a JSON object) for header authentication such as an ``Authorization`` bearer token;
-``timeout`` in seconds and ``schema_files`` for custom events.
+comma-separated text, for a cluster); TLS with ``use_tls`` (or ``https://`` endpoints) and
+``ca_cert``/``client_cert``/``client_key`` paths; ``timeout`` in seconds and ``schema_files`` for
+custom events; ``headers`` (a JSON object) sent with every request.
+
+Login and password depend on the extra ``auth_type``:
+
+- ``etcd`` (the default): an etcd user and its password;
+- ``bearer``, ``ecmwf`` or ``openid``: the password is a token sent as ``Authorization: Bearer``, with
+  ``X-Auth-Type: ecmwf`` (``bearer``, ``ecmwf``) or ``openid``, for Aviso's authenticating proxy;
+- ``emailkey``: the login is an e-mail address and the password its key, sent as
+  ``Authorization: EmailKey <email>:<key>``.
 """
 
 from __future__ import annotations
@@ -59,10 +66,9 @@ def config_from_connection(conn: Connection) -> StoreConfig:
     extra = conn.extra_dejson or {}
     settings: dict[str, Any] = {
         "endpoints": _endpoints(conn, extra),
-        "username": conn.login or None,
-        "password": conn.password or None,
         "headers": _headers(extra.get("headers")),
         "schema_files": _texts("schema_files", extra.get("schema_files")),
+        **_credentials(conn, extra.get("auth_type")),
     }
     for name in ("ca_cert", "client_cert", "client_key"):
         if extra.get(name):
@@ -70,6 +76,21 @@ def config_from_connection(conn: Connection) -> StoreConfig:
     if extra.get("timeout") not in (None, ""):
         settings["timeout"] = _number("timeout", extra["timeout"])
     return StoreConfig(**settings)
+
+
+def _credentials(conn: Connection, auth_type: Any) -> dict[str, Any]:
+    """StoreConfig settings for the connection's login and password, as ``auth_type`` reads them."""
+    kind = str(auth_type or "etcd").strip().lower()
+    login, password = conn.login or None, conn.password or None
+    if kind == "etcd":
+        return {"username": login, "password": password}
+    if kind in ("bearer", "ecmwf", "openid"):
+        if password is None:
+            raise ValidationError("password", None, f"auth_type {kind} reads the token from the password field")
+        return {"token": password, "auth_type": "openid" if kind == "openid" else "ecmwf"}
+    if kind == "emailkey":
+        return {"email": login, "key": password}
+    raise ValidationError("auth_type", auth_type, "expected etcd, bearer, ecmwf, openid or emailkey")
 
 
 def _endpoints(conn: Connection, extra: Mapping[str, Any]) -> tuple[str, ...]:

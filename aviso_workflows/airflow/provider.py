@@ -13,6 +13,9 @@ _TEXT = {"type": ["string", "null"]}
 CONNECTION_FIELDS: dict[str, Any] = {
     "endpoints": {"label": "Endpoints", "schema": _TEXT,
                   "description": "Comma-separated http(s)://HOST:PORT of an etcd cluster (instead of host/port)"},
+    "auth_type": {"label": "Authentication", "schema": _TEXT,
+                  "description": "etcd (login/password: an etcd user), bearer/ecmwf/openid (password: a token "
+                                 "for Aviso's auth proxy) or emailkey (login: e-mail, password: key)"},
     "use_tls": {"label": "Use TLS", "schema": {"type": ["boolean", "null"], "default": False}},
     "ca_cert": {"label": "CA certificate file", "schema": _TEXT},
     "client_cert": {"label": "Client certificate file", "schema": _TEXT},
