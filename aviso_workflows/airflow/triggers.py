@@ -56,7 +56,8 @@ class AvisoTrigger(BaseTrigger):
         yield TriggerEvent({"status": "success", "notifications": [n.to_dict() for n in found]})
 
     def _progress(self, count: int, total: int, notification: Notification) -> None:
-        self.log.info("%d/%d available: %s", count, total, notification.key)
+        if total > 1:  # a wait for one key says it all when it fires; thousands of them log nothing extra
+            self.log.info("%d/%d available: %s", count, total, notification.key)
 
 
 class AvisoEventTrigger(BaseEventTrigger):
