@@ -455,6 +455,17 @@ def _is_busy(response: requests.Response) -> bool:
     return response.status_code == 500 and any(m in _error_message(response).lower() for m in BUSY_MARKERS)
 
 
+def _refused_keys(response: requests.Response) -> str:
+    """`` on KEY`` (or `` on the keys under PREFIX``) of a refused request: its first key, for the message."""
+    try:
+        body = json.loads(response.request.body or b"{}")
+        operations = [body, *(next(iter(op.values()), {}) for op in body.get("success", []))]
+        first = next(op for op in operations if isinstance(op, dict) and "key" in op)
+    except (ValueError, TypeError, AttributeError, StopIteration):
+        return ""
+    return f" on the keys under {unb64(first['key'])}" if "range_end" in first else f" on {unb64(first['key'])}"
+
+
 def _checked(response: requests.Response, endpoint: str) -> requests.Response:
     if response.status_code == 200:
         return response
@@ -465,7 +476,7 @@ def _checked(response: requests.Response, endpoint: str) -> requests.Response:
         raise NotForwarded(f"{response.url}: permission denied (HTTP {response.status_code} {response.reason}: "
                            f"{message}); is a proxy that forwards only some requests in front of etcd?")
     if "permission denied" in message or "user name is empty" in message or response.status_code == 403:
-        raise PermissionDenied(f"etcd at {endpoint}: permission denied ({message})")
+        raise PermissionDenied(f"etcd at {endpoint}: permission denied{_refused_keys(response)} ({message})")
     if response.status_code == 401:
         raise PermissionDenied(f"{endpoint} refused the credentials in use (HTTP 401: {message})")
     raise StoreError(f"etcd at {endpoint} answered {response.status_code}: {message}")

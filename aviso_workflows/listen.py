@@ -152,7 +152,7 @@ class PrefixWatch:
             except PermissionDenied as error:
                 if self._may_sign_in_again(error):
                     continue
-                self._fail_all(error)
+                self._fail_all(type(error)(f"{error}; watching {self.prefix}"))
                 return
             except Exception as error:  # noqa: BLE001 - any transport failure: reconnect after a pause
                 if self._stop.is_set():

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -120,6 +121,18 @@ def test_reader_cannot_notify_and_nothing_is_written(auth_etcd: PrivateEtcd, uni
     assert mars_key(unique_date, 0) in message and auth_etcd.client_url in message and "'reader'" in message
     assert READER[1] not in message
     assert everything(auth_etcd, "/ec/mars/") == before
+
+
+def test_reader_waiting_outside_its_prefix_is_told_where(auth_etcd: PrivateEtcd, unique_date: str,
+                                                          tmp_path: Path) -> None:
+    schema = tmp_path / "events.yaml"
+    schema.write_text("events:\n  flight:\n    base: /private/flight\n    stem: '{date}/{number}'\n"
+                      "    fields:\n      date: {type: date}\n      number: {type: int}\n")
+    reader = Store(config=auth_etcd.config(READER, schema_files=(str(schema),)))
+    with pytest.raises(PermissionDenied) as refused:
+        reader.wait("flight", {"date": unique_date, "number": 7}, timeout=WAIT_SECONDS)
+    message = str(refused.value)
+    assert "permission denied" in message and "/private/flight/" in message and auth_etcd.client_url in message
 
 
 # -- writer ----------------------------------------------------------------------------------------
