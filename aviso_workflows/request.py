@@ -91,8 +91,13 @@ class Request:
 
     def matches(self, fields: Mapping[str, str]) -> bool:
         """True when a parsed key's fields satisfy every constraint of the request."""
+        return all(fields.get(name) in allowed for name, allowed in self._allowed_values)
+
+    @cached_property
+    def _allowed_values(self) -> tuple[tuple[str, frozenset[str]], ...]:
+        """The key fields the request constrains, with their values as sets (a year of dates is matched at once)."""
         key_fields = self.schema.key_fields
-        return all(fields.get(name) in allowed for name, allowed in self.values.items() if name in key_fields)
+        return tuple((name, frozenset(allowed)) for name, allowed in self.values.items() if name in key_fields)
 
     def match_key(self, key: str) -> dict[str, str] | None:
         """The fields of ``key`` if it is a data key matched by this request, else None."""
