@@ -9,10 +9,13 @@ Configuration (YAML)::
           - {meter: steps, node: /consumer/wait, value: "{step}"}
           - {event: ready, node: /consumer/step_{step}}
 
-After each notification the bridge saves its position; a restarted bridge resumes after the last
-notification it handled, so none is missed and none is applied twice. A stop (SIGTERM, Ctrl-C) lets
-the notification in hand finish first. If the ecFlow server cannot be reached the bridge exits
-without moving its position, and the next start applies that notification again.
+After each notification's actions the bridge saves its position; a restarted bridge resumes after
+the last notification it handled, so none is missed and they are applied in the order they were
+posted. A stop (SIGTERM, Ctrl-C) lets the notification in hand finish first, so none is applied
+twice. A bridge killed outright (SIGKILL, a crash) between a notification's actions and the saving
+of its position applies that one notification again when it restarts; the actions set values, so
+the state they leave is the same. If the ecFlow server cannot be reached the bridge exits without
+moving its position, and the next start applies that notification again.
 """
 
 from __future__ import annotations
