@@ -32,11 +32,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import requests
 
 from .errors import AvisoWorkflowsError, ValidationError
+from .request import MAX_TIMEOUT_SECONDS
 from .store import Notification
 
 log = logging.getLogger(__name__)
@@ -71,20 +72,44 @@ ActionFactory = Callable[[Mapping[str, Any]], Action]
 
 # -- spec checking -------------------------------------------------------------------------------
 def _check_keys(kind: str, spec: Mapping[str, Any], allowed: set[str], required: tuple[str, ...] = ()) -> None:
-    unknown = sorted(set(spec) - allowed - {"type"})
+    unknown = sorted((name for name in spec if name not in allowed and name != "type"), key=str)
     if unknown:
-        raise ValidationError(f"{kind}.{unknown[0]}", spec[unknown[0]],
-                              f"a {kind} action takes: " + ", ".join(sorted(allowed)))
+        takes = ", ".join(sorted(allowed)) if allowed else "nothing but 'type'"
+        raise ValidationError(f"{kind}.{unknown[0]}", spec[unknown[0]], f"a {kind} action takes: {takes}")
     for name in required:
         if spec.get(name) in (None, ""):
             raise ValidationError(f"{kind}.{name}", spec.get(name), f"a {kind} action needs '{name}'")
 
 
+def _text(field: str, value: Any, *, required: bool = True) -> str:
+    """A setting written as text (numbers are read as their text); never a list, mapping, boolean or NUL."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValidationError(field, value, "expected text")
+    text = str(value)
+    if "\x00" in text or (required and not text.strip()):
+        raise ValidationError(field, value, "expected non-empty text without NUL characters" if required
+                              else "expected text without NUL characters")
+    return text
+
+
+def _url(field: str, value: Any) -> str:
+    """An http(s) URL with a host."""
+    text = _text(field, value)
+    try:
+        parts = urlsplit(text)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port is None or parts.port > 0)
+    except ValueError:  # a port that is not a number from 0 to 65535, a broken [IPv6] host
+        valid = False
+    if not valid or re.search(r"[\s\x00-\x1f\x7f]", text):
+        raise ValidationError(field, value, "expected an http:// or https:// URL with a host")
+    return text
+
+
 def _number(field: str, value: Any, default: float) -> float:
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ValidationError(field, value, "expected a number of seconds (0 or more)")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_TIMEOUT_SECONDS:
+        raise ValidationError(field, value, f"expected a number of seconds from 0 to {MAX_TIMEOUT_SECONDS}")
     return float(value)
 
 
@@ -180,7 +205,7 @@ class LogAction:
 def log_action(spec: Mapping[str, Any]) -> LogAction:
     """``{type: log, path: FILE}`` (``~`` and ``$VARS`` expanded)."""
     _check_keys("log", spec, {"path"}, ("path",))
-    return LogAction(_path(spec["path"]))
+    return LogAction(_path(_text("log.path", spec["path"])))
 
 
 class FunctionAction:
@@ -203,7 +228,7 @@ def function_action(spec: Mapping[str, Any]) -> FunctionAction:
     target = spec["function"]
     if callable(target):
         return FunctionAction(target)
-    return FunctionAction(_import_function(str(target)))
+    return FunctionAction(_import_function(_text("function.function", target)))
 
 
 def _import_function(reference: str) -> Callable[[dict[str, Any]], Any]:
@@ -212,7 +237,7 @@ def _import_function(reference: str) -> Callable[[dict[str, Any]], Any]:
         raise ValidationError("function.function", reference, "expected 'package.module:function'")
     try:
         target = getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError) as error:
+    except (ImportError, AttributeError, TypeError, ValueError) as error:  # TypeError: a relative name such as ..x
         raise ValidationError("function.function", reference, f"cannot be imported ({error})") from None
     if not callable(target):
         raise ValidationError("function.function", reference, "is not callable")
@@ -378,15 +403,18 @@ def _relay(completed: subprocess.CompletedProcess[bytes]) -> None:
 def command_action(spec: Mapping[str, Any]) -> CommandAction:
     """``{type: command, command: TEXT, environment: {NAME: TEXT}, working_dir: DIR, timeout: SECONDS}``."""
     _check_keys("command", spec, {"command", "environment", "working_dir", "timeout"}, ("command",))
-    environment = spec.get("environment") or {}
+    environment = spec.get("environment")
+    environment = {} if environment is None else environment
     if not isinstance(environment, Mapping):
         raise ValidationError("command.environment", environment, "expected a mapping of NAME: value")
     for name in environment:
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(name)):
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
             raise ValidationError("command.environment", name, "variable names are letters, digits and '_'")
+    variables = {name: _text(f"command.environment.{name}", value, required=False)
+                 for name, value in environment.items()}
     working_dir = spec.get("working_dir")
-    action = CommandAction(str(spec["command"]), {str(k): str(v) for k, v in environment.items()},
-                           str(working_dir) if working_dir is not None else None,
+    action = CommandAction(_text("command.command", spec["command"]), variables,
+                           _text("command.working_dir", working_dir) if working_dir is not None else None,
                            _number("command.timeout", spec.get("timeout"), COMMAND_TIMEOUT))
     return action
 
@@ -431,14 +459,35 @@ def post_action(spec: Mapping[str, Any]) -> PostAction:
         raise ValidationError("post.protocol.type", protocol.get("type") if isinstance(protocol, Mapping) else protocol,
                               "supported: cloudevents_http")
     _check_keys("post.protocol", protocol, {"url", "headers", "timeout", "cloudevents", "cloudevent"}, ("url",))
-    event = protocol.get("cloudevents") or protocol.get("cloudevent") or {}
-    headers = protocol.get("headers") or {}
-    if not isinstance(event, Mapping) or not isinstance(headers, Mapping):
-        raise ValidationError("post.protocol", dict(protocol), "'headers' and 'cloudevents' are mappings")
-    return PostAction(str(protocol["url"]), {str(k): str(v) for k, v in headers.items()},
+    event = _mapping("post.protocol.cloudevents", protocol.get("cloudevents", protocol.get("cloudevent")))
+    _check_keys("post.protocol.cloudevents", event, {"type", "source"})
+    return PostAction(_url("post.protocol.url", protocol["url"]),
+                      _headers("post.protocol.headers", protocol.get("headers")),
                       _number("post.protocol.timeout", protocol.get("timeout"), 60.0),
-                      str(event.get("type", CLOUDEVENTS_TYPE)), str(event.get("source", CLOUDEVENTS_SOURCE)),
+                      _text("post.protocol.cloudevents.type", event.get("type", CLOUDEVENTS_TYPE)),
+                      _text("post.protocol.cloudevents.source", event.get("source", CLOUDEVENTS_SOURCE)),
                       Retry.from_spec("post", spec))
+
+
+def _mapping(field: str, value: Any) -> Mapping[Any, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValidationError(field, value, "expected a mapping of names to values")
+    return value
+
+
+def _headers(field: str, value: Any) -> dict[str, str]:
+    """HTTP headers: token names, values without line breaks or other control characters."""
+    headers = {}
+    for name, text in _mapping(field, value).items():
+        if not isinstance(name, str) or not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
+            raise ValidationError(field, name, "header names are letters, digits and !#$%&'*+.^_`|~-")
+        header = _text(f"{field}.{name}", text, required=False)
+        if re.search(r"[\x00-\x08\x0a-\x1f\x7f]", header):
+            raise ValidationError(f"{field}.{name}", text, "header values may not hold control characters")
+        headers[name] = header
+    return headers
 
 
 # -- airflow (REST API of Airflow 3) -------------------------------------------------------------
@@ -507,15 +556,17 @@ def airflow_action(spec: Mapping[str, Any]) -> AirflowAction:
     allowed = {"url", "dag_id", "username", "password", "password_env", "token", "token_env", "timeout",
                "retries", "backoff"}
     _check_keys("airflow", spec, allowed, ("url", "dag_id"))
-    check_placeholders("airflow.dag_id", str(spec["dag_id"]))
-    credentials = {name: str(spec[name]) for name in ("username", "password", "token") if spec.get(name)}
+    dag_id = _text("airflow.dag_id", spec["dag_id"])
+    check_placeholders("airflow.dag_id", dag_id)
+    credentials = {name: _text(f"airflow.{name}", spec[name])
+                   for name in ("username", "password", "token") if spec.get(name) not in (None, "")}
     for name in ("password", "token"):
-        variable = spec.get(f"{name}_env")
-        if variable:
+        if spec.get(f"{name}_env") is not None:
+            variable = _text(f"airflow.{name}_env", spec[f"{name}_env"])
             if variable not in os.environ:
                 raise ValidationError(f"airflow.{name}_env", variable, "this environment variable is not set")
-            credentials[name] = os.environ[str(variable)]
-    return AirflowAction(str(spec["url"]), str(spec["dag_id"]), credentials,
+            credentials[name] = os.environ[variable]
+    return AirflowAction(_url("airflow.url", spec["url"]), dag_id, credentials,
                          _number("airflow.timeout", spec.get("timeout"), 30.0), Retry.from_spec("airflow", spec))
 
 
@@ -554,10 +605,11 @@ def ecflow_action(spec: Mapping[str, Any]) -> EcflowListenerAction:
     from .ecflow.actions import EcflowAction
 
     port = spec.get("port")
-    if isinstance(port, bool) or not isinstance(port, int):
-        raise ValidationError("ecflow.port", port, "expected the ecflow_server's port number")
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise ValidationError("ecflow.port", port, "expected the ecflow_server's port number (1 to 65535)")
+    host = "localhost" if spec.get("host") is None else _text("ecflow.host", spec["host"])
     config = {name: _bridge_template(value) for name, value in spec.items() if name not in ("type", "host", "port")}
-    return EcflowListenerAction(str(spec.get("host") or "localhost"), port, EcflowAction.from_config(config))
+    return EcflowListenerAction(host, port, EcflowAction.from_config(config))
 
 
 def _bridge_template(value: Any) -> Any:
@@ -581,7 +633,7 @@ ACTION_TYPES: dict[str, ActionFactory] = {
 def build_action(spec: Mapping[str, Any]) -> Action:
     """The action of one spec such as ``{"type": "post", "protocol": {...}}``."""
     kind = spec.get("type")
-    if kind not in ACTION_TYPES:
+    if not isinstance(kind, str) or kind not in ACTION_TYPES:
         raise ValidationError("type", kind, "supported actions: " + ", ".join(ACTION_TYPES))
-    return ACTION_TYPES[str(kind)](spec)
+    return ACTION_TYPES[kind](spec)
 

@@ -16,7 +16,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
@@ -25,7 +25,7 @@ from .config import resolve_config
 from .errors import AvisoWorkflowsError, ValidationError, WaitTimeout
 from .listen import Cursor, Position, listen, replay
 from .listeners import load_listener_file
-from .request import Request, parse_pairs
+from .request import Request, check_timeout, parse_pairs
 from .schema import to_pyaviso_document
 from .store import Notification, Store
 
@@ -56,16 +56,26 @@ def request_from_args(store: Store, args: argparse.Namespace) -> tuple[Request, 
 def read_request_file(path: str) -> dict[str, Any]:
     """A request from YAML: ``event: mars`` plus fields, or ``{event: ..., request: {...}}``."""
     try:
-        document = yaml.safe_load(Path(path).read_text())
+        document = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except OSError as error:
         raise ValidationError("request-file", path, f"cannot be read ({error.strerror})") from None
+    except UnicodeDecodeError as error:
+        raise ValidationError("request-file", path, f"is not UTF-8 text ({error.reason})") from None
+    except ValueError as error:  # a path with a NUL character
+        raise ValidationError("request-file", path, f"cannot be read ({error})") from None
     except yaml.YAMLError as error:
         raise ValidationError("request-file", path, f"is not valid YAML ({_first_line(error)})") from None
+    except RecursionError:
+        raise ValidationError("request-file", path, "is nested too deeply to be a request") from None
     if not isinstance(document, dict):
         raise ValidationError("request-file", path, "expected a mapping such as 'event: mars' and the fields")
     nested = document.pop("request", None)
-    if isinstance(nested, dict):
-        document.update(nested)
+    if nested is not None and not isinstance(nested, dict):
+        raise ValidationError("request-file", path, "'request' holds a mapping of fields such as {class: od}")
+    clashes = sorted(set(nested or {}) & set(document), key=str)
+    if clashes:
+        raise ValidationError("request-file", path, f"{clashes[0]!r} is given both inside and outside 'request'")
+    document.update(nested or {})
     return document
 
 
@@ -156,7 +166,7 @@ class _Progress:
     """Shows ``3/5 available`` on a terminal and runs the --progress-command hooks."""
 
     def __init__(self, commands: Sequence[str], show: bool) -> None:
-        self.commands = [shlex.split(command) for command in commands]
+        self.commands = [_command_line(command) for command in commands]
         self.show = show
 
     def __call__(self, found: int, total: int, notification: Notification) -> None:
@@ -183,6 +193,17 @@ class _Progress:
                   + (f": {detail[-1]}" if detail else ""), file=sys.stderr)
 
 
+def _command_line(command: str) -> list[str]:
+    """A --progress-command split into its arguments (no shell)."""
+    try:
+        argv = shlex.split(command)
+    except ValueError as error:  # an unclosed quote, a trailing backslash
+        raise ValidationError("progress-command", command, f"cannot be split into arguments ({error})") from None
+    if not argv or "\x00" in command:
+        raise ValidationError("progress-command", command, "expected a command such as 'echo {found}/{total}'")
+    return argv
+
+
 def _fill(argument: str, values: dict[str, Any]) -> str:
     """Substitute ``{name}`` placeholders in one argument (unknown names are left as they are)."""
     for name, value in values.items():
@@ -196,9 +217,10 @@ def cmd_wait(args: argparse.Namespace) -> int:
     mode = "any" if args.any else "all"
     if mode == "all":
         request.require_complete("wait (without --any)")
+    timeout = check_timeout(args.timeout)
     progress = _Progress(args.progress_command or [], show=sys.stderr.isatty() and not args.quiet)
     try:
-        found = store.wait(request, mode=mode, timeout=args.timeout, on_progress=progress)
+        found = store.wait(request, mode=mode, timeout=timeout, on_progress=progress)
     except WaitTimeout as timeout:
         print(f"aviso-workflows: {timeout}", file=sys.stderr)
         _print_notifications(timeout.found, args.json)
@@ -234,11 +256,11 @@ def parse_moment(field: str, text: str | None) -> dt.datetime | None:
         return None
     try:
         moment = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
+        if moment.tzinfo is not None:
+            moment = moment.astimezone(dt.UTC).replace(tzinfo=None)
+    except (ValueError, OverflowError):  # OverflowError: a time zone moves it out of years 1 to 9999
         raise ValidationError(field, text, "expected an ISO date or time such as 2026-11-22 or "
                               "2026-11-22T06:00:00Z (UTC)") from None
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(dt.UTC).replace(tzinfo=None)
     return moment
 
 
@@ -256,6 +278,8 @@ def cmd_listen(args: argparse.Namespace) -> int:
     store = store_from_args(args)
     requests, listeners = listen_requests(store, args)
     start, end = parse_moment("from", args.from_), parse_moment("to", args.to)
+    if args.count is not None and args.count < 1:
+        raise ValidationError("count", args.count, "expected a number of notifications of at least 1")
     if end is not None and start is None:
         raise ValidationError("to", args.to, "--to needs --from")
     if start is not None and end is not None and end <= start:
@@ -317,11 +341,18 @@ def cmd_server(args: argparse.Namespace) -> int:
 
 
 # -- parser --------------------------------------------------------------------------------------
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Bad usage is reported like every other error: one line on standard error, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full command-line parser (adapters add their subcommands)."""
     common = _common()
-    parser = argparse.ArgumentParser(prog="aviso-workflows",
-                                     description="Aviso-compatible data-availability notifications in etcd.")
+    parser: argparse.ArgumentParser = OneLineErrorParser(
+        prog="aviso-workflows", description="Aviso-compatible data-availability notifications in etcd.")
     parser.add_argument("--version", action="version", version=f"aviso-workflows {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -388,7 +419,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.run(args))
     except AvisoWorkflowsError as error:
-        print(f"aviso-workflows: {error}", file=sys.stderr)
+        print(f"aviso-workflows: {' '.join(str(error).split())}", file=sys.stderr)  # one line, whatever the cause
         return EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

@@ -44,13 +44,18 @@ def normalise_endpoint(endpoint: str) -> str:
     text = str(endpoint).strip()
     if "://" not in text:
         text = "http://" + text
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+    except ValueError:  # an unclosed [IPv6 address
+        parts = urlsplit("")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValidationError("endpoint", endpoint, "expected http://HOST:PORT, https://HOST:PORT or HOST:PORT")
     try:
-        port = parts.port or DEFAULT_PORT
+        port = DEFAULT_PORT if parts.port is None else parts.port
     except ValueError:
-        raise ValidationError("endpoint", endpoint, "the port must be a number from 1 to 65535") from None
+        port = 0
+    if not 0 < port < 65536:
+        raise ValidationError("endpoint", endpoint, "the port must be a number from 1 to 65535")
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     return f"{parts.scheme}://{host}:{port}"
 
@@ -172,9 +177,10 @@ def _read_config_file(path: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
     try:
-        document = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ValidationError("config", str(path), f"not valid YAML: {error}") from None
+        document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as error:
+        reason = " ".join(str(error).split()) or "nested too deeply"
+        raise ValidationError("config", str(path), f"not valid YAML: {reason}") from None
     if not isinstance(document, dict):
         raise ValidationError("config", str(path), "expected a mapping such as 'endpoints: [...]'")
     return document

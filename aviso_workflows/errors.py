@@ -16,7 +16,22 @@ class ValidationError(AvisoWorkflowsError, ValueError):
         self.field = field
         self.value = value
         self.valid = valid
-        super().__init__(f"{field}: {value!r} is not valid; {valid}")
+        name = field if field.isprintable() else repr(field)
+        super().__init__(f"{name}: {shown(value)} is not valid; {valid}")
+
+
+#: Longer values are shortened in messages (a message is one readable line).
+SHOWN_CHARACTERS = 200
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` for a message: shortened in the middle when long."""
+    if isinstance(value, int) and value.bit_length() > 600:  # repr() refuses integers of more than 4300 digits
+        return f"<an integer of about {int(value.bit_length() * 0.30103) + 1} digits>"
+    text = repr(value)
+    if len(text) <= SHOWN_CHARACTERS:
+        return text
+    return f"{text[:SHOWN_CHARACTERS - 40]}...{text[-20:]} ({len(text)} characters)"
 
 
 class SchemaError(AvisoWorkflowsError, ValueError):

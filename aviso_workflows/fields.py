@@ -12,19 +12,26 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from .errors import SchemaError, ValidationError
+from .errors import SchemaError, ValidationError, shown
 
-#: Characters that would corrupt a key (separators of the key layout) or a command line.
-FORBIDDEN_CHARACTERS = re.compile(r"[/,=*\s\x00-\x1f\x7f]")
+#: Characters that would corrupt a key (separators of the key layout) or a command line; lone surrogates
+#: cannot be written as UTF-8 at all.
+FORBIDDEN_CHARACTERS = re.compile(r"[/,=*\s\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 #: The most values one field may expand to; a typo such as ``0/to/10000000`` stops here.
 MAX_VALUES_PER_FIELD = 100_000
+#: The longest text value of a key field, in characters (keys must stay small enough for a transaction).
+MAX_VALUE_LENGTH = 256
 _INTEGER = re.compile(r"^[+-]?\d+$")
+#: Longer digit strings are no value of any field (and Python refuses to read beyond 4300 digits).
+_MAX_DIGITS = 30
 
 
 def check_characters(field: str, value: str) -> str:
     """Return ``value`` unless it holds a character that would corrupt a key."""
     if value == "":
         raise ValidationError(field, value, "an empty value is not allowed")
+    if len(value) > MAX_VALUE_LENGTH:
+        raise ValidationError(field, value, f"values are at most {MAX_VALUE_LENGTH} characters long")
     bad = FORBIDDEN_CHARACTERS.search(value)
     if bad:
         raise ValidationError(
@@ -41,6 +48,8 @@ def _as_int(field: str, value: Any, what: str = "an integer") -> int:
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, str) and _INTEGER.match(value.strip()):
+        if len(value.strip()) > _MAX_DIGITS:
+            raise ValidationError(field, value, f"expected {what} of at most {_MAX_DIGITS} digits")
         return int(value.strip())
     raise ValidationError(field, value, f"expected {what}")
 
@@ -137,6 +146,11 @@ class IntField(Field):
     def __init__(self, name: str, minimum: int | None = None, maximum: int | None = None, width: int = 0,
                  default: str | None = None) -> None:
         super().__init__(name, default)
+        for label, bound in (("min", minimum), ("max", maximum)):
+            if bound is not None and not _is_whole(bound):
+                raise SchemaError(f"field {name!r}: {label} must be a whole number, not {shown(bound)}")
+        if not _is_whole(width) or not 0 <= width <= 32:
+            raise SchemaError(f"field {name!r}: width must be a whole number from 0 to 32, not {shown(width)}")
         self.minimum = minimum
         self.maximum = maximum
         self.width = width
@@ -265,6 +279,9 @@ class TimeField(Field):
 
     def __init__(self, name: str, values: Sequence[int] | None = (0, 6, 12, 18), default: str | None = None) -> None:
         super().__init__(name, default)
+        if values is not None and (not isinstance(values, (list, tuple, range)) or not values
+                                   or not all(_is_whole(v) and 0 <= v <= 23 for v in values)):
+            raise SchemaError(f"field {name!r}: values must list hours from 0 to 23, not {shown(values)}")
         self.values = tuple(values) if values is not None else None
 
     def describe(self) -> str:
@@ -315,7 +332,11 @@ class EnumField(Field):
     def __init__(self, name: str, values: Iterable[str] | Mapping[str, Iterable[str]],
                  default: str | None = None) -> None:
         super().__init__(name, default)
+        if not isinstance(values, (list, tuple, Mapping)) or not all(_is_name(v) for v in values):
+            raise SchemaError(f"enum field {name!r}: values must list names, not {shown(values)}")
         aliases = values if isinstance(values, Mapping) else {v: () for v in values}
+        if not all(isinstance(s, (list, tuple)) and all(_is_name(n) for n in s) for s in aliases.values()):
+            raise SchemaError(f"enum field {name!r}: synonyms must list names, not {shown(values)}")
         self.values = tuple(str(v).lower() for v in aliases)
         self._lookup: dict[str, str] = {}
         for canonical, synonyms in aliases.items():
@@ -357,7 +378,11 @@ class StringField(Field):
         if case not in (None, "upper", "lower"):
             raise SchemaError(f"field {name!r}: case must be 'upper' or 'lower', not {case!r}")
         self.case = case
-        self.pattern = re.compile(pattern) if pattern else None
+        try:
+            self.pattern = re.compile(pattern) if pattern else None
+        except (TypeError, re.error) as error:
+            raise SchemaError(f"field {name!r}: pattern {shown(pattern)} is not a regular expression "
+                              f"({error})") from None
 
     def describe(self) -> str:
         text = "text without '/', ',', '=', '*', spaces or control characters"
@@ -384,6 +409,14 @@ class StringField(Field):
         return config
 
 
+def _is_whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_name(value: Any) -> bool:
+    return isinstance(value, str) or _is_whole(value)
+
+
 FIELD_TYPES: dict[str, type[Field]] = {
     cls.kind: cls for cls in (IntField, ExpverField, DateField, TimeField, EnumField, StringField)
 }
@@ -391,16 +424,29 @@ FIELD_TYPES: dict[str, type[Field]] = {
 
 def field_from_config(name: str, config: Mapping[str, Any]) -> Field:
     """Build a field from the project's own schema format (``{type: int, min: 0, max: 240}``)."""
+    if not isinstance(config, Mapping):
+        raise SchemaError(f"field {name!r}: expected a mapping such as {{type: int, min: 0}}, not {shown(config)}")
     kind = config.get("type", "string")
     options = {k: v for k, v in config.items() if k != "type"}
     renames = {"min": "minimum", "max": "maximum"}
     options = {renames.get(k, k): v for k, v in options.items()}
-    if kind not in FIELD_TYPES:
-        raise SchemaError(f"field {name!r}: unknown type {kind!r}; valid types: {', '.join(FIELD_TYPES)}")
+    if not isinstance(kind, str) or kind not in FIELD_TYPES:
+        raise SchemaError(f"field {name!r}: unknown type {shown(kind)}; valid types: {', '.join(FIELD_TYPES)}")
     try:
-        return FIELD_TYPES[kind](name, **options)
+        return _checked_default(FIELD_TYPES[kind](name, **options))
     except TypeError as error:
         raise SchemaError(f"field {name!r} of type {kind!r}: {error}") from None
+
+
+def _checked_default(field: Field) -> Field:
+    """``field`` if its default is one of its values (a default is written into keys)."""
+    if field.default is not None:
+        try:
+            field.canonical(field.default)
+        except ValidationError as error:
+            raise SchemaError(f"field {field.name!r}: the default {shown(field.default)} is not valid; "
+                              f"{error.valid}") from None
+    return field
 
 
 def field_from_pyaviso(name: str, handlers: Sequence[Mapping[str, Any]]) -> Field:
@@ -410,23 +456,38 @@ def field_from_pyaviso(name: str, handlers: Sequence[Mapping[str, Any]]) -> Fiel
     handler = dict(handlers[0])
     kind = handler.get("type")
     canonic = handler.get("canonic")
+    if canonic is not None and not isinstance(canonic, str):
+        raise SchemaError(f"field {name!r}: canonic {shown(canonic)} is not text")
     if kind == "DateHandler":
         return DateField(name)
     if kind == "TimeHandler":
-        return TimeField(name, [int(v) for v in handler.get("values", range(24))])
+        return TimeField(name, _hours(name, handler.get("values", range(24))))
     if kind == "EnumHandler":
         values = handler.get("values") or []
-        if not values:
-            raise SchemaError(f"field {name!r}: EnumHandler without values (pyaviso fills them from MARS)")
-        return EnumField(name, [str(v) for v in values], default=handler.get("default"))
+        if not isinstance(values, list) or not values:
+            raise SchemaError(f"field {name!r}: EnumHandler without a list of values (pyaviso fills them from MARS)")
+        return _checked_default(EnumField(name, [str(v) for v in values], default=handler.get("default")))
     if kind == "IntHandler":
-        low, high = handler.get("range", (None, None))
-        width = int(re.findall(r"0>(\d+)", canonic)[0]) if canonic and "0>" in canonic else 0
-        if name == "expver" and width == 4:
-            return ExpverField(name)
-        return IntField(name, low, high, width)
+        return _int_from_pyaviso(name, handler.get("range", (None, None)), canonic)
     if kind == "StringHandler":
         return StringField(name, case=canonic)
     if kind == "RegexHandler":
         return StringField(name, pattern=handler.get("regex"))
-    raise SchemaError(f"field {name!r}: unsupported pyaviso handler {kind!r}")
+    raise SchemaError(f"field {name!r}: unsupported pyaviso handler {shown(kind)}")
+
+
+def _hours(name: str, values: Any) -> list[int]:
+    try:
+        return [_as_int(name, v) for v in values]
+    except (TypeError, ValidationError):
+        raise SchemaError(f"field {name!r}: TimeHandler values must list hours, not {shown(values)}") from None
+
+
+def _int_from_pyaviso(name: str, bounds: Any, canonic: str | None) -> Field:
+    if not isinstance(bounds, (list, tuple)) or len(bounds) != 2:
+        raise SchemaError(f"field {name!r}: IntHandler range must be [low, high], not {shown(bounds)}")
+    width_match = re.search(r"0>(\d{1,2})\}", canonic or "")
+    width = int(width_match.group(1)) if width_match else 0
+    if name == "expver" and width == 4:
+        return ExpverField(name)
+    return IntField(name, bounds[0], bounds[1], width)

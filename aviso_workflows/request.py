@@ -12,8 +12,14 @@ from typing import Any
 from .errors import ValidationError
 from .schema import BUILTIN_SCHEMAS, EventSchema, SchemaRegistry
 
-#: The most concrete keys one request may stand for.
+#: The most concrete keys one request may stand for (and the most combinations of the values it gives).
 MAX_KEYS_PER_REQUEST = 1_000_000
+#: The longest location (payload) in bytes of UTF-8: 127 keys with it must fit in one etcd transaction.
+MAX_LOCATION_BYTES = 4096
+#: etcd's longest lease (its MaxLeaseTTL), in seconds.
+MAX_TTL_SECONDS = 9_000_000_000
+#: The longest timeout of a wait, in seconds (ten years; the system's clocks refuse much longer ones).
+MAX_TIMEOUT_SECONDS = 315_360_000
 #: Entries of a pyaviso-style request that are not key fields.
 NON_KEY_ENTRIES = ("event", "location", "ttl")
 
@@ -30,12 +36,10 @@ class Request:
               registry: SchemaRegistry | None = None) -> Request:
         """Validate and canonicalise ``raw`` (scalars, lists, ``a/b/c``, ``a/to/b/by/n``) for ``event``."""
         schema = event if isinstance(event, EventSchema) else (registry or SchemaRegistry())[event]
-        if not isinstance(raw, Mapping):
-            raise ValidationError("request", raw, "expected a mapping of field names to values")
         values: dict[str, tuple[str, ...]] = {}
-        for name, value in raw.items():
-            if not isinstance(name, str):
-                raise ValidationError("request", name, "field names must be text")
+        for name, value in check_fields(raw).items():
+            if not isinstance(name, str) or not name.strip() or not name.isprintable():
+                raise ValidationError("request", name, "field names are non-empty printable text such as 'class'")
             values[name] = schema.field(name).expand(value)
         for name, fld in schema.fields.items():
             if name not in values and fld.default is not None:
@@ -45,8 +49,9 @@ class Request:
             raise ValidationError(missing[0], None, f"field {missing[0]!r} is required for event {schema.name!r}")
         order = list(dict.fromkeys([*schema.key_fields, *schema.fields]))
         request = cls(schema, {n: values[n] for n in order if n in values})
-        if request.is_complete and request.count > MAX_KEYS_PER_REQUEST:
-            raise ValidationError("request", request.count, f"at most {MAX_KEYS_PER_REQUEST} keys per request")
+        if request.count > MAX_KEYS_PER_REQUEST:
+            raise ValidationError("request", request.count,
+                                  f"at most {MAX_KEYS_PER_REQUEST} keys (combinations of key-field values) per request")
         return request
 
     @property
@@ -66,7 +71,7 @@ class Request:
 
     @cached_property
     def count(self) -> int:
-        """Number of concrete keys (only meaningful when complete)."""
+        """Number of concrete keys when complete; else the combinations of the values given (what a read walks)."""
         total = 1
         for name in self.schema.key_fields:
             total *= len(self.values.get(name, ("",)))
@@ -158,9 +163,16 @@ def parse_pairs(text: str) -> dict[str, str]:
     return pairs
 
 
+def check_fields(raw: Any) -> Mapping[Any, Any]:
+    """``raw`` if it is a mapping (of field names to values), else a ValidationError."""
+    if not isinstance(raw, Mapping):
+        raise ValidationError("request", raw, "expected a mapping of field names to values")
+    return raw
+
+
 def split_event(raw: Mapping[str, Any], event: str | None = None) -> tuple[str, dict[str, Any]]:
     """Separate the ``event`` entry from the request fields; ``event`` given apart must agree."""
-    fields = dict(raw)
+    fields = dict(check_fields(raw))
     named = fields.pop("event", None)
     if named is not None and event is not None and str(named) != event:
         raise ValidationError("event", named, f"conflicts with event {event!r} given separately")
@@ -174,8 +186,10 @@ def check_location(location: Any) -> str | None:
     """A payload value: text without control characters (it is stored as is)."""
     if location is None:
         return None
-    if not isinstance(location, str) or re.search(r"[\x00-\x1f\x7f]", location) or not location:
+    if not isinstance(location, str) or re.search(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]", location) or not location:
         raise ValidationError("location", location, "expected non-empty text without control characters")
+    if len(location.encode()) > MAX_LOCATION_BYTES:
+        raise ValidationError("location", location, f"expected at most {MAX_LOCATION_BYTES} bytes (UTF-8)")
     return location
 
 
@@ -187,9 +201,19 @@ def check_ttl(ttl: Any) -> int | None:
         seconds = int(str(ttl).strip()) if not isinstance(ttl, bool) else -1
     except ValueError:
         seconds = -1
-    if seconds <= 0:
-        raise ValidationError("ttl", ttl, "expected a positive whole number of seconds")
+    if not 0 < seconds <= MAX_TTL_SECONDS:
+        raise ValidationError("ttl", ttl, f"expected a whole number of seconds from 1 to {MAX_TTL_SECONDS}")
     return seconds
 
 
-__all__ = ["Request", "parse_pairs", "split_event", "check_location", "check_ttl"]
+def check_timeout(timeout: Any) -> float | None:
+    """A wait's timeout in seconds (0 or less: look once), or None to wait without limit."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and abs(timeout) <= MAX_TIMEOUT_SECONDS:
+        return float(timeout)
+    raise ValidationError("timeout", timeout, f"expected a number of seconds up to {MAX_TIMEOUT_SECONDS} (ten "
+                          "years), or None to wait without limit")
+
+
+__all__ = ["Request", "parse_pairs", "check_fields", "split_event", "check_location", "check_ttl", "check_timeout"]

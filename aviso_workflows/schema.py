@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from .errors import SchemaError, ValidationError
+from .errors import SchemaError, ValidationError, shown
 from .fields import (
     DateField,
     EnumField,
@@ -47,14 +47,45 @@ MARS_STREAMS = (
 ).split()
 MARS_DOMAINS = tuple("abcdefghijklmnopqrstuvwxyz")
 _PLACEHOLDER = re.compile(r"\{([a-zA-Z_][a-zA-Z0-9_]*)\}")
+_FIELD_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+_EVENT_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_.-]*")
+#: Between two placeholders a key needs one of these (values never hold them), or it cannot be read back.
+_SEPARATORS = frozenset("/,=")
 
 
 def _template_fields(template: str) -> list[str]:
-    names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
-    for name in names:
-        if not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", name):
+    """The field names of a key template such as ``date={date},step={step}``, which must be read back unambiguously."""
+    if not isinstance(template, str):
+        raise SchemaError(f"key template {shown(template)} is not text")
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as error:  # a single '{' or '}'
+        raise SchemaError(f"key template {template!r}: {error}") from None
+    names: list[str] = []
+    for literal, name, spec, conversion in parts:
+        if "{" in literal or "}" in literal:
+            raise SchemaError(f"key template {template!r}: keys may not hold braces")
+        if name is None:
+            continue
+        if not _FIELD_NAME.fullmatch(name) or spec or conversion:
             raise SchemaError(f"key template {template!r}: placeholder {{{name}}} is not a plain field name")
+        if names and not _SEPARATORS & set(literal):
+            raise SchemaError(f"key template {template!r}: put '/', ',' or '=' between {{{names[-1]}}} and "
+                              f"{{{name}}}, or keys cannot be read back")
+        names.append(name)
     return names
+
+
+def _mapping(where: str, value: Any) -> Mapping[Any, Any]:
+    if not isinstance(value, Mapping):
+        raise SchemaError(f"{where}: expected a mapping, not {shown(value)}")
+    return value
+
+
+def _name(kind: str, value: Any, pattern: re.Pattern[str]) -> str:
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise SchemaError(f"{kind} name {shown(value)} is not valid; use letters, digits and '_'")
+    return value
 
 
 @dataclass(frozen=True)
@@ -74,6 +105,7 @@ class EventSchema:
     required: frozenset[str] = field(default_factory=frozenset)
 
     def __post_init__(self) -> None:
+        _template_fields(self.stem)  # base and stem each on their own, then joined (key_fields)
         missing = [name for name in self.key_fields if name not in self.fields]
         if missing:
             raise SchemaError(f"event {self.name!r}: key fields {missing} have no type in 'fields'")
@@ -82,6 +114,13 @@ class EventSchema:
             raise SchemaError(f"event {self.name!r}: admin key uses {admin_missing}, which are not key fields")
         if not self.base.startswith("/"):
             raise SchemaError(f"event {self.name!r}: base {self.base!r} must start with '/'")
+        if not self.stem.strip("/"):
+            raise SchemaError(f"event {self.name!r}: stem {self.stem!r} is empty; data keys would be the status key")
+        if self.payload is not None and not isinstance(self.payload, str):
+            raise SchemaError(f"event {self.name!r}: payload {shown(self.payload)} must name a request entry")
+        unknown = sorted((f for f in self.required if f not in self.fields), key=str)
+        if unknown:
+            raise SchemaError(f"event {self.name!r}: required field {shown(unknown[0])} is not a field of the event")
 
     @cached_property
     def base_fields(self) -> tuple[str, ...]:
@@ -208,28 +247,53 @@ BUILTIN_SCHEMAS: dict[str, EventSchema] = {MARS.name: MARS, DISSEMINATION.name: 
 
 def _schema_from_pyaviso(name: str, spec: Mapping[str, Any], payload: str | None) -> EventSchema:
     endpoints = spec.get("endpoint") or []
-    etcd = [e for e in endpoints if {"etcd_rest", "etcd_grpc"} & set(e.get("engine", []))] or endpoints
-    if not etcd:
+    if not isinstance(endpoints, list) or not all(isinstance(e, Mapping) for e in endpoints):
+        raise SchemaError(f"event {name!r}: 'endpoint' must be a list of {{engine, base, stem}}")
+    etcd = [e for e in endpoints if {"etcd_rest", "etcd_grpc"} & set(_engines(e.get("engine")))] or endpoints
+    if not etcd or "base" not in etcd[0] or "stem" not in etcd[0]:
         raise SchemaError(f"event {name!r}: no 'endpoint' with base and stem")
     endpoint = etcd[0]
-    request = spec.get("request") or {}
-    fields = {fname: field_from_pyaviso(fname, handlers) for fname, handlers in request.items()}
-    required = frozenset(f for f, hs in request.items() if any(h.get("required") for h in hs))
-    for name_in_key in _template_fields(endpoint.get("base", "")) + _template_fields(endpoint.get("stem", "")):
+    request = _mapping(f"event {name!r}: 'request'", spec.get("request") or {})
+    handlers = {_name("field", fname, _FIELD_NAME): _handler_list(fname, hs) for fname, hs in request.items()}
+    fields = {fname: field_from_pyaviso(fname, hs) for fname, hs in handlers.items()}
+    required = frozenset(f for f, hs in handlers.items() if any(h.get("required") for h in hs))
+    for name_in_key in _template_fields(endpoint["base"]) + _template_fields(endpoint["stem"]):
         fields.setdefault(name_in_key, StringField(name_in_key))
     return EventSchema(name=name, base=endpoint["base"], stem=endpoint["stem"], admin=endpoint.get("admin"),
                        fields=fields, payload=payload, required=required)
 
 
+def _engines(engine: Any) -> list[str]:
+    names = [engine] if isinstance(engine, str) else engine if isinstance(engine, list) else []
+    return [name for name in names if isinstance(name, str)]
+
+
+def _handler_list(name: str, handlers: Any) -> list[Mapping[str, Any]]:
+    if not isinstance(handlers, list) or not handlers or not all(isinstance(h, Mapping) for h in handlers):
+        raise SchemaError(f"field {name!r}: expected a list of handlers such as [{{type: IntHandler}}]")
+    return handlers
+
+
 def _schema_from_config(name: str, spec: Mapping[str, Any]) -> EventSchema:
+    spec = _mapping(f"event {name!r}", spec)
+    unknown = sorted((key for key in spec if key not in _CONFIG_ENTRIES), key=str)
+    if unknown:
+        raise SchemaError(f"event {name!r}: unknown entry {shown(unknown[0])}; entries: {', '.join(_CONFIG_ENTRIES)}")
     for key in ("base", "stem"):
         if key not in spec:
             raise SchemaError(f"event {name!r}: missing {key!r}")
-    fields = {fname: field_from_config(fname, cfg or {}) for fname, cfg in (spec.get("fields") or {}).items()}
+    configs = _mapping(f"event {name!r}: 'fields'", spec.get("fields") or {})
+    fields = {fname: field_from_config(_name("field", fname, _FIELD_NAME), cfg or {}) for fname, cfg in configs.items()}
     for name_in_key in _template_fields(spec["base"]) + _template_fields(spec["stem"]):
         fields.setdefault(name_in_key, StringField(name_in_key))
+    required = spec.get("required") or ()
+    if not isinstance(required, (list, tuple)):
+        raise SchemaError(f"event {name!r}: 'required' must list field names, not {shown(required)}")
     return EventSchema(name=name, base=spec["base"], stem=spec["stem"], admin=spec.get("admin"), fields=fields,
-                       payload=spec.get("payload", "location"), required=frozenset(spec.get("required", ())))
+                       payload=spec.get("payload", "location"), required=frozenset(required))
+
+
+_CONFIG_ENTRIES = ("base", "stem", "admin", "payload", "fields", "required")
 
 
 def parse_schemas(document: Mapping[str, Any]) -> dict[str, EventSchema]:
@@ -244,12 +308,12 @@ def parse_schemas(document: Mapping[str, Any]) -> dict[str, EventSchema]:
         events = document["events"]
         if not isinstance(events, Mapping):
             raise SchemaError("'events' must map event names to their layout")
-        return {name: _schema_from_config(name, spec) for name, spec in events.items()}
+        return {name: _schema_from_config(_name("event", name, _EVENT_NAME), spec) for name, spec in events.items()}
     payload = document.get("payload", "payload")
     schemas = {}
     for name, spec in document.items():
         if isinstance(spec, Mapping) and "endpoint" in spec:
-            schemas[name] = _schema_from_pyaviso(name, spec, payload)
+            schemas[name] = _schema_from_pyaviso(_name("event", name, _EVENT_NAME), spec, payload)
     if not schemas:
         raise SchemaError("no event found: expected 'events:' or pyaviso's '<event>: {endpoint: ..., request: ...}'")
     return schemas
@@ -257,11 +321,15 @@ def parse_schemas(document: Mapping[str, Any]) -> dict[str, EventSchema]:
 
 def load_schemas(path: str | Path) -> dict[str, EventSchema]:
     """Load event schemas from a YAML or JSON file (both formats of :func:`parse_schemas`)."""
-    text = Path(path).read_text()
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, ValueError) as error:  # ValueError: not UTF-8, or a NUL in the path
+        raise SchemaError(f"schema file {path}: cannot be read ({getattr(error, 'strerror', None) or error})") from None
     try:
         document = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as error:
-        raise SchemaError(f"{path}: not valid {'JSON' if str(path).endswith('.json') else 'YAML'}: {error}") from None
+    except (ValueError, yaml.YAMLError, RecursionError) as error:
+        first = " ".join(str(error).split()) or "nested too deeply"
+        raise SchemaError(f"{path}: not valid {'JSON' if str(path).endswith('.json') else 'YAML'}: {first}") from None
     try:
         return parse_schemas(document)
     except SchemaError as error:

@@ -21,7 +21,7 @@ from . import __version__
 from .config import StoreConfig, resolve_config
 from .errors import NotForwarded, PermissionDenied, StoreError
 from .etcd import EtcdGateway, KeyValue, b64, range_op
-from .request import Request, check_location, check_ttl, split_event
+from .request import Request, check_fields, check_location, check_timeout, check_ttl, split_event
 from .schema import EventSchema, SchemaRegistry
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,10 @@ class Store:
             self.schemas.add_file(path)
         self.gateway = EtcdGateway(self.config)
         self._reads_in_txn = True
+        #: The status each status key got from this store's last notify: the next notify compares against it
+        #: instead of reading it first (one round trip); if another writer moved it, the failed transaction
+        #: returns the current one.
+        self._last_status: dict[str, KeyValue | None] = {}
 
     def __repr__(self) -> str:
         return f"Store({self.config!r})"
@@ -148,7 +152,7 @@ class Store:
         ``location`` (or a ``location`` entry in the request) is stored as the value; ``ttl`` makes the
         keys expire. Bad input raises ValidationError before anything is written.
         """
-        raw_fields = dict(raw or {}) if not isinstance(event, Mapping) else dict(event)
+        raw_fields = dict(check_fields(raw or {})) if not isinstance(event, Mapping) else dict(event)
         location = check_location(location if location is not None else raw_fields.pop("location", None))
         ttl = check_ttl(ttl if ttl is not None else raw_fields.pop("ttl", None))
         request = event if isinstance(event, Request) else self.request(
@@ -192,13 +196,20 @@ class Store:
             raise type(error)(f"{error}; {text}{user} was not written") from None
 
     def _commit_status_chain(self, batch: _Batch, lease: str | None, text: str) -> int:
-        for _ in range(STATUS_RETRIES):
+        if batch.status_key in self._last_status:
+            previous = self._last_status[batch.status_key]
+        else:
             _, previous = self.gateway.get(batch.status_key)
-            status = self._status(previous, text)
-            puts = [*batch.puts, (batch.status_key, json.dumps(status)), *((k, NO_PAYLOAD) for k in batch.admin_keys)]
-            answer = self.gateway.txn([_unchanged(batch.status_key, previous)], [_put(k, v, lease) for k, v in puts])
+        for _ in range(STATUS_RETRIES):
+            status = json.dumps(self._status(previous, text))
+            puts = [*batch.puts, (batch.status_key, status), *((k, NO_PAYLOAD) for k in batch.admin_keys)]
+            answer = self.gateway.txn([_unchanged(batch.status_key, previous)], [_put(k, v, lease) for k, v in puts],
+                                      [{"request_range": range_op(batch.status_key)}])
             if answer.get("succeeded"):
-                return int(answer["header"]["revision"])
+                revision = int(answer["header"]["revision"])
+                self._last_status[batch.status_key] = KeyValue(batch.status_key, status, revision)
+                return revision
+            previous = _status_in(answer)
         raise StoreError(f"status key {batch.status_key} kept changing; gave up after {STATUS_RETRIES} attempts")
 
     def _status(self, previous: KeyValue | None, message: str) -> dict[str, Any]:
@@ -300,7 +311,8 @@ class Store:
         """Block until every key of the request exists (``mode="any"``: one matching key); see listen.wait."""
         from .listen import wait
 
-        return wait(self, self.request(event, raw), mode=mode, timeout=timeout, on_progress=on_progress)
+        return wait(self, self.request(event, raw), mode=mode, timeout=check_timeout(timeout),
+                    on_progress=on_progress)
 
     def listen(self, requests: Request | Iterable[Request], **options: Any) -> Iterator[Notification]:
         """Notifications as they are written, in store order; see listen.listen."""
@@ -317,6 +329,13 @@ def _matching_notifications(request: Request, kvs: Mapping[str, KeyValue]) -> li
         candidates = list(kvs.values())
     found = (notification_from_kv(request, kv) for kv in candidates)
     return sorted((n for n in found if n is not None), key=lambda n: n.order)
+
+
+def _status_in(failed_txn: dict[str, Any]) -> KeyValue | None:
+    """The status key as read by the failure branch of a notify transaction (None if it does not exist)."""
+    responses = failed_txn.get("responses") or [{}]
+    kvs = responses[0].get("response_range", {}).get("kvs", [])
+    return KeyValue.from_json(kvs[0]) if kvs else None
 
 
 def _unix_user() -> str:

@@ -51,7 +51,7 @@ class EcflowAction:
         kind = kinds[0]
         unknown = set(config) - {kind, "node", "value"}
         if unknown:
-            raise ValidationError("action", sorted(unknown)[0], "an ecFlow action takes only "
+            raise ValidationError("action", sorted(unknown, key=str)[0], "an ecFlow action takes only "
                                   f"{kind!r}, 'node' and 'value'")
         if kind == "complete":
             return cls(kind, str(config[kind])).checked()
