@@ -13,7 +13,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -88,6 +88,14 @@ class PrivateEtcd:
         with open(self.data_dir / "etcd.log", "ab") as log:
             self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self) -> None:
+        assert self.process is not None
         gateway = EtcdGateway(StoreConfig(endpoints=(self.client_url,), timeout=5.0, **self.probe))
         until = time.monotonic() + READY_SECONDS
         while True:
@@ -341,11 +349,6 @@ def wait_until(what: str, check: Any, seconds: float = WAIT_SECONDS) -> Any:
             return result
         time.sleep(0.05)
     raise AssertionError(f"{what} not within {seconds:g} s")
-
-
-def lines(text: str) -> Iterator[str]:
-    """Non-empty lines of ``text``."""
-    return (line for line in text.splitlines() if line.strip())
 
 
 def as_json(value: Any) -> str:
