@@ -151,6 +151,8 @@ def assert_keys_canonical(keys: list[str]) -> None:
 @example(argv=["listen", "event=mars,class=od", "--from", "2026-01-01", "--to", "2026-01-02", "--count", "0"])
 @example(argv=["notify", "event=mars,class=od,expver=1,domain=g,date=20250101,time=0,stream=oper,step=0",
                "--ttl", "99999999999999999999"])
+@example(argv=["notify", "--ttl", "x", "event=mars"])
+@example(argv=["key", "event=mars", "--nope", "a\nb"])
 @example(argv=["key", "event=dissemination,destination=\udcff,target=E1,class=od,expver=1,domain=g,date=20250101,"
                       "time=0,stream=oper,step=0"])
 def test_command_lines(fuzz_store: Store, argv: list[str]) -> None:
@@ -282,6 +284,7 @@ def test_schema_files(fuzz_store: Store, scratch: Path, document: Any, suffix: s
 @example(endpoint="127.0.0.1:0", config=None)
 @example(endpoint="127.0.0.1:2379", config="\udcff")
 @example(endpoint="127.0.0.1:2379", config="{")
+@example(endpoint="127.0.0.1:2379", config="schema_files: [/nonexistent/schema.yaml]")
 def test_store_options(fuzz_store: Store, scratch: Path, endpoint: str, config: str | None) -> None:
     """``--endpoint`` and ``--config`` are checked before any connection (``key`` needs none)."""
     argv = ["key", "--endpoint", endpoint]
@@ -292,6 +295,19 @@ def test_store_options(fuzz_store: Store, scratch: Path, endpoint: str, config: 
     argv.append("event=mars,class=od,expver=1,domain=g,date=20250101,time=0,stream=oper,step=0")
     code, _, err = run(argv)
     assert_clear_exit(code, err)
+
+
+def test_empty_progress_command_is_refused_before_waiting(fuzz_store: Store) -> None:
+    """A progress command with no program would fail on the first key found: it is refused at once."""
+    pairs_text = "event=mars,class=od,expver=1,domain=g,date=20240229,time=0,stream=oper,step=0"
+    fuzz_store.notify(dict(item.split("=") for item in pairs_text.split(",")))
+    before = revision(fuzz_store)
+    for command in ("", "   "):
+        code, out, err = run(["wait", pairs_text, "--timeout", "5", "--progress-command", command])
+        assert code == 2 and "progress-command" in err and not out, err
+        assert_clear_exit(code, err)
+    assert run(["wait", pairs_text, "--timeout", "5", "--progress-command", "true {found}"])[0] == 0
+    assert revision(fuzz_store) == before
 
 
 END_TO_END = [

@@ -131,6 +131,11 @@ def scratch() -> Iterator[Path]:
                                                                   "dag_id": "d", "token_env": ["PATH"]}]}]})
 @example(document={"listeners": [{"event": "mars", "triggers": [{"type": "post", "protocol": {
     "type": "cloudevents_http", "url": "http://127.0.0.1:9/x", "headers": {"X-A": "a\nb"}}}]}]})
+@example(document={"listeners": [{"event": "mars", "triggers": [{"type": "post", "protocol": {
+    "type": "cloudevents_http", "url": "ftp://127.0.0.1/x"}}]}]})
+@example(document={"listeners": [{"event": "mars", "triggers": [{"type": "ecflow", "port": 70000, "event": "a",
+                                                                  "node": "/s/t"}]}]})
+@example(document={"listeners": [{"event": "mars", "triggers": [{"type": "log", "path": ["a.log"]}]}]})
 def test_listener_documents(fuzz_store: Store, document: Any) -> None:
     before = revision(fuzz_store)
     listeners = outcome(parse_listeners, fuzz_store, document)

@@ -6,6 +6,7 @@ import datetime as dt
 import json
 from typing import Any
 
+import pytest
 from fuzz_strategies import (
     FUZZ,
     GOOD_VALUES,
@@ -107,6 +108,14 @@ def test_notify(fuzz_store: Store, raw: dict[Any, Any], location: Any, ttl: Any)
 @given(raw=requests(), timeout=st.one_of(st.floats(-1, 0.05), st.sampled_from([
     0, -0.0, float("nan"), float("inf"), -float("inf"), 1e300, 10**400, True, "0.01", [], 2**64])),
        mode=st.sampled_from(["all", "any", "ANY", "", "some", None, 1]))
+@example(raw={"event": "mars", "class": "od", "expver": 1, "domain": "g", "date": 20250101, "time": 0,
+              "stream": "oper", "step": 1}, timeout=float("nan"), mode="all")
+@example(raw={"event": "mars", "class": "od", "expver": 1, "domain": "g", "date": 20250101, "time": 0,
+              "stream": "oper", "step": 1}, timeout=1e300, mode="all")
+@example(raw={"event": "mars", "class": "od", "expver": 1, "domain": "g", "date": 20250101, "time": 0,
+              "stream": "oper", "step": 1}, timeout=10**400, mode="all")
+@example(raw={"event": "mars", "class": "od", "expver": 1, "domain": "g", "date": 20250101, "time": 0,
+              "stream": "oper", "step": 1}, timeout="0.01", mode="all")
 def test_wait(fuzz_store: Store, raw: dict[Any, Any], timeout: Any, mode: Any) -> None:
     before = revision(fuzz_store)
     try:
@@ -138,6 +147,17 @@ def test_huge_expansions_are_refused_before_anything_is_written(fuzz_store: Stor
         assert revision(fuzz_store) == before
         return
     assert_request_sound(built)
+
+
+@pytest.mark.parametrize("raw", ["class=od", ["class", "od"], 5, None, b"class=od"])
+def test_requests_that_are_not_mappings(fuzz_store: Store, raw: Any) -> None:
+    """A request given as text, a list or a number: a clear error, as for a bad field."""
+    before = revision(fuzz_store)
+    for call in (fuzz_store.notify, fuzz_store.request, fuzz_store.wait):
+        error = outcome(call, "mars", raw) if raw is not None else outcome(call, raw)
+        assert isinstance(error, ValidationError), (call, error)
+        assert error.field in ("request", "event"), error
+    assert revision(fuzz_store) == before
 
 
 def test_a_billion_keys_are_refused_at_once(fuzz_store: Store) -> None:
