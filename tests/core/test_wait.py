@@ -175,3 +175,54 @@ async def test_wait_async(store: Store, unique_date: str) -> None:
     await asyncio.to_thread(store.notify, mars(unique_date, step="0/6"))
     found = await asyncio.wait_for(task, 10)
     assert [n.request["step"] for n in found] == ["0", "6"]
+
+
+def _connections_to(port: int) -> int:
+    """Established TCP connections from this process to ``port`` (from /proc: sockets we hold)."""
+    import os
+    from pathlib import Path
+
+    ours = {os.readlink(fd)[8:-1] for fd in Path("/proc/self/fd").iterdir()
+            if os.path.exists(fd) and os.readlink(fd).startswith("socket:[")}
+    count = 0
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[2].rsplit(":", 1)[1], 16) == port and fields[3] == "01" and fields[9] in ours:
+                count += 1
+    return count
+
+
+async def test_async_waiters_share_one_watch_and_a_few_connections(store: Store, unique_date: str) -> None:
+    """200 asyncio waiters, each with its own Store object as triggers have, follow one watch and open
+    no connection of their own; one notify of all their keys releases every one of them.
+    """
+    import asyncio
+    from urllib.parse import urlsplit
+
+    from aviso_workflows.listen import wait_async
+
+    destination = destination_for(unique_date, "W")
+    prefix = f"/ec/diss/{destination}/"
+    port = urlsplit(store.config.endpoints[0]).port or 0
+    connections_before = _connections_to(port)
+    stores = [Store([store.config.endpoints[0]]) for _ in range(200)]
+    waiters = [asyncio.create_task(wait_async(each, each.request(diss(unique_date, destination=destination,
+                                                                      step=step)), timeout=60))
+               for step, each in enumerate(stores)]
+    for _ in range(600):
+        watches = _watches(prefix)
+        if watches and watches[0].subscriber_count == 200 and watches[0].connections_opened:
+            break
+        await asyncio.sleep(0.05)
+    (watch,) = _watches(prefix)
+    assert watch.subscriber_count == 200 and watch.connections_opened == 1
+    await asyncio.sleep(0.3)  # the waiters' first reads
+    assert _connections_to(port) <= connections_before + 4, "waiters opened connections of their own"
+    assert not any(w.done() for w in waiters)
+
+    await asyncio.to_thread(store.notify, diss(unique_date, destination=destination, step="0/to/199"))
+    found = await asyncio.wait_for(asyncio.gather(*waiters), 30)
+    assert sorted(int(n.request["step"]) for each in found for n in each) == list(range(200))
+    assert watch.connections_opened == 1
+    assert _watches(prefix) == [], "the watch ends with its last waiter"
