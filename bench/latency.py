@@ -32,11 +32,13 @@ from common import (
     pyaviso_env,
     pyaviso_home,
     pyplot,
+    reported,
     results_path,
     save_plot,
     wait_until,
     write_results,
 )
+from etcd3gw.client import Etcd3Client
 
 from aviso_workflows import Store
 from aviso_workflows.listen import HUB
@@ -48,6 +50,7 @@ PYAVISO_SAMPLES = (40, 60)  # at least, at most
 RELEASE_BOUND = 10.0  # seconds a consumer may take before the run is declared broken
 DATES = {"wait": "20300101", "listen": "20300102", "AvisoTrigger": "20300103", "pyaviso": "20300104"}
 PREFIX = "/ec/mars/"
+FLOOR_PREFIX = "/floor/"
 
 
 def request_of(consumer: str, step: int | str | None = None) -> dict[str, Any]:
@@ -83,7 +86,20 @@ def subscribers() -> int:
     return sum(w.subscriber_count for w in HUB.watches() if w.prefix == PREFIX)
 
 
-class WaitConsumer:
+class Notifier:
+    """Posts with our notify (one transaction: the data key and the status key)."""
+
+    name = ""
+    store: Store
+
+    def post(self, step: int) -> str:
+        """Post the consumer's key of ``step``; returns the key."""
+        request = self.store.request("mars", request_of(self.name, step))
+        self.store.notify(request)
+        return request.keys()[0]
+
+
+class WaitConsumer(Notifier):
     """A blocking ``Store.wait`` per key, each in its own thread (as a script or an ecFlow task would)."""
 
     name = "wait"
@@ -101,7 +117,7 @@ class WaitConsumer:
         threading.Thread(target=body, daemon=True).start()
 
 
-class TriggerConsumer:
+class TriggerConsumer(Notifier):
     """Airflow's deferrable path: ``AvisoTrigger.run()`` in an asyncio loop, as the triggerer runs it."""
 
     name = "AvisoTrigger"
@@ -131,12 +147,13 @@ class TriggerConsumer:
         self.thread.join(10)
 
 
-class ListenConsumer:
+class ListenConsumer(Notifier):
     """One long-lived ``Store.listen`` following every step of its date."""
 
     name = "listen"
 
     def __init__(self, store: Store, releases: Releases) -> None:
+        self.store = store
         self.stop = threading.Event()
         request = store.request("mars", request_of(self.name))
 
@@ -152,6 +169,36 @@ class ListenConsumer:
 
     def close(self) -> None:
         self.stop.set()
+        self.thread.join(10)
+
+
+class EtcdFloor:
+    """The floor under every consumer: a bare etcd put seen through etcd3gw's own watch (no layout, no status)."""
+
+    name = "etcd floor"
+
+    def __init__(self, port: int, releases: Releases) -> None:
+        self.client = Etcd3Client(host="127.0.0.1", port=port, api_path="/v3/")
+        self.events, self.cancel = self.client.watch_prefix(FLOOR_PREFIX)
+        self.releases = releases
+        self.thread = threading.Thread(target=self._follow, daemon=True)
+        self.thread.start()
+
+    def _follow(self) -> None:
+        for event in self.events:
+            key = event["kv"]["key"]
+            self.releases.released(key.decode() if isinstance(key, bytes) else str(key))
+
+    def arm(self, step: int) -> None:
+        """Always armed."""
+
+    def post(self, step: int) -> str:
+        key = f"{FLOOR_PREFIX}{step}"
+        self.client.put(key, "file:///x")
+        return key
+
+    def close(self) -> None:
+        self.cancel()
         self.thread.join(10)
 
 
@@ -194,24 +241,18 @@ class PyavisoListener:
         self.log.close()
 
 
-def post_and_time(store: Store, consumer: str, step: int) -> tuple[str, float]:
-    """Post the key of ``consumer`` and ``step``; returns it and when the notify was called."""
-    key = store.request("mars", request_of(consumer, step)).keys()[0]
-    posted = time.monotonic()
-    store.notify("mars", request_of(consumer, step))
-    return key, posted
-
-
 class Run:
     """The producer: a post every PERIOD seconds for each consumer of ours in turn, one for pyaviso now and then."""
 
-    def __init__(self, store: Store, home: Path) -> None:
+    def __init__(self, store: Store, port: int, home: Path) -> None:
         self.store = store
         self.releases = Releases()
-        self.ours = [WaitConsumer(store, self.releases), ListenConsumer(store, self.releases),
-                     TriggerConsumer(store, self.releases)]
+        self.ours: list[WaitConsumer | ListenConsumer | TriggerConsumer | EtcdFloor] = [
+            WaitConsumer(store, self.releases), ListenConsumer(store, self.releases),
+            TriggerConsumer(store, self.releases), EtcdFloor(port, self.releases)]
         self.peer = PyavisoListener(store, home, self.releases)
         self.latencies: dict[str, list[float]] = {c.name: [] for c in self.ours}
+        self.after_write: dict[str, list[float]] = {c.name: [] for c in self.ours}
         self.peer_posts: dict[str, float] = {}
         self.notify_ms: list[float] = []
         self.next_tick = self.next_peer = time.monotonic()
@@ -236,31 +277,41 @@ class Run:
         """Post one key per consumer until it is seen (pyaviso needs a few seconds to start polling)."""
         for consumer in self.ours:
             consumer.arm(ROUNDS)
-        for name, step in [*((c.name, ROUNDS) for c in self.ours), ("pyaviso", 100_000)]:
-            key = self.store.request("mars", request_of(name, step)).keys()[0]
+        pyaviso = Notifier()
+        pyaviso.name, pyaviso.store = "pyaviso", self.store
+        warm_ups: list[tuple[Notifier | EtcdFloor, int]] = [*((c, ROUNDS) for c in self.ours), (pyaviso, 100_000)]
+        for sender, step in warm_ups:
             for _ in range(40):
-                self.store.notify("mars", request_of(name, step))
+                key = sender.post(step)
                 try:
                     self.releases.wait(key, 1.5)
                     break
                 except TimeoutError:
                     continue
             else:
-                raise TimeoutError(f"{name} never saw its warm-up notification")
+                raise TimeoutError(f"{sender.name} never saw its warm-up notification")
 
-    def _round(self, consumer: WaitConsumer | ListenConsumer | TriggerConsumer, step: int) -> None:
+    def _round(self, consumer: WaitConsumer | ListenConsumer | TriggerConsumer | EtcdFloor, step: int) -> None:
         before = subscribers()
         consumer.arm(step)
-        if not isinstance(consumer, ListenConsumer):
+        if isinstance(consumer, (WaitConsumer, TriggerConsumer)):
             wait_until(lambda: subscribers() > before, RELEASE_BOUND, what="the waiter to subscribe")
         self.next_tick = max(self.next_tick + PERIOD, time.monotonic() + 0.003)  # the waiter's first read
         time.sleep(max(0.0, self.next_tick - time.monotonic()))
-        key, posted = post_and_time(self.store, consumer.name, step)
-        self.notify_ms.append((time.monotonic() - posted) * 1000)
-        self.latencies[consumer.name].append((self.releases.wait(key, RELEASE_BOUND) - posted) * 1000)
+        posted = time.monotonic()
+        key = consumer.post(step)
+        written = time.monotonic()
+        if not isinstance(consumer, EtcdFloor):
+            self.notify_ms.append((written - posted) * 1000)
+        released = self.releases.wait(key, RELEASE_BOUND)
+        self.latencies[consumer.name].append((released - posted) * 1000)
+        self.after_write[consumer.name].append((released - written) * 1000)
 
     def _post_for_peer(self) -> None:
-        key, self.peer_posts[key] = post_and_time(self.store, "pyaviso", len(self.peer_posts))
+        posted = time.monotonic()
+        request = self.store.request("mars", request_of("pyaviso", len(self.peer_posts)))
+        self.store.notify(request)
+        self.peer_posts[request.keys()[0]] = posted
         self.next_peer = time.monotonic() + PYAVISO_EVERY
 
     def _close(self) -> None:
@@ -271,19 +322,39 @@ class Run:
                 close()
 
 
-def figures(latencies: dict[str, list[float]], notify_ms: list[float]) -> list[Figure]:
+OURS = ("wait", "listen", "AvisoTrigger")
+
+
+def figures(run: Run) -> list[Figure]:
+    latencies = run.latencies
     peer = latencies["pyaviso"]
     peer_p50, peer_p99 = percentile(peer, 0.5), percentile(peer, 0.99)
     found: list[Figure] = []
-    for name in ("wait", "listen", "AvisoTrigger"):
+    for name in OURS:
         p50, p99 = percentile(latencies[name], 0.5), percentile(latencies[name], 0.99)
         found.append(at_most(f"notify→release p50, {name} (n={len(latencies[name])})", p50, "ms", 5, peer_p50))
         found.append(at_most(f"notify→release p99, {name}", p99, "ms", 10, peer_p99))
-    slowest_p50 = max(percentile(latencies[n], 0.5) for n in ("wait", "listen", "AvisoTrigger"))
+    floor = latencies[EtcdFloor.name]
+    found.append(reported("etcd floor: bare put → etcd3gw watch event, p50", percentile(floor, 0.5), "ms"))
+    found.append(reported("etcd floor: bare put → etcd3gw watch event, p99", percentile(floor, 0.99), "ms"))
+    found.append(reported("notify call (one transaction) p50", percentile(run.notify_ms, 0.5), "ms"))
+    for name in OURS:
+        found.append(reported(f"release after the notify call returned, p50, {name}",
+                              percentile(run.after_write[name], 0.5), "ms"))
+    slowest_p50 = max(percentile(latencies[n], 0.5) for n in OURS)
     found.append(at_least(f"pyaviso listen p50 (n={len(peer)}, 1 s polling) / our slowest p50",
                           peer_p50 / slowest_p50, "×", 100))
-    found.append(Figure("notify call (read status + one txn) p50", round(percentile(notify_ms, 0.5), 3), "ms"))
     return found
+
+
+def notes(run: Run) -> list[str]:
+    floor = run.latencies[EtcdFloor.name]
+    after = ", ".join(f"{name} {percentile(run.after_write[name], 0.5):.2f} ms" for name in OURS)
+    return [f"Latency: our consumers are released within a fraction of a millisecond of the notify call "
+            f"returning (p50: {after}); the rest is etcd writing the transaction. A bare etcd put seen by "
+            f"etcd3gw's own watch took p50 {percentile(floor, 0.5):.1f} ms, p99 {percentile(floor, 0.99):.1f} ms "
+            f"in the same run (≈ 2 ms and 4 ms on a quiet machine), so the 5 ms / 10 ms targets hold only "
+            f"where etcd itself is that fast. The ratio to pyaviso follows our p50."]
 
 
 def plot(latencies: dict[str, list[float]]) -> None:
@@ -308,10 +379,10 @@ def main() -> None:
     with private_etcd() as etcd, tempfile.TemporaryDirectory(prefix="aviso-bench-pyaviso-") as directory:
         airflow_environment(etcd.client_url)
         store = Store([etcd.client_url])
-        run = Run(store, pyaviso_home(etcd.port, Path(directory)))
+        run = Run(store, etcd.port, pyaviso_home(etcd.port, Path(directory)))
         run.measure()
     plot(run.latencies)
-    write_results(results_path(), figures(run.latencies, run.notify_ms))
+    write_results(results_path(), figures(run), notes(run))
 
 
 if __name__ == "__main__":

@@ -63,6 +63,11 @@ def raw_put(key: str, value: str) -> dict[str, Any]:
     return {"request_put": {"key": b64(key), "value": b64(value)}}
 
 
+def same_size(keys: list[str]) -> list[str]:
+    """Keys as long as ours, under a prefix of their own."""
+    return [key.replace("/ec/mars/", "/raw/mars/", 1) for key in keys]
+
+
 def raw_notify(client: Etcd3Client, keys: list[str], limit: int) -> None:
     """The same keys and status writes as our notify, as bare transactions of at most ``limit`` operations."""
     for start in range(0, len(keys), limit - 1):
@@ -82,13 +87,13 @@ def measure_ours_and_raw(store: Store, client: Etcd3Client) -> dict[str, list[fl
     times: dict[str, list[float]] = {"single": [], "raw single": [], "batched": [], "raw batched": []}
     for step in range(SINGLE_ROUNDS):
         request = store.request("mars", {**MARS, "date": "20300301", "step": step})
-        raw_keys = [f"/raw/mars/date=20300301,step={step}"]
+        raw_keys = same_size(request.keys())
         times["single"].append(timed(store.notify, request, location="file:///x"))
         times["raw single"].append(timed(raw_notify, client, raw_keys, limit))
     for day in range(FORECAST_ROUNDS):
         date = f"203004{day % 28 + 1:02d}" if day < 28 else f"203005{day - 27:02d}"
         request = store.request("mars", {**MARS, "date": date, "step": f"0/to/{FORECAST_STEPS - 1}"})
-        raw_keys = [f"/raw/mars/date={date},step={step}" for step in range(FORECAST_STEPS)]
+        raw_keys = same_size(request.keys())
         times["batched"].append(timed(store.notify, request, location="file:///x"))
         times["raw batched"].append(timed(raw_notify, client, raw_keys, limit))
     return times
@@ -118,7 +123,7 @@ def figures(times: dict[str, list[float]], peer: list[float]) -> list[Figure]:
         at_least(f"batched notify ({FORECAST_STEPS} steps, 2 txns)", batched_rate, "notifications/s", 20_000,
                  peer_rate),
         at_least("batched notify / raw txns of the same size", batched_rate / raw_batched_rate, "×", 0.8),
-        reported("raw etcd txns, 128 puts each (etcd3gw)", raw_batched_rate, "keys/s"),
+        reported("raw etcd txns, 128 puts each, keys as long as ours (etcd3gw)", raw_batched_rate, "keys/s"),
         reported("raw txn of 2 puts (etcd3gw), median", median_ms("raw single"), "ms"),
     ]
 
@@ -151,7 +156,11 @@ def main() -> None:
         times = measure_ours_and_raw(store, client)
         peer = measure_pyaviso(etcd.port)
     plot(times, peer)
-    write_results(results_path(), figures(times, peer))
+    raw_rate = FORECAST_STEPS / percentile(times["raw batched"], 0.5)
+    write_results(results_path(), figures(times, peer),
+                  [f"Throughput: raw etcd transactions of 128 puts reached {raw_rate:,.0f} keys/s in this run "
+                   f"(≈ 31 000 on a quiet machine); a batched notify writes the same transactions, so its "
+                   f"absolute rate follows etcd's."])
 
 
 if __name__ == "__main__":
