@@ -345,7 +345,13 @@ class OneLineErrorParser(argparse.ArgumentParser):
     """Bad usage is reported like every other error: one line on standard error, exit status 2."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_ERROR, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+
+def one_line(text: str, limit: int = 1000) -> str:
+    """``text`` on one line (any run of whitespace becomes a space), shortened in the middle beyond ``limit``."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else f"{text[:limit - 60]} ... {text[-40:]}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -419,7 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.run(args))
     except AvisoWorkflowsError as error:
-        print(f"aviso-workflows: {' '.join(str(error).split())}", file=sys.stderr)  # one line, whatever the cause
+        print(f"aviso-workflows: {one_line(str(error))}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

@@ -94,8 +94,8 @@ def parse_listeners(store: Store, document: Any, source: str = "listener file") 
         raw = {} if raw is None else raw
         if not isinstance(raw, Mapping):
             raise ValidationError(f"listeners[{index}].request", raw, "expected a mapping of fields to values")
-        if not isinstance(entry["event"], str):
-            raise ValidationError(f"listeners[{index}].event", entry["event"], "expected an event name such as mars")
+        with _located(f"listeners[{index}]"):
+            store.schema(entry["event"])
         with _located(f"listeners[{index}].request"):
             request = store.request(entry["event"], raw)
             request.status_keys()  # fields choosing where the event is stored must be given
@@ -114,6 +114,8 @@ def load_listener_file(store: Store, path: str | Path) -> list[Listener]:
     except UnicodeDecodeError as error:
         raise ValidationError("listener file", str(path), f"is not UTF-8 text ({error.reason} at byte "
                               f"{error.start})") from None
+    except ValueError as error:  # a NUL character in the path
+        raise ValidationError("listener file", str(path), f"cannot be read ({error})") from None
     except yaml.YAMLError as error:
         first = str(error).strip().splitlines()
         raise ValidationError("listener file", str(path), f"is not valid YAML ({' '.join(first[:3])})") from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import os
 import re
 from collections.abc import Callable
 from typing import Any
@@ -17,7 +18,9 @@ from aviso_workflows.request import MAX_KEYS_PER_REQUEST, Request
 from aviso_workflows.schema import DISSEMINATION, MARS, MARS_CLASSES, MARS_DOMAINS, MARS_STREAMS, EventSchema
 
 #: Shared by every fuzz test: bounded in examples, no per-example deadline (etcd and processes under load).
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+#: ``AVISO_FUZZ_EXAMPLES=2000`` fuzzes longer than ``make test`` does.
+FUZZ = settings(max_examples=int(os.environ.get("AVISO_FUZZ_EXAMPLES", "150")), deadline=None,
+                suppress_health_check=[HealthCheck.too_slow])
 SCHEMAS: dict[str, EventSchema] = {"mars": MARS, "dissemination": DISSEMINATION}
 
 # Text that has broken parsers before: separators, wildcards, paths, control characters, odd digits,

@@ -153,6 +153,7 @@ def assert_keys_canonical(keys: list[str]) -> None:
                "--ttl", "99999999999999999999"])
 @example(argv=["notify", "--ttl", "x", "event=mars"])
 @example(argv=["key", "event=mars", "--nope", "a\nb"])
+@example(argv=["notify", "event=mars", "x" * 5000])
 @example(argv=["key", "event=dissemination,destination=\udcff,target=E1,class=od,expver=1,domain=g,date=20250101,"
                       "time=0,stream=oper,step=0"])
 def test_command_lines(fuzz_store: Store, argv: list[str]) -> None:

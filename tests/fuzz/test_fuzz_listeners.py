@@ -186,3 +186,10 @@ def test_listener_yaml_text(fuzz_store: Store, scratch: Path, text: str, encodin
     if not isinstance(listeners, ValidationError):
         assert_listeners_sound(listeners)
     assert revision(fuzz_store) == before
+
+
+@pytest.mark.parametrize("name", ["a\x00.yaml", "absent.yaml", ".", ""])
+def test_listener_paths(fuzz_store: Store, scratch: Path, name: str) -> None:
+    """A path that names no readable file: a clear error naming the path."""
+    error = outcome(load_listener_file, fuzz_store, scratch / name if name else scratch)
+    assert isinstance(error, ValidationError) and error.field == "listener file", error
