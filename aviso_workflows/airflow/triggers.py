@@ -7,10 +7,15 @@ threads and share one etcd watch per store and prefix, however many triggers run
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import itertools
+import json
+from collections.abc import AsyncGenerator, AsyncIterator, Hashable, Sequence
+from contextlib import aclosing
 from typing import Any
 
+from airflow.sdk import conf
 from airflow.triggers.base import BaseEventTrigger, BaseTrigger, TriggerEvent
+from airflow.triggers.shared_stream import AdvanceItem, SharedStreamProducer
 
 from ..errors import AvisoWorkflowsError
 from ..listen import END_OF_REVISION, Position, listen_async, wait_async
@@ -19,6 +24,10 @@ from .hooks import AvisoHook
 
 #: Where an AvisoEventTrigger keeps its position in the asset's state store.
 CURSOR_KEY = "aviso_cursor"
+#: Notifications an asset watcher hands to Airflow before their asset events are confirmed stored.
+MAX_UNCONFIRMED = 256
+#: Bound on saving the position (the triggerer's channel stops answering while it shuts down).
+SAVE_SECONDS = 10.0
 
 
 class AvisoTrigger(BaseTrigger):
@@ -65,8 +74,11 @@ class AvisoEventTrigger(BaseEventTrigger):
 
     The payload is the notification's dict (``event``, ``request``, ``location``, ``key``,
     ``revision``); Airflow puts it in the asset event's extra under ``payload``. The position reached
-    is kept in the asset's state store, so a restarted triggerer resumes after the last notification
-    it handed over; without a state store (a trigger run by hand) it starts from now.
+    is kept in the asset's state store. In a triggerer the notifications flow through Airflow's
+    acknowledged shared stream: the position moves past a notification only once Airflow has stored
+    its asset event, so a triggerer that stops or dies resumes at the first notification not yet
+    stored (one stored just before the stop may come again; none is lost). Without a state store (a
+    trigger run by hand) it starts from now.
     """
 
     def __init__(self, *, event: str, request: dict[str, Any], aviso_conn_id: str = AvisoHook.default_conn_name,
@@ -82,31 +94,93 @@ class AvisoEventTrigger(BaseEventTrigger):
         }
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        store = await AvisoHook(self.aviso_conn_id).aget_conn()
-        request = store.request(self.event, self.request)
-        position = await self._load_position(store)
-        notifications = listen_async(store, [request], after=position)
-        try:
+        """Used when run by hand: the position is saved when the caller asks for the next event."""
+        async with aclosing(_follow(self.serialize()[1], self.asset_state_store)) as notifications:
             async for notification in notifications:
                 try:
                     yield TriggerEvent(notification.to_dict())
-                finally:  # resumed or closed here, the triggerer holds the event: move the cursor past it
-                    await self._save_position(Position(notification.revision, notification.key))
-        finally:
-            await notifications.aclose()
+                finally:
+                    await _save_position(self.asset_state_store, Position(notification.revision, notification.key))
 
-    async def _load_position(self, store: Store) -> Position:
-        saved = await self.asset_state_store.aget(CURSOR_KEY) if self.asset_state_store is not None else None
-        revision = saved.get("revision") if isinstance(saved, dict) else None
-        if isinstance(revision, int) and isinstance(saved, dict):
-            return Position(revision, str(saved.get("key", END_OF_REVISION)))
-        position = Position(await _current_revision(store))
-        await self._save_position(position)
-        return position
+    def shared_stream_key(self) -> Hashable | None:
+        """In a triggerer (which gives a state store): use Airflow's acknowledged shared stream."""
+        if self.asset_state_store is None:
+            return None
+        key = _stream_key(*self.serialize())
+        _STATE_STORES[key] = self.asset_state_store
+        return key
 
-    async def _save_position(self, position: Position) -> None:
-        if self.asset_state_store is not None:
-            await self.asset_state_store.aset(CURSOR_KEY, {"revision": position.revision, "key": position.key})
+    @classmethod
+    def create_shared_stream_producer(cls, kwargs: dict[str, Any]) -> SharedStreamProducer:
+        return NotificationStream(kwargs, _STATE_STORES[_stream_key(f"{cls.__module__}.{cls.__qualname__}", kwargs)])
+
+    async def filter_shared_stream(self, shared_stream: AsyncIterator[Any]) -> AsyncIterator[TriggerEvent]:
+        async for payload in shared_stream:
+            yield TriggerEvent(payload)
+
+
+#: The asset state store of each event trigger running in this process, by stream key: the triggerer
+#: builds a stream's producer from the trigger's serialized arguments alone.
+_STATE_STORES: dict[tuple[str, str], Any] = {}
+
+
+def _stream_key(classpath: str, kwargs: dict[str, Any]) -> tuple[str, str]:
+    return classpath, json.dumps(kwargs, sort_keys=True, default=str)
+
+
+class NotificationStream(SharedStreamProducer):
+    """The notifications after the saved position; :meth:`advance` moves the position once Airflow has
+    stored their asset events. At most ``MAX_UNCONFIRMED`` notifications (fewer if the triggerer's
+    subscriber queue is smaller) are handed over unconfirmed, so a long catch-up never overflows it.
+    """
+
+    def __init__(self, arguments: dict[str, Any], state_store: Any) -> None:
+        self.arguments = arguments
+        self.state_store = state_store
+        queue_size = conf.getint("triggerer", "shared_stream_subscriber_queue_size", fallback=MAX_UNCONFIRMED)
+        self.unconfirmed = asyncio.Semaphore(max(1, min(MAX_UNCONFIRMED, queue_size)))
+
+    async def open_stream(self) -> AsyncGenerator[tuple[dict[str, Any], Position], None]:
+        async with aclosing(_follow(self.arguments, self.state_store)) as notifications:
+            async for notification in notifications:
+                await self.unconfirmed.acquire()
+                yield notification.to_dict(), Position(notification.revision, notification.key)
+
+    async def advance(self, batch: Sequence[AdvanceItem]) -> None:
+        stored = list(itertools.takewhile(lambda item: item.outcome.is_clean, batch))
+        for _ in batch:
+            self.unconfirmed.release()
+        if stored:
+            await asyncio.wait_for(_save_position(self.state_store, stored[-1].broker_payload), SAVE_SECONDS)
+        if len(stored) < len(batch):  # ending the stream makes the triggerer start the watcher again from here
+            missed = batch[len(stored)]
+            raise AvisoWorkflowsError(f"Airflow did not confirm storing the asset event of {missed.broker_payload.key} "
+                                      f"({missed.outcome}); the watcher resumes before it")
+
+
+async def _follow(arguments: dict[str, Any], state_store: Any) -> AsyncGenerator[Notification, None]:
+    """The notifications of an event trigger's ``arguments`` after its saved position, as they come."""
+    store = await AvisoHook(arguments.get("aviso_conn_id", AvisoHook.default_conn_name)).aget_conn()
+    request = store.request(arguments["event"], arguments["request"])
+    async with aclosing(listen_async(store, [request], after=await _load_position(state_store, store))) as found:
+        async for notification in found:
+            yield notification
+
+
+async def _load_position(state_store: Any, store: Store) -> Position:
+    """The saved position, or now (saved at once, so a watcher that stops early misses nothing after it)."""
+    saved = await state_store.aget(CURSOR_KEY) if state_store is not None else None
+    revision = saved.get("revision") if isinstance(saved, dict) else None
+    if isinstance(revision, int) and isinstance(saved, dict):
+        return Position(revision, str(saved.get("key", END_OF_REVISION)))
+    position = Position(await _current_revision(store))
+    await _save_position(state_store, position)
+    return position
+
+
+async def _save_position(state_store: Any, position: Position) -> None:
+    if state_store is not None:
+        await state_store.aset(CURSOR_KEY, {"revision": position.revision, "key": position.key})
 
 
 async def _current_revision(store: Store) -> int:

@@ -29,6 +29,8 @@ COMPONENTS = {
     "triggerer": ["triggerer", "--skip-serve-logs"],
 }
 STOP_SECONDS = 20.0
+#: Airflow's own graceful stop of the triggerer escalates SIGINT, SIGTERM, SIGKILL 10 s apart.
+COMPONENT_STOP_SECONDS = 45.0
 CLI_SECONDS = 120.0
 CLI_ATTEMPTS = 3
 
@@ -44,6 +46,36 @@ def eventually(what: str, check: Callable[[], T | None], timeout: float, every: 
             break
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def descendants(pid: int) -> list[int]:
+    """Pids of the processes below ``pid`` (children, grandchildren, ...), read from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # ended while we looked
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo and len(found) < 10_000:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def alive(pids: list[int]) -> list[int]:
+    """The pids among ``pids`` that still run (zombies excluded)."""
+    running = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state not in ("Z", "X"):
+            running.append(pid)
+    return running
 
 
 class LiveStack:
@@ -73,18 +105,56 @@ class LiveStack:
             "AIRFLOW__TRIGGERER__DEFAULT_CAPACITY": "100",
         })
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.stopped: set[str] = set()
         self.logs: list[IO[bytes]] = []
 
     def start(self) -> None:
         self.cli("db", "migrate", timeout=MIGRATE_SECONDS)
         with sqlite3.connect(self.home / "airflow.db") as db:  # readers and one writer at a time, not one of all
             db.execute("pragma journal_mode=wal")
-        for name, args in COMPONENTS.items():
-            log = open(self.home / f"{name}.log", "wb")
-            self.logs.append(log)
-            command = [str(AIRFLOW)] + [a.format(port=self.port) for a in args]
-            self.processes[name] = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                                    start_new_session=True)
+        for name in COMPONENTS:
+            self.start_component(name)
+
+    def start_component(self, name: str) -> subprocess.Popen[bytes]:
+        """Start one service (again), in its own session, its output appended to ``<name>.log``."""
+        log = open(self.home / f"{name}.log", "ab")
+        self.logs.append(log)
+        command = [str(AIRFLOW)] + [a.format(port=self.port) for a in COMPONENTS[name]]
+        process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        self.processes[name] = process
+        self.stopped.discard(name)
+        return process
+
+    def stop_component(self, name: str, signum: signal.Signals, timeout: float = COMPONENT_STOP_SECONDS) -> int:
+        """Stop one service by its pid and wait for it (bounded); returns its exit status.
+
+        SIGTERM goes to the service's process, which stops its own children (Airflow's graceful stop);
+        SIGKILL goes to its process group, so the service and the children it forked die at once. Any
+        child still alive after ``timeout`` is killed by its pid and the stop fails.
+        """
+        process = self.processes[name]
+        family = [process.pid, *descendants(process.pid)]
+        self.stopped.add(name)
+        if signum == signal.SIGKILL:
+            os.killpg(process.pid, signal.SIGKILL)
+        else:
+            process.send_signal(signum)
+        try:
+            status = process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=5)
+            raise AssertionError(f"airflow {name} did not stop within {timeout:g} s of {signum.name}") from None
+        for _ in range(int(timeout / 0.2) + 1):
+            if not alive(family):
+                break
+            time.sleep(0.2)
+        stragglers = alive(family)
+        for pid in stragglers:
+            os.kill(pid, signal.SIGKILL)
+        assert not stragglers, f"children {stragglers} of airflow {name} outlived it by {timeout:g} s"
+        return status
 
     def stop(self) -> None:
         for process in self.processes.values():
@@ -101,7 +171,7 @@ class LiveStack:
             log.close()
 
     def check_alive(self) -> None:
-        dead = {n: p.returncode for n, p in self.processes.items() if p.poll() is not None}
+        dead = {n: p.returncode for n, p in self.processes.items() if p.poll() is not None and n not in self.stopped}
         if dead:
             raise AssertionError(f"airflow processes ended: {dead}; logs in {self.home}")
 
