@@ -138,7 +138,7 @@ def plot(pokes: dict[str, list[float]], deferrals: dict[str, list[float]]) -> No
               "execute_\ncomplete": deferrals["execute_complete"]}
     medians = [percentile(values, 0.5) * 1000 for values in series.values()]
     bars = axis.bar(list(series), medians, color=["tab:gray", "tab:blue", "tab:green", "tab:green", "tab:green"])
-    axis.bar_label(bars, labels=[f"{m:.1f}" for m in medians], fontsize=8)
+    axis.bar_label(bars, labels=[f"{m:.2g}" for m in medians], fontsize=8)
     axis.set_ylabel("median (ms)")
     axis.set_title("Airflow: poke mode and the deferrable path (in-process)", fontsize=9)
     save_plot(figure, "airflow")

@@ -46,7 +46,9 @@ class Figure:
     peer_value: float | None = None
 
     def row(self) -> dict[str, Any]:
-        return asdict(self)
+        row = asdict(self)
+        row["peer_value"] = None if self.peer_value is None else round(self.peer_value, 3)
+        return row
 
 
 def at_most(name: str, value: float, unit: str, limit: float, peer: float | None = None) -> Figure:
