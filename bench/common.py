@@ -6,6 +6,7 @@ temporary directory, stops it by its pid, and writes its figures as JSON for ``b
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import platform
@@ -100,7 +101,10 @@ def airflow_environment(etcd_url: str) -> None:
     Call before importing anything from airflow (it reads its home on import).
     """
     parts = urlsplit(etcd_url)
-    os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="aviso-bench-airflow-"))
+    if "AIRFLOW_HOME" not in os.environ:
+        home = tempfile.mkdtemp(prefix="aviso-bench-airflow-")
+        atexit.register(shutil.rmtree, home, ignore_errors=True)
+        os.environ["AIRFLOW_HOME"] = home
     os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
     os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "WARNING"
     os.environ["AIRFLOW_CONN_AVISO_DEFAULT"] = json.dumps(
