@@ -7,12 +7,23 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from security_helpers import READER, ROOT, WAIT_SECONDS, WRITER, PrivateEtcd, diss, mars, mars_key, wait_until
+from security_helpers import (
+    READER,
+    ROOT,
+    WAIT_SECONDS,
+    WRITER,
+    PrivateEtcd,
+    diss,
+    in_thread,
+    joined,
+    mars,
+    mars_key,
+    wait_until,
+)
 
 from aviso_workflows import Store
 from aviso_workflows.errors import PermissionDenied
@@ -28,28 +39,6 @@ def store_as(etcd: PrivateEtcd, user: tuple[str, str]) -> Store:
 def everything(etcd: PrivateEtcd, prefix: str) -> dict[str, tuple[str, int]]:
     """Keys under ``prefix`` as root sees them (to prove that nothing was written)."""
     return {kv.key: (kv.value, kv.mod_revision) for kv in store_as(etcd, ROOT).gateway.range_all(prefix)[1]}
-
-
-def in_thread(target: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
-    outcome: dict[str, Any] = {}
-
-    def body() -> None:
-        try:
-            outcome["result"] = target()
-        except BaseException as error:  # noqa: BLE001 - handed back to the test
-            outcome["error"] = error
-
-    thread = threading.Thread(target=body, daemon=True)
-    thread.start()
-    return thread, outcome
-
-
-def joined(thread: threading.Thread, outcome: dict[str, Any]) -> Any:
-    thread.join(WAIT_SECONDS)
-    assert not thread.is_alive(), f"still waiting after {WAIT_SECONDS:g} s"
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["result"]
 
 
 def watching(config_identity: Any, prefix: str) -> bool:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from security_helpers import WAIT_SECONDS, AuthProxy, as_json, mars, mars_key
+from security_helpers import WAIT_SECONDS, AuthProxy, as_json, in_thread, joined, mars, mars_key
 
 from aviso_workflows import Store
 from aviso_workflows.config import StoreConfig, resolve_config
@@ -37,26 +37,6 @@ def through(proxy: AuthProxy, **credentials: Any) -> Store:
     return Store(config=StoreConfig(endpoints=(proxy.url,), poll_interval=POLL, **credentials))
 
 
-def in_thread(target: Any) -> tuple[threading.Thread, dict[str, Any]]:
-    outcome: dict[str, Any] = {}
-
-    def body() -> None:
-        try:
-            outcome["result"] = target()
-        except BaseException as error:  # noqa: BLE001 - handed back to the test
-            outcome["error"] = error
-
-    thread = threading.Thread(target=body, daemon=True)
-    thread.start()
-    return thread, outcome
-
-
-def joined(thread: threading.Thread, outcome: dict[str, Any]) -> Any:
-    thread.join(WAIT_SECONDS)
-    assert not thread.is_alive(), f"still running after {WAIT_SECONDS:g} s"
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["result"]
 
 
 @pytest.mark.parametrize("credentials", [{"token": TOKEN}, {"email": EMAIL, "key": KEY}], ids=["bearer", "emailkey"])
