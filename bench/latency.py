@@ -353,8 +353,8 @@ def notes(run: Run) -> list[str]:
     return [f"Latency: our consumers are released within a fraction of a millisecond of the notify call "
             f"returning (p50: {after}); the rest is etcd writing the transaction. A bare etcd put seen by "
             f"etcd3gw's own watch took p50 {percentile(floor, 0.5):.1f} ms, p99 {percentile(floor, 0.99):.1f} ms "
-            f"in the same run (≈ 2 ms and 4 ms on a quiet machine), so the 5 ms / 10 ms targets hold only "
-            f"where etcd itself is that fast. The ratio to pyaviso follows our p50."]
+            f"in the same run (≈ 2 ms and 4 ms measured earlier on these machines), so the 5 ms / 10 ms "
+            f"targets hold only where etcd itself is that fast. The ratio to pyaviso follows our p50."]
 
 
 def plot(latencies: dict[str, list[float]]) -> None:

@@ -36,9 +36,9 @@ it started. Latencies run from the moment `notify` is called (it writes one tran
 the consumer is released, so they include the producer's write. `peer_value` is pyaviso 1.0.2 measured
 in the same run against the same etcd (its listener polls, every second at its fastest).
 
-The machine is shared: other test suites ran on its two cores during the run (load average below), so
-absolute times are those of a busy machine; etcd's own figures (a raw transaction, a raw put) are in
-the table for scale. Ratios between figures of one script hold better than absolute times.
+Absolute times depend on how busy the machine's two cores were (load average below); etcd's own
+figures (a raw transaction, a raw put) are in the table for scale. Ratios between figures of one
+script hold better than absolute times.
 """
 
 NOT_MEASURED = """\
