@@ -237,6 +237,7 @@ class PrefixWatch:
         """
         while not self._stop.is_set():
             revision, puts = self.gateway.range_all(self.prefix, min_mod_revision=self.next_revision)
+            self._connected()
             if puts:
                 self._deliver(puts, revision)
             self.next_revision = max(self.next_revision, revision + 1)
