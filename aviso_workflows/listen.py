@@ -309,6 +309,18 @@ class WatchHub:
 HUB = WatchHub()
 
 
+def _join(store: Store, prefix: str, subscriber: Subscriber, keys: list[str] | None,
+          timeout: float | None) -> tuple[PrefixWatch, float]:
+    """Add ``subscriber`` to the shared watch on ``prefix``; returns the watch and how long to wait for it.
+
+    etcd gets its usual request timeout to answer even when the wait's own timeout is shorter: a slow
+    first answer makes a short wait time out (WaitTimeout), not report etcd unreachable.
+    """
+    watch = HUB.watch_for(store.config, prefix)
+    watch.add(subscriber, keys)
+    return watch, store.config.timeout if timeout is None else max(timeout, store.config.timeout)
+
+
 @contextmanager
 def subscribed(store: Store, prefixes: Iterable[str], subscriber: Subscriber, keys: Iterable[str] | None,
                timeout: float | None = None) -> Iterator[None]:
@@ -317,12 +329,9 @@ def subscribed(store: Store, prefixes: Iterable[str], subscriber: Subscriber, ke
     joined: list[str] = []
     try:
         for prefix in dict.fromkeys(prefixes):
-            watch = HUB.watch_for(store.config, prefix)
-            watch.add(subscriber, key_list)
+            watch, limit = _join(store, prefix, subscriber, key_list, timeout)
             joined.append(prefix)
-            # etcd gets its usual request timeout to answer even when the wait's own timeout is shorter:
-            # a slow first answer makes a short wait time out (WaitTimeout), not report etcd unreachable
-            watch.wait_ready(store.config.timeout if timeout is None else max(timeout, store.config.timeout))
+            watch.wait_ready(limit)
         yield
     finally:
         for prefix in joined:
@@ -339,10 +348,8 @@ async def subscribed_async(store: Store, prefixes: Iterable[str], subscriber: Su
     joined: list[str] = []
     try:
         for prefix in dict.fromkeys(prefixes):
-            watch = HUB.watch_for(store.config, prefix)
-            watch.add(subscriber, key_list)
+            watch, limit = _join(store, prefix, subscriber, key_list, timeout)
             joined.append(prefix)
-            limit = store.config.timeout if timeout is None else max(timeout, store.config.timeout)
             if watch.ready:
                 watch.wait_ready(limit)  # returns at once, or raises why the watch could not start
             else:

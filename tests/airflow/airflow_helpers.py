@@ -37,3 +37,16 @@ def run_dag(env: dict[str, str], dag_id: str, logical_date: str = "none",
         raise AssertionError(f"dag.test of {dag_id} failed ({done.returncode}):\n{done.stdout[-3000:]}\n"
                              f"{done.stderr[-3000:]}")
     return json.loads(lines[-1][len("RESULT "):])
+
+
+class MemoryStateStore:
+    """The triggerer's asset state store (aget/aset of JSON values), in memory, for triggers run in-process."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+
+    async def aget(self, key: str, default: Any = None) -> Any:
+        return self.values.get(key, default)
+
+    async def aset(self, key: str, value: Any) -> None:
+        self.values[key] = value

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 import pytest
 import requests
-from airflow_helpers import connection_json
+from airflow_helpers import MemoryStateStore, connection_json
 from live_stack import LiveStack, eventually
 
 from aviso_workflows import Store
@@ -286,19 +286,6 @@ def check_no_event_ran_twice(stack: LiveStack, events_before: int) -> None:
     rows = eventually("the runs that consumed the stream to succeed", consumed, RUN_SECONDS)
     runs_of_event = collections.Counter(event_id for event_id, _, _ in rows)
     assert all(count == 1 for count in runs_of_event.values()), runs_of_event
-
-
-class MemoryStateStore:
-    """The asset state store's aget/aset, in memory (the in-process tests have no triggerer)."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, Any] = {}
-
-    async def aget(self, key: str, default: Any = None) -> Any:
-        return self.values.get(key, default)
-
-    async def aset(self, key: str, value: Any) -> None:
-        self.values[key] = value
 
 
 class Watcher:

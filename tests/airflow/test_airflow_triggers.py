@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from airflow_helpers import connection_json
+from airflow_helpers import MemoryStateStore, connection_json
 
 from aviso_workflows import Store
 from aviso_workflows.airflow import AvisoEventTrigger, AvisoTrigger
@@ -94,19 +94,6 @@ def test_serialize_round_trip(trigger: AvisoTrigger | AvisoEventTrigger) -> None
     rebuilt = getattr(__import__(module, fromlist=[name]), name)(**kwargs)
     assert rebuilt.serialize() == (classpath, kwargs)
     assert classpath.startswith("aviso_workflows.airflow.triggers.")
-
-
-class MemoryStateStore:
-    """Stands in for the triggerer's asset state store: aget/aset of JSON values."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, Any] = {}
-
-    async def aget(self, key: str, default: Any = None) -> Any:
-        return self.values.get(key, default)
-
-    async def aset(self, key: str, value: Any) -> None:
-        self.values[key] = value
 
 
 async def collect(trigger: AvisoEventTrigger, count: int, timeout: float = 10) -> list[dict[str, Any]]:

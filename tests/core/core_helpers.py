@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import threading
-import time
-from collections.abc import Callable
 from typing import Any
+
+from threads import joined as join_within
 
 from aviso_workflows import Store
 from aviso_workflows.etcd import KeyValue
@@ -67,26 +67,6 @@ def status_of(kv: KeyValue | None) -> dict[str, Any]:
     return json.loads(kv.value)
 
 
-def run_in_thread(target: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
-    """Run ``target`` in a daemon thread; the dict gets 'result' or 'error' and 'ended' (monotonic time)."""
-    outcome: dict[str, Any] = {}
-
-    def body() -> None:
-        try:
-            outcome["result"] = target()
-        except BaseException as error:  # noqa: BLE001 - handed back to the test
-            outcome["error"] = error
-        outcome["ended"] = time.monotonic()
-
-    thread = threading.Thread(target=body, daemon=True)
-    thread.start()
-    return thread, outcome
-
-
 def joined(thread: threading.Thread, outcome: dict[str, Any], bound: float = WAIT_BOUND) -> Any:
-    """Join within ``bound`` seconds and return the result (re-raising the thread's error)."""
-    thread.join(bound)
-    assert not thread.is_alive(), f"still running after {bound} s"
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome.get("result")
+    """Join within ``bound`` seconds (10 by default) and return the result (re-raising the thread's error)."""
+    return join_within(thread, outcome, bound)

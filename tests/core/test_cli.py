@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from core_helpers import joined, mars_key, run_in_thread
+from core_helpers import joined, mars_key
+from threads import run_in_thread
 
 from aviso_workflows import Store, server
 from aviso_workflows.cli import main

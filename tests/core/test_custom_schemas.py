@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 
 import pytest
-from core_helpers import joined, run_in_thread
+from core_helpers import joined
+from threads import run_in_thread
 
 from aviso_workflows import SchemaError, Store, ValidationError, load_schemas
 from aviso_workflows.cli import main

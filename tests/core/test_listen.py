@@ -8,7 +8,8 @@ import time
 from collections.abc import Iterator
 from contextlib import closing
 
-from core_helpers import WAIT_BOUND, destination_for, diss, joined, mars, run_in_thread
+from core_helpers import WAIT_BOUND, destination_for, diss, joined, mars
+from threads import run_in_thread
 
 from aviso_workflows import Notification, Store
 from aviso_workflows.listen import Cursor, Position, listen, replay

@@ -6,7 +6,8 @@ import threading
 import time
 
 import pytest
-from core_helpers import destination_for, diss, joined, mars, mars_key, run_in_thread
+from core_helpers import destination_for, diss, joined, mars, mars_key
+from threads import run_in_thread
 
 from aviso_workflows import Store, WaitTimeout
 from aviso_workflows.listen import HUB, PrefixWatch

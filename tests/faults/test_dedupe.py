@@ -43,48 +43,62 @@ def steps_and_locations(notifications: list[Notification]) -> list[tuple[str, st
     return [(n.request["step"], n.location) for n in notifications]
 
 
+#: The step of the post that shows a listener is following the watch (then forgotten by the test).
+MARKER_STEP = "999"
+
+
 class LiveListener:
-    """``listen`` on a thread, collecting what it yields until ``stop()``."""
+    """``listen`` on a thread, collecting what it yields until stopped."""
 
     def __init__(self, store: Store, date: str, cursor: Cursor | None = None) -> None:
         self.received: list[Notification] = []
         self._stop = threading.Event()
-        self._started = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, args=(store, date, cursor), daemon=True)
         self._thread.start()
 
+    @classmethod
+    def following(cls, store: Store, date: str, cursor: Cursor | None = None) -> LiveListener:
+        """A listener past its first read: a marker posted now has reached it, so later posts come
+        through the watch (the marker itself is forgotten)."""
+        listener = cls(store, date, cursor)
+        store.notify(mars(date, int(MARKER_STEP)))
+        listener._wait_for(MARKER_STEP)
+        listener.received.clear()
+        return listener
+
     def _run(self, store: Store, date: str, cursor: Cursor | None) -> None:
         try:
-            stream = listen(store, [day_request(store, date)], after=Position(store.current_revision()),
-                            cursor=cursor, stop=self._stop, poll=0.05)
-            self._started.set()
-            for notification in stream:
+            for notification in listen(store, [day_request(store, date)], after=Position(store.current_revision()),
+                                       cursor=cursor, stop=self._stop, poll=0.05):
                 self.received.append(notification)
         except BaseException as error:  # noqa: BLE001 - reported by the test thread
             self._error = error
-            self._started.set()
 
-    def until_step(self, step: str) -> list[Notification]:
-        """Wait (bounded) for the notification of ``step``, then stop and return all received."""
+    def _wait_for(self, step: str) -> None:
         deadline = time.monotonic() + BOUND
         while not any(n.request["step"] == step for n in self.received) and time.monotonic() < deadline:
             if self._error is not None:
                 raise self._error
             time.sleep(0.02)
+
+    def until_step(self, step: str) -> list[Notification]:
+        """Wait (bounded) for the notification of ``step``, then stop and return all received."""
+        self._wait_for(step)
+        self.stop()
+        return self.received
+
+    def stop(self) -> None:
         self._stop.set()
         self._thread.join(BOUND)
         assert not self._thread.is_alive(), "the listener did not stop"
-        return self.received
 
 
 @pytest.fixture
 def live(store: Store, unique_date: str) -> Iterator[LiveListener]:
-    listener = LiveListener(store, unique_date)
-    listener._started.wait(BOUND)
-    time.sleep(0.2)  # the listener's first read is done: what follows arrives through the watch
+    listener = LiveListener.following(store, unique_date)
     yield listener
-    listener._stop.set()
+    listener.stop()
 
 
 def test_a_repost_of_the_same_value_is_delivered_once_and_a_changed_value_again(
@@ -99,9 +113,7 @@ def test_a_repost_of_the_same_value_is_delivered_once_and_a_changed_value_again(
 
 def test_a_cursor_restarted_after_a_repost_does_not_deliver_it_again(store: Store, unique_date: str) -> None:
     cursor = Cursor("dedupe-restart")
-    first = LiveListener(store, unique_date, cursor)
-    first._started.wait(BOUND)
-    time.sleep(0.2)
+    first = LiveListener.following(store, unique_date, cursor)
     store.notify(mars(unique_date, 0), location="file:///a")
     assert steps_and_locations(first.until_step("0")) == [("0", "file:///a")]
 
@@ -126,9 +138,7 @@ def test_a_post_and_its_repeat_both_after_the_cursor_are_delivered_once(store: S
 
 def test_a_repeat_after_the_window_is_a_new_notification(etcd_url: str, unique_date: str) -> None:
     store = Store([etcd_url], dedupe_window=2)
-    listener = LiveListener(store, unique_date)
-    listener._started.wait(BOUND)
-    time.sleep(0.2)
+    listener = LiveListener.following(store, unique_date)
     store.notify(mars(unique_date, 0))
     store.notify(mars(unique_date, 0))   # within two revisions: a repeat
     store.notify(mars(unique_date, 6))
@@ -142,9 +152,7 @@ def test_a_repeat_after_the_window_is_a_new_notification(etcd_url: str, unique_d
 
 def test_a_window_of_zero_delivers_every_post(etcd_url: str, unique_date: str) -> None:
     store = Store([etcd_url], dedupe_window=0)
-    listener = LiveListener(store, unique_date)
-    listener._started.wait(BOUND)
-    time.sleep(0.2)
+    listener = LiveListener.following(store, unique_date)
     store.notify(mars(unique_date, 0))
     store.notify(mars(unique_date, 0))
     store.notify(mars(unique_date, 6))

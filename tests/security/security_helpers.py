@@ -13,7 +13,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -354,25 +354,3 @@ def wait_until(what: str, check: Any, seconds: float = WAIT_SECONDS) -> Any:
 def as_json(value: Any) -> str:
     """Compact JSON (for connection extras)."""
     return json.dumps(value)
-
-
-def in_thread(target: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
-    outcome: dict[str, Any] = {}
-
-    def body() -> None:
-        try:
-            outcome["result"] = target()
-        except BaseException as error:  # noqa: BLE001 - handed back to the test
-            outcome["error"] = error
-
-    thread = threading.Thread(target=body, daemon=True)
-    thread.start()
-    return thread, outcome
-
-
-def joined(thread: threading.Thread, outcome: dict[str, Any]) -> Any:
-    thread.join(WAIT_SECONDS)
-    assert not thread.is_alive(), f"still running after {WAIT_SECONDS:g} s"
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["result"]

@@ -18,12 +18,11 @@ from security_helpers import (
     WRITER,
     PrivateEtcd,
     diss,
-    in_thread,
-    joined,
     mars,
     mars_key,
     wait_until,
 )
+from threads import joined, run_in_thread
 
 from aviso_workflows import Store
 from aviso_workflows.errors import PermissionDenied
@@ -75,10 +74,10 @@ def test_reader_finds_a_key_posted_before_it_waits(auth_etcd: PrivateEtcd, uniqu
 
 def test_a_post_by_the_writer_releases_a_waiting_reader(auth_etcd: PrivateEtcd, unique_date: str) -> None:
     reader = store_as(auth_etcd, READER)
-    thread, outcome = in_thread(lambda: reader.wait("mars", mars(unique_date, step=6), timeout=WAIT_SECONDS))
+    thread, outcome = run_in_thread(lambda: reader.wait("mars", mars(unique_date, step=6), timeout=WAIT_SECONDS))
     wait_until("the reader's watch", lambda: watching(reader.config.identity, "/ec/mars/"))
     store_as(auth_etcd, WRITER).notify("mars", mars(unique_date, step=6))
-    assert [n.key for n in joined(thread, outcome)] == [mars_key(unique_date, 6)]
+    assert [n.key for n in joined(thread, outcome, WAIT_SECONDS)] == [mars_key(unique_date, 6)]
 
 
 def test_reader_listens_from_now(auth_etcd: PrivateEtcd, unique_date: str) -> None:
@@ -89,11 +88,11 @@ def test_reader_listens_from_now(auth_etcd: PrivateEtcd, unique_date: str) -> No
     stop = threading.Event()
     request = reader.request("mars", {"class": "od", "date": unique_date, "stream": "oper"})
     stream = reader.listen(request, stop=stop, after=now)
-    thread, outcome = in_thread(lambda: [next(stream).key, next(stream).key])
+    thread, outcome = run_in_thread(lambda: [next(stream).key, next(stream).key])
     writer.notify("mars", mars(unique_date, step=12))
     writer.notify("mars", mars(unique_date, step=18))
     try:
-        assert joined(thread, outcome) == [mars_key(unique_date, 12), mars_key(unique_date, 18)]
+        assert joined(thread, outcome, WAIT_SECONDS) == [mars_key(unique_date, 12), mars_key(unique_date, 18)]
     finally:
         stop.set()
         thread.join(WAIT_SECONDS)
@@ -268,10 +267,11 @@ def test_a_wait_survives_an_etcd_restart(short_token_etcd: PrivateEtcd, unique_d
     reader, writer = store_as(short_token_etcd, READER), store_as(short_token_etcd, WRITER)
     writer.notify("mars", mars(unique_date, step=10))
     first_read = threading.Event()
-    thread, outcome = in_thread(lambda: reader.wait("mars", mars(unique_date, step="9/10"), timeout=WAIT_SECONDS,
+    thread, outcome = run_in_thread(lambda: reader.wait("mars", mars(unique_date, step="9/10"), timeout=WAIT_SECONDS,
                                                     on_progress=lambda *_: first_read.set()))
     assert first_read.wait(WAIT_SECONDS), "the wait did not read step 10"
     wait_until("the reader's watch stream", lambda: open_watch(reader.config.identity, "/ec/mars/"))
     short_token_etcd.restart()
     writer.notify("mars", mars(unique_date, step=9))
-    assert [n.key for n in joined(thread, outcome)] == [mars_key(unique_date, 10), mars_key(unique_date, 9)]
+    released = joined(thread, outcome, WAIT_SECONDS)
+    assert [n.key for n in released] == [mars_key(unique_date, 10), mars_key(unique_date, 9)]

@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from security_helpers import WAIT_SECONDS, AuthProxy, as_json, in_thread, joined, mars, mars_key
+from security_helpers import WAIT_SECONDS, AuthProxy, as_json, mars, mars_key
+from threads import joined, run_in_thread
 
 from aviso_workflows import Store
 from aviso_workflows.config import StoreConfig, resolve_config
@@ -45,11 +46,12 @@ def test_wait_through_the_proxy(proxy: AuthProxy, store: Store, unique_date: str
     store.notify("mars", mars(unique_date, step=0))
     reader = through(proxy, **credentials)
     first_read = threading.Event()
-    thread, outcome = in_thread(lambda: reader.wait("mars", mars(unique_date, step="0/6"), timeout=WAIT_SECONDS,
+    thread, outcome = run_in_thread(lambda: reader.wait("mars", mars(unique_date, step="0/6"), timeout=WAIT_SECONDS,
                                                     on_progress=lambda *_: first_read.set()))
     assert first_read.wait(WAIT_SECONDS)
     store.notify("mars", mars(unique_date, step=6))
-    assert [n.key for n in joined(thread, outcome)] == [mars_key(unique_date, 0), mars_key(unique_date, 6)]
+    released = joined(thread, outcome, WAIT_SECONDS)
+    assert [n.key for n in released] == [mars_key(unique_date, 0), mars_key(unique_date, 6)]
     assert "/v3/watch" in proxy.paths(403), "the watch was tried first"
     assert not [p for p in proxy.paths(200) if p != "/v3/kv/range"]
 
@@ -74,12 +76,13 @@ def test_listen_through_the_proxy_delivers_as_the_watch_does(proxy: AuthProxy, s
     direct = store.listen(request, after=now, stop=stops[0])
     proxied = through(proxy, email=EMAIL, key=KEY).listen(request, after=now, stop=stops[1])
     expected = 5
-    heard = [in_thread(lambda stream=stream: [next(stream) for _ in range(expected)]) for stream in (direct, proxied)]
+    heard = [run_in_thread(lambda stream=stream: [next(stream) for _ in range(expected)])
+             for stream in (direct, proxied)]
     store.notify("mars", mars(unique_date, step="12/0/6"))  # one transaction: delivered in key order
     store.notify("mars", mars(unique_date, step=3))
     store.notify("mars", mars(unique_date, step=1))
     try:
-        results = [joined(thread, outcome) for thread, outcome in heard]
+        results = [joined(thread, outcome, WAIT_SECONDS) for thread, outcome in heard]
     finally:
         for stop in stops:
             stop.set()
