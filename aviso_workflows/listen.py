@@ -705,9 +705,9 @@ def _catch_up(store: Store, requests: list[Request], position: Position) -> tupl
 
 def _fresh(store: Store, requests: list[Request], puts: list[KeyValue], seen_until: int) -> list[Notification]:
     """The notifications of watched puts not read already, without repeats of a key's previous post."""
-    previous = {kv.key: (kv.prev_value, kv.prev_mod_revision) for kv in puts}
+    previous = {(kv.mod_revision, kv.key): (kv.prev_value, kv.prev_mod_revision) for kv in puts}
     return [n for n in _match_all(requests, puts)
-            if n.revision > seen_until and not _repeated_revision(store, n, previous.get(n.key))]
+            if n.revision > seen_until and not _repeated_revision(store, n, previous.get(n.order))]
 
 
 def _repeated_revision(store: Store, notification: Notification, previous: tuple[str | None, int] | None = None) -> int:
@@ -736,10 +736,12 @@ def _previous_version(store: Store, notification: Notification) -> tuple[str | N
 
 
 def _match_all(requests: list[Request], puts: list[KeyValue]) -> list[Notification]:
-    found: dict[str, Notification] = {}
+    """The notifications of ``puts`` that any request matches, once each (a key written twice in one
+    batch is two notifications)."""
+    found: dict[tuple[int, str], Notification] = {}
     for request in requests:
         for notification in _matching(request, puts):
-            found.setdefault(notification.key, notification)
+            found.setdefault(notification.order, notification)
     return sorted(found.values(), key=lambda n: n.order)
 
 

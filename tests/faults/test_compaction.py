@@ -251,3 +251,26 @@ def test_a_waiter_compacted_past_while_disconnected_is_released(
 
     assert len(outcome) == 1 and isinstance(outcome[0], list), outcome
     assert steps(outcome[0]) == [0, 6, 12]
+
+
+def test_a_watch_back_from_a_cut_delivers_every_post_of_a_key_made_meanwhile(
+        own_etcd: str, proxy: CuttableProxy, isolated: None) -> None:
+    date = "20240305"
+    direct = Store([own_etcd])
+    listener_store = Store([proxy.url], timeout=2.0)
+    collector = Collector(listener_store, day(listener_store, date))
+    time.sleep(0.5)
+    direct.notify(mars(0, date), location="file:///a")
+    deadline = time.monotonic() + BOUND
+    while not collector.received and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    proxy.cut()  # the watch resumes with the history it missed, several puts of one key in one answer
+    direct.notify(mars(0, date), location="file:///b")
+    direct.notify(mars(6, date))
+    direct.notify(mars(0, date), location="file:///c")
+    proxy.restore()
+    received = collector.until(4)
+
+    assert [(int(n.request["step"]), n.location) for n in received] == [
+        (0, "file:///a"), (0, "file:///b"), (6, None), (0, "file:///c")]
