@@ -23,10 +23,11 @@ import yaml
 from . import __version__, server
 from .config import resolve_config
 from .errors import AvisoWorkflowsError, ValidationError, WaitTimeout
-from .listen import Cursor, Position, listen, replay
+from .listen import Cursor, Position, listen
 from .listeners import load_listener_file
 from .request import Request, check_timeout, parse_pairs
 from .schema import to_pyaviso_document
+from .status_chain import replay
 from .store import Notification, Store
 
 log = logging.getLogger("aviso_workflows")

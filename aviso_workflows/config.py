@@ -82,8 +82,6 @@ class StoreConfig:
     client_key: str | None = None
     schema_files: tuple[str, ...] = ()
     max_txn_ops: int = 128
-    #: A key posted again with the same value within this many revisions is a repeat: listeners skip it.
-    dedupe_window: int = 100_000
 
     def __post_init__(self) -> None:
         if not self.endpoints:
@@ -97,9 +95,6 @@ class StoreConfig:
             raise ValidationError("poll_interval", self.poll_interval, "expected a positive number of seconds")
         _check_credentials(self)
         _check_tls_files(self)
-        if not (isinstance(self.dedupe_window, int) and self.dedupe_window >= 0):
-            raise ValidationError("dedupe_window", self.dedupe_window,
-                                  "expected a whole number of revisions (0 turns deduplication off)")
 
     def __repr__(self) -> str:
         shown = {f.name: getattr(self, f.name) for f in fields(self) if f.repr}

@@ -63,25 +63,31 @@ class KeyValue:
     create_revision: int = 0
     version: int = 0
     lease: int = 0
-    #: The key's previous value and revision, when a watch reported them (None/0: unknown or a new key).
-    prev_value: str | None = None
-    prev_mod_revision: int = 0
 
     @classmethod
-    def from_json(cls, kv: dict[str, Any], prev_kv: dict[str, Any] | None = None) -> KeyValue:
-        """From the gateway's JSON (``prev_kv``: the previous version a watch event carries)."""
+    def from_json(cls, kv: dict[str, Any]) -> KeyValue:
+        """From the gateway's JSON."""
         return cls(key=unb64(kv.get("key")), value=unb64(kv.get("value")), mod_revision=int(kv.get("mod_revision", 0)),
                    create_revision=int(kv.get("create_revision", 0)), version=int(kv.get("version", 0)),
-                   lease=int(kv.get("lease", 0)), prev_value=unb64(prev_kv.get("value")) if prev_kv else None,
-                   prev_mod_revision=int(prev_kv.get("mod_revision", 0)) if prev_kv else 0)
+                   lease=int(kv.get("lease", 0)))
 
 
 @dataclass(frozen=True)
 class WatchBatch:
-    """Events of one watch response: puts (deletes are left out) and the revision it reports."""
+    """Events of one watch response: puts (deletes are left out) and the revision it reports.
+
+    ``kind`` is ``created`` (etcd confirmed the watch), ``events``, or ``progress``: etcd says every
+    event up to ``revision`` was sent (progress notifications), so a quiet watch can move its start.
+    """
 
     puts: list[KeyValue]
     revision: int
+    kind: str = "events"
+
+    @property
+    def is_progress(self) -> bool:
+        """Everything up to ``revision`` has been delivered."""
+        return self.kind == "progress"
 
 
 def range_op(key: str, *, prefix_of: str | None = None, limit: int = 0, revision: int = 0,
@@ -315,8 +321,7 @@ class EtcdGateway:
     def watch(self, prefix: str, start_revision: int, *, idle_timeout: float = 30.0) -> WatchStream:
         """A watch on a prefix from ``start_revision``; read it by iterating, stop it with ``close()``."""
         body = {"create_request": {"key": b64(prefix), "range_end": _range_end_b64(prefix),
-                                   "start_revision": start_revision, "progress_notify": True,
-                                   "prev_kv": True}}
+                                   "start_revision": start_revision, "progress_notify": True}}
         response = self.post("watch", body, stream=True, timeout=(self.config.timeout, idle_timeout))
         return WatchStream(response, start_revision, idle_timeout)
 
@@ -390,10 +395,12 @@ class WatchStream:
             raise StoreError(f"etcd watch canceled: {reason}")
         if result.get("created"):
             self.created = True
-            return WatchBatch([], revision)
-        puts = [KeyValue.from_json(e["kv"], e.get("prev_kv")) for e in result.get("events", [])
-                if e.get("type", "PUT") == "PUT"]
-        return WatchBatch(puts, revision)
+            return WatchBatch([], revision, "created")
+        events = result.get("events", [])
+        if not events:
+            return WatchBatch([], revision, "progress")
+        puts = [KeyValue.from_json(e["kv"]) for e in events if e.get("type", "PUT") == "PUT"]
+        return WatchBatch(puts, max((int(e["kv"].get("mod_revision", 0)) for e in events), default=revision))
 
 
 def _short(error: Exception) -> str:

@@ -22,6 +22,8 @@ from .etcd import wait_until_ready
 STATE_FILE = "server.json"
 START_SECONDS = 30.0
 STOP_SECONDS = 20.0
+#: How often the embedded etcd tells quiet watches how far the store has moved.
+PROGRESS_INTERVAL = "30s"
 
 
 class ServerError(AvisoWorkflowsError):
@@ -110,6 +112,9 @@ def _command(info: ServerInfo) -> list[str]:
         "--initial-advertise-peer-urls", info.peer_url,
         "--initial-cluster", f"aviso-workflows={info.peer_url}",
         "--log-level", "warn",
+        # quiet watches learn every PROGRESS_INTERVAL that nothing happened, so they move on with the
+        # store instead of reconnecting to replay stale history (etcd's default is every 10 minutes)
+        "--experimental-watch-progress-notify-interval", PROGRESS_INTERVAL,
     ]
 
 

@@ -13,81 +13,30 @@ import getpass
 import json
 import logging
 import os
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import __version__
 from .config import StoreConfig, resolve_config
-from .errors import NotForwarded, PermissionDenied, StoreError
+from .errors import HistoryCompacted, NotForwarded, PermissionDenied, StoreError
 from .etcd import EtcdGateway, KeyValue, b64, range_op
+from .listen import listen
+from .notification import NO_PAYLOAD, Notification, in_order, notification_from_kv
 from .request import Request, check_fields, check_location, check_timeout, check_ttl, split_event
 from .schema import EventSchema, SchemaRegistry
+from .wait import wait
 
 log = logging.getLogger(__name__)
 DATE_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
-NO_PAYLOAD = "None"
 STATUS_RETRIES = 50
-
-
-@dataclass(frozen=True)
-class Notification:
-    """One "data available" notification as read from the store."""
-
-    event: str
-    request: dict[str, str]
-    location: str | None
-    key: str
-    revision: int
-    #: How many times the key was written (1: first post); not part of the notification's identity.
-    version: int = field(default=1, compare=False)
-
-    @property
-    def value(self) -> str:
-        """The stored value: the location, or the literal ``None``."""
-        return self.location if self.location is not None else NO_PAYLOAD
-
-    def to_dict(self) -> dict[str, Any]:
-        """pyaviso's notification dict (``event``, ``request``, ``location`` if any) plus key and revision."""
-        data: dict[str, Any] = {"event": self.event, "request": dict(self.request)}
-        if self.location is not None:
-            data["location"] = self.location
-        data.update(key=self.key, revision=self.revision)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Notification:
-        """Inverse of :meth:`to_dict`."""
-        return cls(event=str(data["event"]), request=dict(data["request"]), location=data.get("location"),
-                   key=str(data["key"]), revision=int(data["revision"]))
-
-    @property
-    def order(self) -> tuple[int, str]:
-        """Position in the store's history: revision, then key within one transaction."""
-        return self.revision, self.key
-
-
-_REPORTED_LAYOUTS: set[str] = set()
-
-
-def notification_from_kv(request: Request, kv: KeyValue) -> Notification | None:
-    """The notification held by ``kv`` if it is a data key that ``request`` matches."""
-    fields = request.schema.parse_key(kv.key)
-    if fields is None:
-        _report_foreign_key(request.event, kv.key)
-        return None
-    if not request.matches(fields):
-        return None
-    location = None if kv.value == NO_PAYLOAD else kv.value
-    return Notification(request.event, fields, location, kv.key, kv.mod_revision, kv.version or 1)
-
-
-def _report_foreign_key(event: str, key: str) -> None:
-    """Log once per event that keys of another layout are skipped (status keys end with '/' and are expected)."""
-    if key.endswith("/") or event in _REPORTED_LAYOUTS:
-        return
-    _REPORTED_LAYOUTS.add(event)
-    log.warning("skipping keys that do not follow the layout of event %r, such as %s", event, key)
+#: Statuses read at most, walking a status chain back to learn whether a notify whose answer was lost committed.
+STATUS_WALK_LIMIT = 10_000
+#: Status keys for which a possible repeated notify was reported (the warning is given once per key).
+_UNVERIFIED_STATUS_KEYS: set[str] = set()
+#: Tries of a pinned read whose revision was compacted away while it was read.
+PINNED_READ_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -200,8 +149,10 @@ class Store:
             previous = self._last_status[batch.status_key]
         else:
             _, previous = self.gateway.get(batch.status_key)
+        # One id for every attempt of this batch: it tells our own status from another writer's on the chain.
+        notify_id = uuid.uuid4().hex
         for _ in range(STATUS_RETRIES):
-            status = json.dumps(self._status(previous, text))
+            status = json.dumps({**self._status(previous, text), "notify_id": notify_id})
             puts = [*batch.puts, (batch.status_key, status), *((k, NO_PAYLOAD) for k in batch.admin_keys)]
             answer = self.gateway.txn([_unchanged(batch.status_key, previous)], [_put(k, v, lease) for k, v in puts],
                                       [{"request_range": range_op(batch.status_key)}])
@@ -209,8 +160,69 @@ class Store:
                 revision = int(answer["header"]["revision"])
                 self._last_status[batch.status_key] = KeyValue(batch.status_key, status, revision)
                 return revision
-            previous = _status_in(answer)
+            current = _status_in(answer)
+            # The gateway re-sends a transaction whose answer was lost: the status may have moved by our own commit.
+            committed = self._committed_revision(batch.status_key, previous, current, notify_id)
+            if committed is not None:
+                self._last_status[batch.status_key] = current
+                return committed
+            previous = current
         raise StoreError(f"status key {batch.status_key} kept changing; gave up after {STATUS_RETRIES} attempts")
+
+    def _committed_revision(self, key: str, previous: KeyValue | None, current: KeyValue | None,
+                            notify_id: str) -> int | None:
+        """The revision of our status if it is the one written right after ``previous`` (None: not ours)."""
+        try:
+            after = self._status_after(key, previous, current)
+        except HistoryCompacted:
+            self._warn_possible_repeat(key, "the history of the status key is compacted")
+            return None
+        if after is None or self._status_record(after).get("notify_id") != notify_id:
+            return None
+        log.info("a transaction on %s committed at revision %d before its answer was lost; not written again",
+                 key, after.mod_revision)
+        return after.mod_revision
+
+    def _status_after(self, key: str, previous: KeyValue | None, current: KeyValue | None) -> KeyValue | None:
+        """The status whose ``prev_rev`` is ``previous`` (or the first one, when there was none), found by
+        walking prev_rev back from ``current``; None if the chain does not lead back to ``previous``."""
+        floor = previous.mod_revision if previous is not None else 0
+        status = current
+        for _ in range(STATUS_WALK_LIMIT):
+            if status is None or status.mod_revision <= floor:
+                return None
+            prev_rev = self._prev_rev(status)
+            if prev_rev is None:  # the start of a chain: ours only if the key did not exist when we compared
+                return status if previous is None else None
+            if prev_rev <= floor:  # below ``previous``: the chain skipped it (it cannot be ours)
+                return status if prev_rev == floor and previous is not None else None
+            _, status = self.gateway.get(key, revision=prev_rev)
+        self._warn_possible_repeat(key, f"more than {STATUS_WALK_LIMIT} statuses were written since")
+        return None
+
+    @staticmethod
+    def _status_record(status: KeyValue) -> dict[str, Any]:
+        """The JSON of a status; empty if another writer put something else there."""
+        try:
+            record = json.loads(status.value)
+        except ValueError:
+            return {}
+        return record if isinstance(record, dict) else {}
+
+    @classmethod
+    def _prev_rev(cls, status: KeyValue) -> int | None:
+        """The revision of the status before ``status`` (None: the first of its chain, or unreadable)."""
+        prev_rev = cls._status_record(status).get("prev_rev")
+        return prev_rev if isinstance(prev_rev, int) and not isinstance(prev_rev, bool) else None
+
+    @staticmethod
+    def _warn_possible_repeat(key: str, reason: str) -> None:
+        """Say once per status key that a notify may be written twice: whether it had committed is unknown."""
+        if key in _UNVERIFIED_STATUS_KEYS:
+            return
+        _UNVERIFIED_STATUS_KEYS.add(key)
+        log.warning("a notify on %s may be written twice (a repeat cannot be ruled out): the answer of a "
+                    "transaction was lost and %s, so whether it committed cannot be checked", key, reason)
 
     def _status(self, previous: KeyValue | None, message: str) -> dict[str, Any]:
         now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
@@ -242,8 +254,8 @@ class Store:
     def read(self, request: Request, *, min_revision: int = 0) -> tuple[int, list[Notification]]:
         """Notifications that exist now for ``request`` (modified at or after ``min_revision``).
 
-        Returns the revision the read saw (the earliest, when it took several transactions) and the
-        notifications in store order (revision, then key). Ranges are read 128 per transaction.
+        Returns the revision read and the notifications in store order. Ranges are read 128 per
+        transaction, every one pinned to the revision of the first: one consistent snapshot.
         """
         return self.read_many([request], min_revision=min_revision)[0]
 
@@ -251,25 +263,44 @@ class Store:
                   min_revision: int = 0) -> list[tuple[int, list[Notification]]]:
         """:meth:`read` of several requests at once: their ranges share transactions (for many waiters)."""
         prefixes = list(dict.fromkeys(p for request in requests for p in request.read_prefixes()))
-        kvs: dict[str, KeyValue] = {}
-        first_revision = 0
+        revision, kvs = self.read_prefixes(prefixes, min_revision=min_revision)
+        by_key = {kv.key: kv for kv in kvs}
+        return [(revision, _matching_notifications(request, by_key)) for request in requests]
+
+    def read_prefixes(self, prefixes: Sequence[str], *, min_revision: int = 0,
+                      revision: int = 0) -> tuple[int, list[KeyValue]]:
+        """Every key under ``prefixes`` as the store held them at one revision (``revision``, else now).
+
+        A read of many prefixes takes several transactions; all are pinned to the revision of the
+        first, so a post landing between two of them is in none (it comes through the watch after).
+        """
+        for attempt in range(PINNED_READ_ATTEMPTS):
+            try:
+                return self._read_pinned(list(prefixes), min_revision, revision)
+            except HistoryCompacted:
+                if revision or attempt == PINNED_READ_ATTEMPTS - 1:  # a revision asked for is gone for good
+                    raise
+        raise AssertionError("unreachable")
+
+    def _read_pinned(self, prefixes: list[str], min_revision: int, revision: int) -> tuple[int, list[KeyValue]]:
+        found: list[KeyValue] = []
         step = self.config.max_txn_ops
         for start in range(0, len(prefixes), step):
-            revision, chunk = self._read_ranges(prefixes[start:start + step], min_revision)
-            first_revision = first_revision or revision
-            kvs.update((kv.key, kv) for kv in chunk)
-        return [(first_revision, _matching_notifications(request, kvs)) for request in requests]
+            revision, chunk = self._read_ranges(prefixes[start:start + step], min_revision, revision)
+            found.extend(chunk)
+        return revision or self.current_revision(), found
 
-    def _read_ranges(self, prefixes: list[str], min_revision: int) -> tuple[int, list[KeyValue]]:
+    def _read_ranges(self, prefixes: list[str], min_revision: int, revision: int) -> tuple[int, list[KeyValue]]:
         if len(prefixes) == 1 or not self._reads_in_txn:
-            return self._read_each(prefixes, min_revision)
-        ops = [{"request_range": range_op(p, prefix_of=p, min_mod_revision=min_revision)} for p in prefixes]
+            return self._read_each(prefixes, min_revision, revision)
+        ops = [{"request_range": range_op(p, prefix_of=p, min_mod_revision=min_revision, revision=revision)}
+               for p in prefixes]
         try:
             answer = self.gateway.txn([], ops)
         except NotForwarded:  # a proxy that forwards only kv/range
             self._reads_in_txn = False
-            return self._read_each(prefixes, min_revision)
-        revision = int(answer["header"]["revision"])
+            return self._read_each(prefixes, min_revision, revision)
+        revision = revision or int(answer["header"]["revision"])
         kvs: list[KeyValue] = []
         for prefix, response in zip(prefixes, answer.get("responses", [])):
             body = response.get("response_range", {})
@@ -279,14 +310,13 @@ class Store:
                 kvs.extend(KeyValue.from_json(kv) for kv in body.get("kvs", []))
         return revision, kvs
 
-    def _read_each(self, prefixes: list[str], min_revision: int) -> tuple[int, list[KeyValue]]:
-        """One range per prefix; returns the earliest revision read."""
-        first_revision, kvs = 0, list[KeyValue]()
+    def _read_each(self, prefixes: list[str], min_revision: int, revision: int) -> tuple[int, list[KeyValue]]:
+        """One range per prefix, each at the revision of the first."""
+        kvs: list[KeyValue] = []
         for prefix in prefixes:
-            revision, found = self.gateway.range_all(prefix, min_mod_revision=min_revision)
-            first_revision = min(first_revision or revision, revision)
+            revision, found = self.gateway.range_all(prefix, revision=revision, min_mod_revision=min_revision)
             kvs.extend(found)
-        return first_revision, kvs
+        return revision, kvs
 
     def get(self, event: str | Request | Mapping[str, Any], raw: Mapping[str, Any] | None = None) -> list[Notification]:
         """Notifications that exist now for a request (wildcards allowed except the base fields)."""
@@ -309,15 +339,11 @@ class Store:
              mode: str = "all", timeout: float | None = None,
              on_progress: Callable[[int, int, Notification], None] | None = None) -> list[Notification]:
         """Block until every key of the request exists (``mode="any"``: one matching key); see listen.wait."""
-        from .listen import wait
-
         return wait(self, self.request(event, raw), mode=mode, timeout=check_timeout(timeout),
                     on_progress=on_progress)
 
     def listen(self, requests: Request | Iterable[Request], **options: Any) -> Iterator[Notification]:
         """Notifications as they are written, in store order; see listen.listen."""
-        from .listen import listen
-
         return listen(self, [requests] if isinstance(requests, Request) else list(requests), **options)
 
 
@@ -328,7 +354,7 @@ def _matching_notifications(request: Request, kvs: Mapping[str, KeyValue]) -> li
     else:
         candidates = list(kvs.values())
     found = (notification_from_kv(request, kv) for kv in candidates)
-    return sorted((n for n in found if n is not None), key=lambda n: n.order)
+    return in_order([n for n in found if n is not None])
 
 
 def _status_in(failed_txn: dict[str, Any]) -> KeyValue | None:

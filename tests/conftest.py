@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tcp_proxy import TcpProxy
 
 from aviso_workflows import Store, server
 
@@ -27,6 +28,13 @@ def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[server.Ser
 def etcd_url(etcd_server: server.ServerInfo) -> str:
     """Client URL of the session's etcd, e.g. http://127.0.0.1:PORT."""
     return etcd_server.client_url
+
+
+@pytest.fixture
+def delaying_proxy(etcd_url: str) -> Iterator[TcpProxy]:
+    """A TCP proxy process (no delay yet) in front of the session's etcd; ``set_delay`` slows etcd's answers."""
+    with TcpProxy.start(etcd_url) as proxy:
+        yield proxy
 
 
 @pytest.fixture

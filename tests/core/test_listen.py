@@ -12,7 +12,8 @@ from core_helpers import WAIT_BOUND, destination_for, diss, joined, mars
 from threads import run_in_thread
 
 from aviso_workflows import Notification, Store
-from aviso_workflows.listen import Cursor, Position, listen, replay
+from aviso_workflows.listen import Cursor, Position, listen
+from aviso_workflows.status_chain import replay
 
 
 def _take(stream: Iterator[Notification], count: int) -> list[Notification]:
@@ -116,8 +117,8 @@ def test_replay_over_the_status_chain(store: Store, unique_date: str) -> None:
     store.notify(mars(unique_date, step="6/12"), location="b")
     store.notify(mars(unique_date, step=0, time=12))  # another forecast: filtered out
     window = replay(store, [request], _now() - dt.timedelta(minutes=1), _now() + dt.timedelta(minutes=1))
-    # by revision, then by key within one transaction (step=12 sorts before step=6)
-    assert [(n.request["step"], n.location) for n in window] == [("0", "a"), ("12", "b"), ("6", "b")]
+    # by revision, then by the values of the keys within one transaction (steps by number)
+    assert [(n.request["step"], n.location) for n in window] == [("0", "a"), ("6", "b"), ("12", "b")]
     every_time = store.request(mars(unique_date, step=None, time=None))
     assert [n.request["time"] for n in replay(store, [every_time], _now() - dt.timedelta(minutes=1))] == [
         "00", "00", "00", "12"]

@@ -9,7 +9,7 @@ import pytest
 from core_helpers import destination_for, diss, everything, mars, mars_key
 
 from aviso_workflows import Store
-from aviso_workflows import store as store_module
+from aviso_workflows import notification as notification_module
 from aviso_workflows.etcd import PAGE_SIZE
 
 
@@ -37,7 +37,7 @@ def test_range_reads_paginate_past_10000_keys(store: Store, unique_date: str) ->
 
 def test_status_key_and_foreign_keys_are_skipped(store: Store, unique_date: str, caplog: pytest.LogCaptureFixture,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(store_module, "_REPORTED_LAYOUTS", set())
+    monkeypatch.setattr(notification_module, "_REPORTED_LAYOUTS", set())
     destination = destination_for(unique_date)
     store.notify(diss(unique_date, destination=destination, step="0/6"))
     base = f"/ec/diss/{destination}/"

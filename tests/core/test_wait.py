@@ -42,13 +42,13 @@ def test_released_at_once_every_time(store: Store, unique_date: str) -> None:
 def test_short_timeout_with_a_slow_etcd_is_a_timeout(store: Store, unique_date: str,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """etcd answering slowly (e.g. a slow disk) makes a short wait time out, not report etcd unreachable."""
-    start_revision = PrefixWatch._start_revision
+    first_revision = PrefixWatch.first_revision
 
     def slow(watch: PrefixWatch) -> int:
         time.sleep(0.4)
-        return start_revision(watch)
+        return first_revision(watch)
 
-    monkeypatch.setattr(PrefixWatch, "_start_revision", slow)
+    monkeypatch.setattr(PrefixWatch, "first_revision", slow)
     with pytest.raises(WaitTimeout):
         store.wait(mars(unique_date), timeout=0.1)
 

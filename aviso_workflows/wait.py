@@ -1,0 +1,386 @@
+"""Waits: released once the keys of a request exist, at once for data posted long ago.
+
+A wait joins the process's shared watch on the prefix its keys live under, reads what exists (every
+range pinned to one revision) once the watch knows where it starts, then takes what the watch sees
+after that read. The follower does the bookkeeping; this module only moves data in and out of it, in
+a thread (:func:`wait`) or in an asyncio loop without a thread of its own (:func:`wait_async`).
+
+An outage — at the first read as later on — is ridden out within the wait's own timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from .errors import StoreUnavailable, ValidationError, WaitTimeout
+from .etcd import KeyValue
+from .follow import Feed, Follower
+from .notification import Notification
+from .position import Position
+from .request import Request
+from .watch import HUB, PrefixWatch, Subscriber, covering_prefix, one_line
+
+if TYPE_CHECKING:
+    from .store import Store
+
+log = logging.getLogger(__name__)
+#: Feeds a waiter's inbox holds; beyond that it forgets them and reads again (memory stays bounded).
+INBOX_LIMIT = 1_000
+#: Pauses between attempts of a first read that met an outage.
+READ_RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0)
+#: A bound on those attempts besides the wait's own timeout (about a month at the longest pause).
+MAX_READ_ATTEMPTS = 1_300_000
+
+Read = tuple[int, list[Notification]]
+RESYNC = Feed("resync", 0)
+
+
+class _Found:
+    """What a wait has found so far, and whether that releases it."""
+
+    def __init__(self, request: Request, mode: str, known: Iterable[Notification],
+                 on_progress: Callable[[int, int, Notification], None] | None) -> None:
+        if mode not in ("all", "any"):
+            raise ValidationError("mode", mode, "expected 'all' or 'any'")
+        if mode == "all":
+            request.require_complete("waiting for all keys")
+        self.request = request
+        self.mode = mode
+        self.wanted = request.keys() if request.is_complete else None
+        self.total = len(self.wanted) if self.wanted is not None else 1
+        self.on_progress = on_progress
+        self.found: dict[str, Notification] = {n.key: n for n in known}
+
+    def add(self, notifications: Iterable[Notification]) -> bool:
+        """Count new notifications (in history order); True when the wait is released."""
+        for notification in notifications:
+            if notification.key not in self.found:
+                self.found[notification.key] = notification
+                if self.on_progress is not None:
+                    self.on_progress(len(self.found), self.total, notification)
+        return len(self.found) >= self.total if self.mode == "all" else bool(self.found)
+
+    def ordered(self) -> list[Notification]:
+        """Found notifications in history order."""
+        return sorted(self.found.values(), key=lambda n: n.order)
+
+    def timed_out(self, timeout: float | None, outage: Exception | None = None) -> WaitTimeout:
+        """The error of a wait that ran out of time (``outage``: why etcd could not be read meanwhile)."""
+        why = f"; etcd could not be read: {one_line(outage)}" if outage is not None else ""
+        return WaitTimeout(f"timed out after {timeout:g} s with {len(self.found)}/{self.total} available for "
+                           f"{self.request}{why}", self.ordered())
+
+
+class _Deadline:
+    """When a wait gives up (never, without a timeout)."""
+
+    def __init__(self, timeout: float | None) -> None:
+        self.timeout = timeout
+        self.at = None if timeout is None else time.monotonic() + timeout
+
+    @property
+    def remaining(self) -> float | None:
+        return None if self.at is None else self.at - time.monotonic()
+
+    @property
+    def passed(self) -> bool:
+        remaining = self.remaining
+        return remaining is not None and remaining <= 0
+
+    def blocking(self) -> float | None:
+        """How long to block for the next event: until the deadline (never negative), or without end."""
+        remaining = self.remaining
+        return None if remaining is None else max(0.0, remaining)
+
+    def slice(self, longest: float) -> float:
+        """How long to block now: at most ``longest``, and not past the deadline."""
+        remaining = self.remaining
+        return longest if remaining is None else max(0.0, min(longest, remaining))
+
+
+class _Inbox:
+    """A subscriber that queues what the shared watch sees for a waiting thread (bounded)."""
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue[Feed] = queue.Queue()
+
+    def _put(self, feed: Feed) -> None:
+        if self.queue.qsize() >= INBOX_LIMIT:  # too far behind: forget what is queued and read again
+            _empty(self.queue)
+            feed = RESYNC
+        self.queue.put(feed)
+
+    def on_puts(self, puts: list[KeyValue], revision: int) -> None:
+        self._put(Feed("events", revision, puts))
+
+    def on_resync(self) -> None:
+        self._put(RESYNC)
+
+    def on_failure(self, error: Exception) -> None:
+        self._put(Feed("failure", 0, error=error))
+
+    def get(self, timeout: float | None) -> Feed | None:
+        try:
+            return self.queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+
+def _empty(items: queue.Queue[Feed]) -> None:
+    for _ in range(items.qsize()):
+        try:
+            items.get_nowait()
+        except queue.Empty:
+            return
+
+
+class _AsyncInbox:
+    """A subscriber that hands what the shared watch sees to an asyncio loop (no thread per waiter)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.queue: asyncio.Queue[Feed] = asyncio.Queue()
+
+    def _put(self, feed: Feed) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self._queue_up, feed)
+        except RuntimeError:  # the loop is closed: the waiter is gone
+            pass
+
+    def _queue_up(self, feed: Feed) -> None:  # on the loop
+        if self.queue.qsize() >= INBOX_LIMIT:
+            while not self.queue.empty():
+                self.queue.get_nowait()
+            feed = RESYNC
+        self.queue.put_nowait(feed)
+
+    def on_puts(self, puts: list[KeyValue], revision: int) -> None:
+        self._put(Feed("events", revision, puts))
+
+    def on_resync(self) -> None:
+        self._put(RESYNC)
+
+    def on_failure(self, error: Exception) -> None:
+        self._put(Feed("failure", 0, error=error))
+
+
+def _watched_prefix(request: Request) -> str:
+    return covering_prefix(request.status_keys())
+
+
+def _follower(request: Request) -> Follower:
+    return Follower([request], Position(0), capacity=None, label=f"wait for {request}")
+
+
+def _take(follower: Follower, feed: Feed) -> bool:
+    """Feed the follower; True if the wait must read again instead (history compacted, or too far behind)."""
+    if feed.kind == "resync":
+        return True
+    follower.feed(feed)
+    return False
+
+
+class _OutageReport:
+    """One WARNING when a wait's read meets an outage, one INFO when a read works again."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.failures = 0
+
+    def failed(self, error: StoreUnavailable, deadline: _Deadline) -> float:
+        """Report the failure (once); returns how long to pause, or raises it when out of attempts."""
+        if self.failures >= MAX_READ_ATTEMPTS:
+            raise error
+        if not self.failures:
+            until = "its timeout" if deadline.timeout is not None else "it is reachable"
+            log.warning("a wait cannot read etcd now (%s); trying again until %s", one_line(error), until)
+        pause = READ_RETRY_DELAYS[min(self.failures, len(READ_RETRY_DELAYS) - 1)]
+        self.failures += 1
+        return deadline.slice(pause)
+
+    def succeeded(self) -> None:
+        if self.failures:
+            log.info("a wait reads etcd again after %d failed attempts", self.failures)
+            self.failures = 0
+
+
+def _read(store: Store, request: Request, follower: Follower, deadline: _Deadline, found: _Found) -> None:
+    """Read what exists into the follower, riding out an outage until the deadline."""
+    report = _OutageReport(store)
+    for _ in itertools.count():
+        try:
+            revision, notifications = store.read(request, min_revision=follower.frontier.resume_revision)
+        except StoreUnavailable as error:
+            pause = report.failed(error, deadline)
+            if deadline.passed:
+                raise found.timed_out(deadline.timeout, error) from None
+            time.sleep(pause)
+            continue
+        report.succeeded()
+        follower.on_found(notifications, revision)
+        return
+
+
+def _until_ready(watch: PrefixWatch, deadline: _Deadline, found: _Found, patience: float) -> None:
+    """Block until the shared watch knows its start; a wait may not read before (bounded by the deadline,
+    but etcd gets its usual request timeout even when the wait's own is shorter)."""
+    limit = _Deadline(None if deadline.timeout is None else max(deadline.timeout, patience))
+    while not watch.wait_ready(limit.slice(1.0)):
+        if limit.passed:
+            raise found.timed_out(deadline.timeout, watch.last_error)
+
+
+def wait(store: Store, request: Request, *, mode: str = "all", timeout: float | None = None,
+         known: Iterable[Notification] = (),
+         on_progress: Callable[[int, int, Notification], None] | None = None) -> list[Notification]:
+    """Block until every key of ``request`` exists (``mode="any"``: at least one matching key).
+
+    Returns the notifications found, in history order. Keys already posted are found at once; the
+    rest within milliseconds of their post. Raises WaitTimeout (with ``found``) after ``timeout``
+    seconds. ``known`` notifications (found earlier) count as found already.
+    """
+    found, follower, inbox = _Found(request, mode, known, on_progress), _follower(request), _Inbox()
+    deadline = _Deadline(timeout)
+    prefix = _watched_prefix(request)
+    watch = HUB.join(store.config, prefix, inbox, found.wanted)
+    try:
+        _until_ready(watch, deadline, found, store.config.timeout)
+        _read(store, request, follower, deadline, found)
+        while not found.add(follower.drain()):
+            if deadline.passed:
+                raise found.timed_out(timeout)
+            feed = inbox.get(deadline.blocking())
+            if feed is not None and _take(follower, feed):
+                _read(store, request, follower, deadline, found)
+        return found.ordered()
+    finally:
+        _leave(store, prefix, inbox)
+
+
+def _leave(store: Store, prefix: str, subscriber: Subscriber) -> None:
+    ended = HUB.leave(store.config, prefix, subscriber)
+    if ended is not None:
+        ended.stop()
+
+
+# -- asyncio ---------------------------------------------------------------------------------------
+#: The threads reading the store for asyncio waiters: few, so their keep-alive connections to etcd are few.
+_READERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="aviso-read")
+#: The thread stopping shared watches for asyncio waiters (never the loop's own thread).
+_WATCH_KEEPERS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aviso-watch-keeper")
+
+
+class _ReadBatch:
+    """The reads of the asyncio waiters of one loop and store, gathered into shared transactions.
+
+    A waiter's read joins the batch being gathered; one worker thread reads a whole batch while the
+    next one gathers, so a thousand triggers starting together cost a few transactions, not a
+    thousand requests.
+    """
+
+    _batches: dict[tuple[asyncio.AbstractEventLoop, Any], _ReadBatch] = {}
+    _lock = threading.Lock()
+
+    def __init__(self, store: Store, loop: asyncio.AbstractEventLoop) -> None:
+        self.store = store
+        self.loop = loop
+        self.pending: list[tuple[Request, asyncio.Future[Read]]] = []
+        self.draining: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def read(cls, store: Store, request: Request) -> Read:
+        """What :meth:`Store.read` returns for ``request``, read together with the other waiters' requests."""
+        loop = asyncio.get_running_loop()
+        with cls._lock:
+            for stale in [key for key in cls._batches if key[0].is_closed()]:
+                del cls._batches[stale]
+            batch = cls._batches.setdefault((loop, (store.config.identity, store.config.max_txn_ops)),
+                                            cls(store, loop))
+        future: asyncio.Future[Read] = loop.create_future()
+        batch.pending.append((request, future))
+        if batch.draining is None or batch.draining.done():
+            batch.draining = loop.create_task(batch._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        while self.pending:
+            taken, self.pending = self.pending, []
+            try:
+                answers = await self.loop.run_in_executor(_READERS, self.store.read_many, [r for r, _ in taken])
+            except Exception as error:  # noqa: BLE001 - every waiter of the batch gets the read's error
+                for _, future in taken:
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            for (_, future), answer in zip(taken, answers):
+                if not future.done():
+                    future.set_result(answer)
+
+
+async def _read_async(store: Store, request: Request, follower: Follower, deadline: _Deadline,
+                      found: _Found) -> None:
+    """:func:`_read` in a shared read of the loop's waiters; the pauses are the loop's, not a thread's."""
+    report = _OutageReport(store)
+    for _ in itertools.count():
+        try:
+            revision, notifications = await _ReadBatch.read(store, request)
+        except StoreUnavailable as error:
+            pause = report.failed(error, deadline)
+            if deadline.passed:
+                raise found.timed_out(deadline.timeout, error) from None
+            await asyncio.sleep(pause)
+            continue
+        report.succeeded()
+        follower.on_found(notifications, revision)
+        return
+
+
+async def _until_ready_async(watch: PrefixWatch, deadline: _Deadline, found: _Found, patience: float) -> None:
+    """:func:`_until_ready` without blocking the loop: look, and sleep a little longer each time."""
+    limit = _Deadline(None if deadline.timeout is None else max(deadline.timeout, patience))
+    pause = 0.002
+    while not watch.wait_ready(0) and not limit.passed:
+        await asyncio.sleep(limit.slice(pause))
+        pause = min(2 * pause, 0.1)
+    if limit.passed and not watch.ready:
+        raise found.timed_out(deadline.timeout, watch.last_error)
+
+
+async def wait_async(store: Store, request: Request, *, mode: str = "all", timeout: float | None = None,
+                     known: Iterable[Notification] = (),
+                     on_progress: Callable[[int, int, Notification], None] | None = None) -> list[Notification]:
+    """The asyncio form of :func:`wait`, for triggers: the shared watch feeds an asyncio queue, and
+    the reads of waiters starting together share transactions in a worker thread, so thousands of
+    waiters need no thread of their own and open no connection of their own.
+    """
+    found, follower = _Found(request, mode, known, on_progress), _follower(request)
+    inbox = _AsyncInbox(asyncio.get_running_loop())
+    deadline = _Deadline(timeout)
+    prefix = _watched_prefix(request)
+    watch = HUB.join(store.config, prefix, inbox, found.wanted)  # no I/O: a new watch starts in its own thread
+    try:
+        await _until_ready_async(watch, deadline, found, store.config.timeout)
+        await _read_async(store, request, follower, deadline, found)
+        while not found.add(follower.drain()):
+            try:
+                feed = await asyncio.wait_for(inbox.queue.get(), deadline.remaining)
+            except TimeoutError:
+                raise found.timed_out(timeout) from None
+            if _take(follower, feed):
+                await _read_async(store, request, follower, deadline, found)
+        return found.ordered()
+    finally:
+        ended = HUB.leave(store.config, prefix, inbox)
+        if ended is not None:
+            await asyncio.get_running_loop().run_in_executor(_WATCH_KEEPERS, ended.stop)
+
+
+__all__ = ["wait", "wait_async"]

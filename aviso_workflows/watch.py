@@ -1,0 +1,465 @@
+"""Sources of history: a thread that follows one etcd prefix and hands what it sees on as feeds.
+
+:class:`WatchLoop` follows a prefix from a revision: through an etcd watch, reconnecting after an
+outage from the revision after the last one seen (one WARNING per outage, one INFO at its end),
+moving on with etcd's progress notifications so that a quiet watch never restarts from stale history,
+and, where a proxy refuses watches, reading the prefix every ``poll_interval`` seconds instead.
+
+Two kinds of loop use it:
+
+- :class:`HistorySource`, one per listener: its feeds go into a bounded :class:`Channel` that the
+  listener's driver (a thread or an asyncio task) empties; a full channel holds the loop back, so a
+  slow listener never piles up what it has not read. Where history was compacted it reads the state
+  at the compaction revision, says so, and goes on from there.
+- :class:`PrefixWatch`, shared by every waiter of a process on one prefix (:data:`HUB`): it fans the
+  puts out to its subscribers without ever waiting on one; a subscriber whose inbox overflows reads
+  again instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+from .config import StoreConfig
+from .errors import HistoryCompacted, NotForwarded, PermissionDenied, StoreError
+from .etcd import EtcdGateway, KeyValue, WatchBatch, WatchIdle
+from .follow import Feed
+from .position import place
+
+log = logging.getLogger(__name__)
+RETRY_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
+#: A watch that hears nothing for this long (no event, no progress notification) is reconnected.
+#: The embedded server sends progress every PROGRESS_INTERVAL; etcd's default is every 10 minutes,
+#: so with other servers a quiet watch reconnects about once a minute, from the last revision seen.
+IDLE_TIMEOUT = 75.0
+#: Seconds a waiting driver sleeps at most before it looks at its stop flag again.
+STOP_CHECK = 0.2
+
+
+def covering_prefix(prefixes: Iterable[str]) -> str:
+    """The longest prefix of every one of ``prefixes``: one watch over it sees all of them, in one order."""
+    items = sorted(set(prefixes))
+    if not items:
+        raise ValueError("no prefix to cover")
+    first, last = items[0], items[-1]
+    length = 0
+    while length < min(len(first), len(last)) and first[length] == last[length]:
+        length += 1
+    return first[:length]
+
+
+class WatchLoop:
+    """Follows one prefix from ``next_revision`` in a thread of its own (see the module's text)."""
+
+    def __init__(self, config: StoreConfig, prefix: str, next_revision: int, label: str) -> None:
+        self.config = config
+        self.prefix = prefix
+        self.label = label
+        self.gateway = EtcdGateway(config)
+        self.next_revision = next_revision
+        #: Goes up at each :meth:`restart`; feeds carry it, so those of an abandoned stream are told apart.
+        self.generation = 0
+        #: True once a proxy refused the watch: the prefix is read every ``poll_interval`` seconds instead.
+        self.polling = False
+        self.connections_opened = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._stream: Any = None
+        self._failures = 0  # attempts failed in a row; the first one was reported
+        #: Why the last attempt failed (None once the watch works again).
+        self.last_error: Exception | None = None
+        self._signed_in_again = False
+        self._thread = threading.Thread(target=self._run, name=f"aviso-watch {prefix}", daemon=True)
+
+    # -- what the kinds of loop decide -----------------------------------------------------------
+    def emit(self, feed: Feed) -> None:
+        """Hand ``feed`` on (may block while the reader is busy; returns early once stopped)."""
+        raise NotImplementedError
+
+    def first_revision(self) -> int:
+        """The revision to start from when none was given (a loop that starts "now")."""
+        return self.gateway.current_revision() + 1
+
+    def compacted(self, error: HistoryCompacted) -> int:
+        """History before ``error.compact_revision`` is gone; returns the revision to watch from next."""
+        raise NotImplementedError
+
+    # -- life ------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start following in the loop's thread."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """End the loop and its thread (bounded)."""
+        self._stop.set()
+        self._close_stream()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+    @property
+    def stopped(self) -> bool:
+        """True once :meth:`stop` was called."""
+        return self._stop.is_set()
+
+    @property
+    def alive(self) -> bool:
+        """False once the loop ended for good (stopped, or refused for good)."""
+        return self._thread.is_alive() and not self._stop.is_set()
+
+    def restart(self, revision: int) -> int:
+        """Follow from ``revision`` instead of where the loop is; returns the new generation."""
+        with self._lock:
+            self.generation += 1
+            self.next_revision = revision
+        self._close_stream()
+        return self.generation
+
+    def _close_stream(self) -> None:
+        stream = self._stream
+        if stream is not None:
+            stream.close()
+
+    # -- the loop --------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if not self.next_revision:
+                    self.next_revision = self.first_revision()
+                self._poll() if self.polling else self._watch()
+            except HistoryCompacted as error:
+                self._recover(error)
+            except NotForwarded as error:
+                log.info("watch on %s refused (%s); reading it every %g s instead", self.prefix, one_line(error),
+                         self.config.poll_interval)
+                self.polling = True
+            except PermissionDenied as error:
+                if not self._may_sign_in_again(error):
+                    self._fail(type(error)(f"{error}; watching {self.prefix}"))
+            except Exception as error:  # noqa: BLE001 - any transport failure: reconnect after a pause
+                if not self._stop.is_set():
+                    self._interrupted(error)
+
+    def _recover(self, error: HistoryCompacted) -> None:
+        """Go on after compacted history; an outage meanwhile is retried like any other."""
+        try:
+            self._advance(self.generation, self.compacted(error))
+        except Exception as failure:  # noqa: BLE001 - the next attempt meets the compaction again
+            if not self._stop.is_set():
+                self._interrupted(failure)
+
+    def _fail(self, error: Exception) -> None:
+        """A refusal that will not change: tell the reader and end."""
+        self.emit(Feed("failure", self.next_revision, generation=self.generation, error=error))
+        self._stop.set()
+
+    def _watch(self) -> None:
+        generation = self.generation
+        stream = self.gateway.watch(self.prefix, self.next_revision, idle_timeout=IDLE_TIMEOUT)
+        self._stream = stream
+        self.connections_opened += 1
+        try:
+            if self._stop.is_set() or generation != self.generation:  # stopped or restarted meanwhile
+                return
+            for batch in stream:
+                self._connected()
+                self._hand_on(batch, generation)
+                if self._stop.is_set() or generation != self.generation:
+                    return
+        finally:
+            self._signed_in_again = self._signed_in_again and not stream.created
+            stream.close()
+            self._stream = None
+
+    def _hand_on(self, batch: WatchBatch, generation: int) -> None:
+        if batch.kind == "events":
+            self.emit(Feed("events", batch.revision, batch.puts, generation))
+        elif batch.is_progress:
+            self.emit(Feed("progress", batch.revision, generation=generation))
+        else:
+            return
+        self._advance(generation, batch.revision + 1)
+
+    def _poll(self) -> None:
+        """Read what changed since ``next_revision`` every ``poll_interval`` seconds, as one snapshot."""
+        while not self._stop.is_set() and self.polling:
+            generation = self.generation
+            revision, kvs = self.gateway.range_all(self.prefix, min_mod_revision=self.next_revision)
+            self._connected()
+            self.emit(Feed("snapshot", revision, kvs, generation))
+            self._advance(generation, revision + 1)
+            self._stop.wait(self.config.poll_interval)
+
+    def _advance(self, generation: int, revision: int) -> None:
+        """Move the next revision on, unless a restart chose another one meanwhile."""
+        with self._lock:
+            if generation == self.generation and revision > self.next_revision:
+                self.next_revision = revision
+
+    def _interrupted(self, error: Exception) -> None:
+        """One warning per outage (an idle stream is routine: debug only), then a growing pause."""
+        self.last_error = error
+        if isinstance(error, WatchIdle) and not self._failures:
+            log.debug("watch on %s idle (%s); reconnecting", self.prefix, one_line(error))
+            return
+        if not self._failures:
+            log.warning("watch on %s interrupted (%s); reconnecting from revision %s", self.prefix,
+                        one_line(error), self.next_revision)
+        else:
+            log.debug("watch on %s still interrupted (%s)", self.prefix, one_line(error))
+        self._stop.wait(RETRY_DELAYS[min(self._failures, len(RETRY_DELAYS) - 1)])
+        self._failures += 1
+
+    def _connected(self) -> None:
+        """The stream works: report the end of an outage once, and start the next one's pauses afresh."""
+        self.last_error = None
+        if self._failures:
+            log.info("watch on %s resumed at revision %s", self.prefix, self.next_revision)
+            self._failures = 0
+
+    def _may_sign_in_again(self, error: PermissionDenied) -> bool:
+        """etcd refuses a watch whose token it no longer knows (expired, or signed before a restart) as
+        "permission denied": sign in again once; a second refusal in a row is a real one.
+        """
+        if not self.config.username or self._signed_in_again or isinstance(error, NotForwarded):
+            return False
+        self._signed_in_again = True
+        self.gateway.forget_token()
+        return True
+
+
+# -- one listener's history ------------------------------------------------------------------------
+class Channel:
+    """A bounded hand-over of feeds from a loop's thread to one reader: a thread, or an asyncio task.
+
+    The loop waits for room (checking whether it should give up), so a slow reader holds the loop
+    back instead of letting feeds pile up.
+    """
+
+    def __init__(self, size: int = 4, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._room = threading.Semaphore(size)
+        self._loop = loop
+        self._items: queue.SimpleQueue[Feed] = queue.SimpleQueue()
+        self._async_items: asyncio.Queue[Feed] | None = asyncio.Queue() if loop is not None else None
+
+    def put(self, feed: Feed, give_up: Callable[[], bool]) -> None:
+        """Hand ``feed`` over once there is room; drop it if ``give_up()`` turns true meanwhile."""
+        while not self._room.acquire(timeout=STOP_CHECK):
+            if give_up():
+                return
+        if self._loop is None or self._async_items is None:
+            self._items.put(feed)
+            return
+        try:
+            self._loop.call_soon_threadsafe(self._async_items.put_nowait, feed)
+        except RuntimeError:  # the reader's loop is closed: nobody reads any more
+            self._room.release()
+
+    def get(self, timeout: float) -> Feed | None:
+        """The next feed, or None after ``timeout`` seconds (for a reading thread)."""
+        try:
+            feed = self._items.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        self._room.release()
+        return feed
+
+    async def aget(self) -> Feed:
+        """The next feed (for an asyncio reader)."""
+        assert self._async_items is not None, "a channel read from asyncio needs the loop when made"
+        feed = await self._async_items.get()
+        self._room.release()
+        return feed
+
+
+class HistorySource(WatchLoop):
+    """The history of one prefix from a revision, for one listener, through a bounded channel."""
+
+    def __init__(self, config: StoreConfig, prefix: str, start_revision: int, channel: Channel, label: str,
+                 read_state: Callable[[str, int, int], tuple[int, list[KeyValue]]]) -> None:
+        super().__init__(config, prefix, start_revision, label)
+        self.channel = channel
+        self._read_state = read_state
+
+    def emit(self, feed: Feed) -> None:
+        self.channel.put(feed, lambda: self.stopped or feed.generation != self.generation)
+
+    def compacted(self, error: HistoryCompacted) -> int:
+        """Hand on the state at the compaction revision (what can still be seen), then follow from it."""
+        generation, since = self.generation, self.next_revision
+        revision = error.compact_revision
+        self.emit(Feed("compacted", revision, generation=generation))
+        _, kvs = self._read_state(self.prefix, since, revision)
+        self.emit(Feed("snapshot", revision, kvs, generation))
+        return revision + 1
+
+    def __enter__(self) -> HistorySource:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# -- shared watches for waits ----------------------------------------------------------------------
+class Subscriber(Protocol):
+    """Receives what a shared watch sees (called on the watch's thread: must be quick, never block)."""
+
+    def on_puts(self, puts: list[KeyValue], revision: int) -> None: ...
+
+    def on_resync(self) -> None: ...
+
+    def on_failure(self, error: Exception) -> None: ...
+
+
+class PrefixWatch(WatchLoop):
+    """One etcd watch on one prefix for the whole process, fanned out to its subscribers.
+
+    Subscribers interested in known keys are found through a key index; the others (wildcard
+    waiters) see every put of the prefix. It starts at the store's current revision; waiters read
+    what exists only once it is :attr:`ready`, so every post is in their read or in the watch.
+    """
+
+    def __init__(self, config: StoreConfig, prefix: str) -> None:
+        super().__init__(config, prefix, 0, f"watch on {prefix}")
+        self._subscribers_lock = threading.Lock()
+        self._by_key: dict[str, set[Subscriber]] = {}
+        self._everything: set[Subscriber] = set()
+        self._keys_of: dict[Subscriber, tuple[str, ...] | None] = {}
+        self._ready = threading.Event()
+        self._error: Exception | None = None
+
+    @property
+    def subscriber_count(self) -> int:
+        """How many subscribers share this watch."""
+        with self._subscribers_lock:
+            return len(self._keys_of)
+
+    @property
+    def ready(self) -> bool:
+        """True once the watch knows the revision it follows from."""
+        return self._ready.is_set()
+
+    def wait_ready(self, timeout: float | None) -> bool:
+        """Block until the watch knows its start (bounded); False if it did not in time. Raises why the
+        watch ended if it was refused for good."""
+        ready = self._ready.wait(timeout)
+        if self._error is not None:
+            raise self._error
+        return ready
+
+    def first_revision(self) -> int:
+        revision = super().first_revision()
+        self._ready.set()
+        return revision
+
+    def add(self, subscriber: Subscriber, keys: Iterable[str] | None) -> None:
+        """Deliver puts of ``keys`` (or of every key when None) to ``subscriber`` from now on."""
+        wanted = tuple(keys) if keys is not None else None
+        with self._subscribers_lock:
+            self._keys_of[subscriber] = wanted
+            if wanted is None:
+                self._everything.add(subscriber)
+            else:
+                for key in wanted:
+                    self._by_key.setdefault(key, set()).add(subscriber)
+
+    def remove(self, subscriber: Subscriber) -> bool:
+        """Stop delivering to ``subscriber``; True when nobody is left."""
+        with self._subscribers_lock:
+            wanted = self._keys_of.pop(subscriber, None)
+            self._everything.discard(subscriber)
+            for key in wanted or ():
+                group = self._by_key.get(key)
+                if group is not None:
+                    group.discard(subscriber)
+                    if not group:
+                        del self._by_key[key]
+            return not self._keys_of
+
+    def emit(self, feed: Feed) -> None:
+        if feed.kind == "failure" and feed.error is not None:
+            self._error = feed.error
+            self._ready.set()
+            for subscriber in self._subscribers():
+                subscriber.on_failure(feed.error)
+        elif feed.puts:
+            self._deliver(feed.puts, feed.revision)
+
+    def compacted(self, error: HistoryCompacted) -> int:
+        """Start again from now; every subscriber reads again, after the new start is known."""
+        log.warning("watch on %s: history compacted past revision %s; reading again", self.prefix,
+                    self.next_revision)
+        revision = super().first_revision()
+        for subscriber in self._subscribers():
+            subscriber.on_resync()
+        return revision
+
+    def _subscribers(self) -> list[Subscriber]:
+        with self._subscribers_lock:
+            return list(self._keys_of)
+
+    def _deliver(self, puts: Iterable[KeyValue], revision: int) -> None:
+        ordered = sorted(puts, key=lambda kv: place(kv.mod_revision, kv.key))
+        with self._subscribers_lock:
+            targets: dict[Subscriber, list[KeyValue]] = {s: list(ordered) for s in self._everything}
+            for kv in ordered:
+                for subscriber in self._by_key.get(kv.key, ()):
+                    targets.setdefault(subscriber, []).append(kv)
+        for subscriber, kvs in targets.items():
+            subscriber.on_puts(kvs, revision)
+
+
+class WatchHub:
+    """The process-wide registry of shared watches, one per (store identity, prefix).
+
+    Joining and leaving happen under one lock: a waiter never joins a watch that its last subscriber
+    is leaving (the leaving one is out of the registry before it stops).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._watches: dict[tuple[Any, str], PrefixWatch] = {}
+
+    def join(self, config: StoreConfig, prefix: str, subscriber: Subscriber, keys: Iterable[str] | None) -> PrefixWatch:
+        """Subscribe to the shared watch on ``prefix``, started if there is none (or it ended)."""
+        with self._lock:
+            key = (config.identity, prefix)
+            watch = self._watches.get(key)
+            if watch is None or not watch.alive:
+                watch = self._watches[key] = PrefixWatch(config, prefix)
+                watch.start()
+            watch.add(subscriber, keys)
+            return watch
+
+    def leave(self, config: StoreConfig, prefix: str, subscriber: Subscriber) -> PrefixWatch | None:
+        """Unsubscribe; returns the watch if its last subscriber left (out of the registry: stop it)."""
+        with self._lock:
+            key = (config.identity, prefix)
+            watch = self._watches.get(key)
+            if watch is None or not watch.remove(subscriber):
+                return None
+            del self._watches[key]
+            return watch
+
+    def watches(self) -> list[PrefixWatch]:
+        """The watches running now."""
+        with self._lock:
+            return list(self._watches.values())
+
+
+HUB = WatchHub()
+
+
+def one_line(error: BaseException) -> str:
+    """The first line of an error's text, shortened: for log lines."""
+    text = str(error).strip().splitlines()
+    return text[0][:200] if text else type(error).__name__
+
+
+__all__ = ["HUB", "Channel", "HistorySource", "PrefixWatch", "StoreError", "Subscriber", "WatchHub", "WatchLoop",
+           "covering_prefix", "one_line"]
