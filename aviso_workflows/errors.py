@@ -46,6 +46,11 @@ class StoreUnavailable(StoreError):
     """No etcd endpoint could be reached."""
 
 
+class TlsRefused(StoreUnavailable):
+    """No endpoint completed a TLS handshake: a setting to correct (CA, client certificate), not an outage
+    to wait out."""
+
+
 class PermissionDenied(StoreError):
     """etcd refused the operation for the credentials in use."""
 

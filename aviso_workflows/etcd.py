@@ -21,7 +21,7 @@ from etcd3gw.client import Etcd3Client
 from urllib3.exceptions import ReadTimeoutError
 
 from .config import StoreConfig
-from .errors import HistoryCompacted, NotForwarded, PermissionDenied, StoreError, StoreUnavailable
+from .errors import HistoryCompacted, NotForwarded, PermissionDenied, StoreError, StoreUnavailable, TlsRefused
 
 log = logging.getLogger(__name__)
 PAGE_SIZE = 10_000
@@ -220,6 +220,7 @@ class EtcdGateway:
         errors: list[str] = []
         deadline = time.monotonic() + self.config.timeout
         unreachable = 0  # endpoints in a row that could not be reached
+        refused_tls = 0  # of them, those whose TLS handshake failed
         for attempt in range(MAX_ATTEMPTS):
             endpoint = self.endpoint
             try:
@@ -232,10 +233,11 @@ class EtcdGateway:
                 errors.append(f"{endpoint}: {_short(error)}")
                 self._fail_over(endpoint)
                 unreachable += 1
+                refused_tls = refused_tls + 1 if isinstance(error, requests.exceptions.SSLError) else 0
                 if unreachable >= len(self.config.endpoints):
                     break
                 continue
-            unreachable = 0
+            unreachable = refused_tls = 0
             if response.status_code in (401,) or _is_token_error(response):
                 with self._token_lock:
                     self._token = None
@@ -253,7 +255,8 @@ class EtcdGateway:
             log.debug("etcd at %s is busy (%s); trying again in %.2f s", endpoint, reason, pause)
             time.sleep(pause)
             self._fail_over(endpoint)
-        raise StoreUnavailable("cannot reach etcd at " + "; ".join(errors[-len(self.config.endpoints):]))
+        failure = TlsRefused if refused_tls >= len(self.config.endpoints) else StoreUnavailable
+        raise failure("cannot reach etcd at " + "; ".join(errors[-len(self.config.endpoints):]))
 
     def _fail_over(self, endpoint: str) -> None:
         """Move on from ``endpoint`` unless another thread did already (threads share the choice)."""

@@ -76,8 +76,8 @@ def _read_state(store: Store, prefix: str, since: int, revision: int) -> tuple[i
 
 def _source(store: Store, follower: Follower, channel: Channel) -> HistorySource:
     prefix = covering_prefix(status_prefixes(follower.requests))
-    return HistorySource(store.config, prefix, follower.frontier.resume_revision, channel, follower.label,
-                         partial(_read_state, store))
+    return HistorySource(store.config, prefix, follower.frontier.resume_revision, channel,
+                         f"{follower.label} (history of {prefix})", partial(_read_state, store))
 
 
 def _step(follower: Follower, source: HistorySource, feed: Feed | None) -> None:

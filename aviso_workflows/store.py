@@ -24,7 +24,7 @@ from .errors import HistoryCompacted, NotForwarded, PermissionDenied, StoreError
 from .etcd import EtcdGateway, KeyValue, b64, range_op
 from .listen import listen
 from .notification import NO_PAYLOAD, Notification, in_order, notification_from_kv
-from .request import Request, check_fields, check_location, check_timeout, check_ttl, split_event
+from .request import Request, check_location, check_timeout, check_ttl, split_event
 from .schema import EventSchema, SchemaRegistry
 from .wait import wait
 
@@ -98,14 +98,11 @@ class Store:
                message: str | None = None) -> NotifyResult:
         """Post every key of a complete request: one transaction per base and per ``max_txn_ops`` operations.
 
-        ``location`` (or a ``location`` entry in the request) is stored as the value; ``ttl`` makes the
-        keys expire. Bad input raises ValidationError before anything is written.
+        ``event`` is a Request, an event name with its fields in ``raw``, or fields with an ``event``
+        entry. ``location`` (or a ``location`` entry among the fields) is stored as the value; ``ttl``
+        makes the keys expire. Bad input raises ValidationError before anything is written.
         """
-        raw_fields = dict(check_fields(raw or {})) if not isinstance(event, Mapping) else dict(event)
-        location = check_location(location if location is not None else raw_fields.pop("location", None))
-        ttl = check_ttl(ttl if ttl is not None else raw_fields.pop("ttl", None))
-        request = event if isinstance(event, Request) else self.request(
-            raw_fields if isinstance(event, Mapping) else event, None if isinstance(event, Mapping) else raw_fields)
+        request, location, ttl = self._posting(event, raw, location, ttl)
         request.require_complete("notify")
         value = location if location is not None else NO_PAYLOAD
         batches = self._batches(request, value)
@@ -115,6 +112,17 @@ class Store:
             result.revisions.append(self._commit(batch, lease, message))
             result.keys.extend(key for key, _ in batch.puts)
         return result
+
+    def _posting(self, event: str | Request | Mapping[str, Any], raw: Mapping[str, Any] | None,
+                 location: Any, ttl: Any) -> tuple[Request, str | None, int | None]:
+        """The request to post, its location and its ttl: the one place that takes them out of the fields."""
+        fields: dict[str, Any] = {}
+        if not isinstance(event, Request):
+            name, fields = split_event(event) if isinstance(event, Mapping) else split_event(raw or {}, event)
+        location = check_location(location if location is not None else fields.pop("location", None))
+        ttl = check_ttl(ttl if ttl is not None else fields.pop("ttl", None))
+        request = event if isinstance(event, Request) else Request.build(name, fields, self.schemas)
+        return request, location, ttl
 
     def _batches(self, request: Request, value: str) -> list[_Batch]:
         limit = self.config.max_txn_ops - 1  # one operation is the status key

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from .errors import StoreUnavailable, ValidationError, WaitTimeout
+from .errors import StoreUnavailable, TlsRefused, ValidationError, WaitTimeout
 from .etcd import KeyValue
 from .follow import Feed, Follower
 from .notification import Notification
@@ -219,6 +219,8 @@ def _read(store: Store, request: Request, follower: Follower, deadline: _Deadlin
         try:
             revision, notifications = store.read(request, min_revision=follower.frontier.resume_revision)
         except StoreUnavailable as error:
+            if isinstance(error, TlsRefused):  # waiting will not mend a setting
+                raise
             pause = report.failed(error, deadline)
             if deadline.passed:
                 raise found.timed_out(deadline.timeout, error) from None
@@ -333,6 +335,8 @@ async def _read_async(store: Store, request: Request, follower: Follower, deadli
         try:
             revision, notifications = await _ReadBatch.read(store, request)
         except StoreUnavailable as error:
+            if isinstance(error, TlsRefused):  # waiting will not mend a setting
+                raise
             pause = report.failed(error, deadline)
             if deadline.passed:
                 raise found.timed_out(deadline.timeout, error) from None

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from .config import StoreConfig
-from .errors import HistoryCompacted, NotForwarded, PermissionDenied, StoreError
+from .errors import HistoryCompacted, NotForwarded, PermissionDenied, StoreError, TlsRefused
 from .etcd import EtcdGateway, KeyValue, WatchBatch, WatchIdle
 from .follow import Feed
 from .position import place
@@ -134,12 +134,14 @@ class WatchLoop:
             except HistoryCompacted as error:
                 self._recover(error)
             except NotForwarded as error:
-                log.info("watch on %s refused (%s); reading it every %g s instead", self.prefix, one_line(error),
+                log.info("%s: watch refused (%s); reading it every %g s instead", self.label, one_line(error),
                          self.config.poll_interval)
                 self.polling = True
             except PermissionDenied as error:
                 if not self._may_sign_in_again(error):
                     self._fail(type(error)(f"{error}; watching {self.prefix}"))
+            except TlsRefused as error:  # waiting will not mend a setting
+                self._fail(error)
             except Exception as error:  # noqa: BLE001 - any transport failure: reconnect after a pause
                 if not self._stop.is_set():
                     self._interrupted(error)
@@ -204,13 +206,13 @@ class WatchLoop:
         """One warning per outage (an idle stream is routine: debug only), then a growing pause."""
         self.last_error = error
         if isinstance(error, WatchIdle) and not self._failures:
-            log.debug("watch on %s idle (%s); reconnecting", self.prefix, one_line(error))
+            log.debug("%s idle (%s); reconnecting", self.label, one_line(error))
             return
         if not self._failures:
-            log.warning("watch on %s interrupted (%s); reconnecting from revision %s", self.prefix,
+            log.warning("%s interrupted (%s); reconnecting from revision %s", self.label,
                         one_line(error), self.next_revision)
         else:
-            log.debug("watch on %s still interrupted (%s)", self.prefix, one_line(error))
+            log.debug("%s still interrupted (%s)", self.label, one_line(error))
         self._stop.wait(RETRY_DELAYS[min(self._failures, len(RETRY_DELAYS) - 1)])
         self._failures += 1
 
@@ -218,7 +220,7 @@ class WatchLoop:
         """The stream works: report the end of an outage once, and start the next one's pauses afresh."""
         self.last_error = None
         if self._failures:
-            log.info("watch on %s resumed at revision %s", self.prefix, self.next_revision)
+            log.info("%s resumed at revision %s", self.label, self.next_revision)
             self._failures = 0
 
     def _may_sign_in_again(self, error: PermissionDenied) -> bool:
@@ -392,7 +394,7 @@ class PrefixWatch(WatchLoop):
 
     def compacted(self, error: HistoryCompacted) -> int:
         """Start again from now; every subscriber reads again, after the new start is known."""
-        log.warning("watch on %s: history compacted past revision %s; reading again", self.prefix,
+        log.warning("%s: history compacted past revision %s; reading again", self.label,
                     self.next_revision)
         revision = super().first_revision()
         for subscriber in self._subscribers():

@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from ..errors import AvisoWorkflowsError, ValidationError
-from ..listen import Cursor, Position, listen
+from ..listen import Cursor, Position, listen, start_position
 from ..request import Request
 from ..store import Notification, Store
 from .actions import EcflowAction, apply_actions, parse_actions
@@ -96,11 +96,7 @@ class Bridge:
 
     def start_position(self) -> Position:
         """Where to resume: the saved position, or now (saved at once, so a first run that stops misses nothing)."""
-        position = self.cursor.load()
-        if position is None:
-            position = Position(self.store.current_revision())
-            self.cursor.save(position)
-        return position
+        return start_position(self.store, None, self.cursor)
 
     def notifications(self) -> Iterator[Notification]:
         """Matching notifications after the start position until :attr:`stop` is set."""

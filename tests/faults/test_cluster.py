@@ -32,7 +32,7 @@ def test_killing_the_leader_under_load_loses_and_repeats_nothing(cluster: Cluste
         requests = [store.request(diss(unique_date, destination, "/".join(map(str, range(i, i + KEYS_PER_WAIT)))))
                     for i in range(0, NOTIFICATIONS, KEYS_PER_WAIT)]
         waiters = Waiters(store, requests, in_threads=WAITS // 2, timeout=BOUND)
-        watch = shared_watch(store, everything, subscribers=WAITS + 1, seconds=BOUND)
+        watch = shared_watch(store, everything, subscribers=WAITS, seconds=BOUND)
         assert watch.gateway.endpoint == leader.client_url
 
         producer = Producer(store, unique_date, destination, range(NOTIFICATIONS))

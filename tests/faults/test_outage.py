@@ -19,6 +19,7 @@ from cluster import (
     until,
     watch_records,
 )
+from threads import joined, run_in_thread
 
 from aviso_workflows import Store, StoreUnavailable, server
 from aviso_workflows.listen import Position, PrefixWatch
@@ -34,7 +35,7 @@ def _clients(store: Store, date: str, destination: str, steps: range,
     listener = Listener(store, everything, cursor_dir, start=Position(store.current_revision()))
     waiters = Waiters(store, [store.request(diss(date, destination, step)) for step in steps],
                       in_threads=len(steps) // 2, timeout=BOUND)
-    return shared_watch(store, everything, subscribers=len(steps) + 1, seconds=BOUND), listener, waiters
+    return shared_watch(store, everything, subscribers=len(steps), seconds=BOUND), listener, waiters
 
 
 def _assert_all_released(waiters: Waiters, steps: range) -> None:
@@ -143,15 +144,17 @@ def test_without_a_leader_a_notify_fails_in_bounded_time_or_is_written_when_a_le
 def test_an_idle_watch_reconnects_quietly(store: Store, unique_date: str, monkeypatch: pytest.MonkeyPatch,
                                           caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
     caplog.set_level(logging.DEBUG, logger="aviso_workflows")
-    monkeypatch.setattr("aviso_workflows.listen.IDLE_TIMEOUT", 0.5)  # etcd's own keep-alive comes every 10 min
+    monkeypatch.setattr("aviso_workflows.watch.IDLE_TIMEOUT", 0.5)  # the session etcd reports progress every 30 s
     destination = f"I{unique_date}"
     everything = store.request(diss(unique_date, destination))
     listener = Listener(store, everything, tmp_path / "cursors", start=Position(store.current_revision()))
+    waiter, outcome = run_in_thread(lambda: store.wait(diss(unique_date, destination, 0), timeout=BOUND))
     try:
         watch = shared_watch(store, everything)
         until("three reconnections of the idle watch", lambda: watch.connections_opened >= 4, BOUND)
         store.notify(diss(unique_date, destination, 0))
         until("the listener saw the notification", lambda: listener.has_seen(0), BOUND)
+        assert steps_of(joined(waiter, outcome, BOUND)) == [0]
     finally:
         listener.close()
 

@@ -1,0 +1,261 @@
+"""Memory of a slow listener while a producer posts at full speed.
+
+A producer thread posts as fast as it can (batches of 127 keys: with the status key, one transaction of
+128 operations) while a ``listen`` consumer sleeps 1 ms per notification, so the store runs ever further
+ahead of the listener. The process's resident memory is sampled every 0.5 s: a listener holds at most
+``capacity`` notifications and reads the rest again later, so its memory must level off however far
+behind it falls. Once the producer stops, the consumer stops sleeping and must catch up with every post,
+in write order. Each capacity runs in a fresh process of its own (so memory freed by one run cannot be
+reused by the next), one after the other against one etcd.
+
+Usage: memory.py RESULTS.json   (BENCH_MEMORY_SECONDS shortens or lengthens the producer's run)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from common import MARS, Figure, at_least, private_etcd, pyplot, reported, results_path, save_plot, write_results
+
+from aviso_workflows import Store
+from aviso_workflows.follow import DEFAULT_CAPACITY
+from aviso_workflows.listen import Position
+from aviso_workflows.notification import Notification
+
+PRODUCE_SECONDS = float(os.environ.get("BENCH_MEMORY_SECONDS", "20"))
+BATCH = 127  # keys per post: with the status key, one transaction of max_txn_ops (128) operations
+CONSUMER_PAUSE = 0.001  # seconds the slow consumer spends on each notification
+SAMPLE_EVERY = 0.5  # seconds between two looks at the resident memory
+CATCH_UP_BOUND = 300.0  # seconds the listener may take to deliver the backlog once the producer stopped
+START_BOUND = 30.0  # seconds for the listener's watch to deliver a first notification
+CAPACITIES = (1_000, DEFAULT_CAPACITY)
+PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2**20
+FIRST_DATE = dt.date(2040, 1, 1)
+
+
+def rss_now_mb() -> float:
+    """Resident memory of this process now (MB), from /proc/self/statm (its second field, in pages)."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * PAGE_MB
+
+
+def batch_request(store: Store, index: int) -> Any:
+    """Post ``index``: the 127 steps of a date of its own (no key is posted twice, so every post is new)."""
+    date = (FIRST_DATE + dt.timedelta(days=index)).strftime("%Y%m%d")
+    return store.request("mars", {**MARS, "date": date, "step": f"0/to/{BATCH - 1}"})
+
+
+class Consumer:
+    """The slow listener: counts what it is given per revision and checks that it comes in write order.
+
+    It keeps no notification (its own memory would hide the listener's): a count per revision, the
+    last place seen and whether any came out of order.
+    """
+
+    def __init__(self, store: Store, capacity: int, start: Position) -> None:
+        self.slow = threading.Event()
+        self.slow.set()
+        self.stop = threading.Event()
+        self.delivered = 0
+        self.per_revision: dict[int, int] = {}
+        self.out_of_order = 0
+        self._last: Any = start.order
+        listener = store.listen(store.request("mars", dict(MARS)), after=start, stop=self.stop, capacity=capacity)
+        self.thread = threading.Thread(target=self._consume, args=(listener,), name="slow-listener", daemon=True)
+        self.thread.start()
+
+    def _consume(self, listener: Any) -> None:
+        for notification in listener:
+            self._count(notification)
+            if self.slow.is_set():
+                time.sleep(CONSUMER_PAUSE)
+
+    def _count(self, notification: Notification) -> None:
+        place = notification.order
+        if place <= self._last:
+            self.out_of_order += 1
+        self._last = place
+        self.per_revision[notification.revision] = self.per_revision.get(notification.revision, 0) + 1
+        self.delivered += 1
+
+
+class Producer:
+    """Posts batches back to back until told to stop; remembers each post's revision."""
+
+    def __init__(self, store: Store, first_index: int) -> None:
+        self.store = store
+        self.index = first_index
+        self.revisions: list[int] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._produce, name="producer", daemon=True)
+
+    def _produce(self) -> None:
+        while not self.stop.is_set():
+            result = self.store.notify(batch_request(self.store, self.index))
+            self.revisions.extend(result.revisions)
+            self.index += 1
+
+    @property
+    def posted(self) -> int:
+        return len(self.revisions) * BATCH
+
+
+class Sampler:
+    """Resident memory and backlog every SAMPLE_EVERY seconds, in a thread of its own."""
+
+    def __init__(self, producer: Producer, consumer: Consumer) -> None:
+        self.producer, self.consumer = producer, consumer
+        self.started = time.monotonic()
+        self.baseline = rss_now_mb()
+        self.samples: list[tuple[float, float, int]] = []  # (seconds, RSS growth in MB, backlog)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._sample, name="sampler", daemon=True)
+        self.thread.start()
+
+    def _sample(self) -> None:
+        while not self.stop.wait(SAMPLE_EVERY):
+            backlog = self.producer.posted - self.consumer.delivered
+            self.samples.append((time.monotonic() - self.started, rss_now_mb() - self.baseline, backlog))
+
+
+def wait_for(check: Any, bound: float, what: str) -> float:
+    """Poll ``check()`` every 10 ms until true; returns the seconds it took, raises after ``bound``."""
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > bound:
+            raise TimeoutError(f"{what} not within {bound:g} s")
+        time.sleep(0.01)
+    return time.monotonic() - started
+
+
+def warm_up(store: Store, consumer: Consumer) -> int:
+    """One post before the clock starts: the listener's watch runs and the code paths are loaded."""
+    store.notify(batch_request(store, 0))
+    wait_for(lambda: consumer.delivered >= BATCH, START_BOUND, "the listener's first notifications")
+    return 1
+
+
+def measure(url: str, capacity: int) -> dict[str, Any]:
+    """One run: warm up, produce for PRODUCE_SECONDS, then let the listener catch up at full speed."""
+    store = Store([url])
+    consumer = Consumer(store, capacity, Position(store.current_revision()))
+    producer = Producer(store, warm_up(store, consumer))
+    warm_up_posts = consumer.delivered
+    sampler = Sampler(producer, consumer)
+    producer.thread.start()
+    time.sleep(PRODUCE_SECONDS)
+    producer.stop.set()
+    producer.thread.join(30)
+    stopped_at = time.monotonic() - sampler.started
+    delivered_while_producing = consumer.delivered - warm_up_posts
+    backlog = producer.posted - delivered_while_producing
+    consumer.slow.clear()  # catching up at the consumer's pace would take minutes: at full speed now
+    catch_up = wait_for(lambda: consumer.delivered - warm_up_posts >= producer.posted, CATCH_UP_BOUND,
+                        "the listener catching up")
+    time.sleep(0.5)  # anything delivered twice would show up now
+    sampler.stop.set()
+    consumer.stop.set()
+    sampler.thread.join(5)
+    consumer.thread.join(10)
+    expected = {revision: BATCH for revision in producer.revisions}
+    seen = {r: n for r, n in consumer.per_revision.items() if r in expected}
+    return {"capacity": capacity, "samples": sampler.samples, "baseline_mb": sampler.baseline,
+            "peak_growth_mb": max(s[1] for s in sampler.samples), "producer_stopped_s": stopped_at,
+            "posted": producer.posted, "posts": len(producer.revisions),
+            "delivered_while_producing": delivered_while_producing, "backlog_at_stop": backlog,
+            "catch_up_s": catch_up, "delivered": consumer.delivered - warm_up_posts,
+            "every_post_once_in_order": seen == expected and consumer.out_of_order == 0
+            and consumer.delivered - warm_up_posts == producer.posted,
+            "out_of_order": consumer.out_of_order}
+
+
+def child(url: str, capacity: int) -> None:
+    print("RESULT " + json.dumps(measure(url, capacity)), flush=True)
+
+
+def run_child(url: str, capacity: int) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, __file__, "--child", url, str(capacity)], capture_output=True, text=True,
+                          timeout=PRODUCE_SECONDS + CATCH_UP_BOUND + START_BOUND + 60)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"capacity {capacity} failed ({done.returncode}):\n{done.stdout[-2000:]}\n"
+                           f"{done.stderr[-4000:]}")
+    return dict(json.loads(lines[-1][len("RESULT "):]))
+
+
+def label(capacity: int) -> str:
+    name = f"capacity {capacity:,}".replace(",", " ")
+    return name + " (default)" if capacity == DEFAULT_CAPACITY else name
+
+
+def figures(results: list[dict[str, Any]]) -> list[Figure]:
+    found: list[Figure] = []
+    for result in results:
+        tag = label(result["capacity"])
+        found.append(reported(f"slow listener, {tag}: peak RSS growth", result["peak_growth_mb"], "MB"))
+        found.append(reported(f"slow listener, {tag}: backlog when the producer stopped", result["backlog_at_stop"],
+                              "notifications"))
+        found.append(reported(f"slow listener, {tag}: posted in {PRODUCE_SECONDS:g} s", result["posted"],
+                              "notifications"))
+        found.append(reported(f"slow listener, {tag}: catching up at full speed", result["catch_up_s"], "s"))
+        delivered = 100 * result["delivered"] / result["posted"] if result["every_post_once_in_order"] else 0.0
+        found.append(at_least(f"slow listener, {tag}: every post delivered once, in write order", delivered,
+                              "%", 100))
+    return found
+
+
+def notes(results: list[dict[str, Any]]) -> list[str]:
+    growth = ", ".join(f"{label(r['capacity'])} {r['peak_growth_mb']:.0f} MB" for r in results)
+    backlog = max(r["backlog_at_stop"] for r in results)
+    return [f"Slow listener: a producer thread posted batches of {BATCH} keys back to back for "
+            f"{PRODUCE_SECONDS:g} s while the listener's consumer slept {CONSUMER_PAUSE * 1000:g} ms per "
+            f"notification, leaving up to {backlog:,} notifications undelivered; the process's resident memory "
+            f"grew at most {growth} (each capacity in a fresh process). A listener keeps at most `capacity` "
+            f"notifications and reads the rest from etcd's history again when it gets to them, so its memory "
+            f"follows the capacity, not the backlog. After the producer stopped, the consumer stopped sleeping "
+            f"and the listener delivered every post once, in write order."]
+
+
+def plot(results: list[dict[str, Any]]) -> None:
+    plt = pyplot()
+    figure, (memory, behind) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for result in results:
+        seconds = [s[0] for s in result["samples"]]
+        line, = memory.plot(seconds, [s[1] for s in result["samples"]], label=label(result["capacity"]))
+        behind.plot(seconds, [s[2] for s in result["samples"]], color=line.get_color(),
+                    label=label(result["capacity"]))
+        for axis in (memory, behind):
+            axis.axvline(result["producer_stopped_s"], color=line.get_color(), linestyle=":", linewidth=1)
+    memory.set_title("resident memory growth of the process", fontsize=9)
+    memory.set_ylabel("MB above the start")
+    behind.set_title("backlog: posted, not yet delivered", fontsize=9)
+    behind.set_ylabel("notifications")
+    for axis in (memory, behind):
+        axis.set_xlabel("seconds (dotted: the producer stops, the consumer speeds up)")
+        axis.grid(True, alpha=0.3)
+        axis.legend(fontsize=8)
+    save_plot(figure, "memory")
+
+
+def main() -> None:
+    if sys.argv[1] == "--child":
+        child(sys.argv[2], int(sys.argv[3]))
+        return
+    with private_etcd() as etcd:
+        results = [run_child(etcd.client_url, capacity) for capacity in CAPACITIES]
+    plot(results)
+    write_results(results_path(), figures(results), notes(results))
+    for result in results:
+        summary = {k: v for k, v in result.items() if k != "samples"}
+        print(json.dumps(summary), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

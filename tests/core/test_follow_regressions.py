@@ -1,0 +1,500 @@
+"""Regressions of the follow engine, one test per case of the bug report, each against a real etcd.
+
+1. catch-up reads at mixed revisions       6. listen_async by polling drops re-posts
+2. re-post after a stop inside a transaction  7. unbounded memory of a slow listener
+3. a named cursor that never moved           8. idle watches that never move on
+4. state instead of history                  9. keys of one transaction out of numeric order
+5. joining a shared watch as it ends         10. an outage at a wait's first read
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from core_helpers import destination_for, diss, joined
+from threads import run_in_thread
+
+import aviso_workflows.listen as listen_module
+from aviso_workflows import Notification, Request, Store, server
+from aviso_workflows.config import StoreConfig
+from aviso_workflows.etcd import KeyValue
+from aviso_workflows.follow import Follower
+from aviso_workflows.listen import Cursor, Position, listen, listen_async
+from aviso_workflows.status_chain import replay
+from aviso_workflows.watch import HUB, Channel, HistorySource
+
+BOUND = 10.0  # seconds: the longest any single step below may take
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+def days_from(date: str, count: int) -> list[str]:
+    """``count`` consecutive dates from ``date`` (YYYYMMDD)."""
+    first = dt.datetime.strptime(date, "%Y%m%d").date()
+    return [(first + dt.timedelta(days=i)).strftime("%Y%m%d") for i in range(count)]
+
+
+def steps(notifications: Sequence[Notification]) -> list[str]:
+    return [n.request["step"] for n in notifications]
+
+
+def placed(notifications: Sequence[Notification]) -> list[tuple[int, str]]:
+    return [(n.revision, n.key) for n in notifications]
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def within(what: str, check: Callable[[], Any], seconds: float = BOUND) -> Any:
+    """Poll ``check()`` until it returns something true; fail after ``seconds``."""
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"not within {seconds:g} s: {what}")
+
+
+def consume(store: Store, requests_: list[Request], count: int, **options: Any) -> list[Notification]:
+    """Listen, handle ``count`` notifications, then stop the listener (a cursor then holds the last one)."""
+    stop = threading.Event()
+    stream = listen(store, requests_, stop=stop, **options)
+
+    def body() -> list[Notification]:
+        taken = [next(stream) for _ in range(count)]
+        stop.set()  # asked for once the last one is handled: the listener saves it and ends at once
+        assert list(stream) == []
+        return taken
+
+    thread, outcome = run_in_thread(body)
+    try:
+        return joined(thread, outcome, BOUND)  # type: ignore[no-any-return]
+    finally:
+        stop.set()  # a listener still blocked (the test failed) ends too
+
+
+def listen_until(store: Store, requests_: list[Request], until: int, **options: Any) -> list[Notification]:
+    """Everything a listener delivers up to revision ``until`` (bounded)."""
+    thread, outcome = run_in_thread(lambda: list(listen(store, requests_, until_revision=until, **options)))
+    return joined(thread, outcome, BOUND)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def own_etcd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[server.ServerInfo]:
+    """An etcd of the test's own (stopped and started at will) that reports progress every second."""
+    monkeypatch.setattr(server, "PROGRESS_INTERVAL", "1s")
+    data_dir = tmp_path / "own-etcd"
+    info = server.start(data_dir, port=server.free_port())
+    try:
+        yield info
+    finally:
+        server.stop(data_dir)
+
+
+def store_on(url: str, **settings: Any) -> Store:
+    """A store on ``url`` only, whatever the environment says."""
+    return Store(config=StoreConfig(endpoints=(url,), **settings))
+
+
+# -- 1. catch-up reads at mixed revisions ------------------------------------------------------------
+def test_a_read_of_many_prefixes_sees_one_revision(store: Store, etcd_url: str, unique_date: str,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A post landing between the transactions of one read is in none of them: it is after the read."""
+    destination = destination_for(unique_date, "P")
+    dates = days_from(unique_date, 300)
+    request = store.request(diss(dates, destination=destination, step="0/6"))
+    prefixes = request.read_prefixes()
+    assert len(prefixes) == 300 and store.config.max_txn_ops == 128, "three read transactions"
+    early = [store.notify(diss(dates[i], destination=destination, step=0)) for i in (0, 200, 299)]
+    late = diss(dates[290], destination=destination, step=6)  # read by the third transaction
+    producer = store_on(etcd_url)  # its own gateway: its transactions are not the wrapped ones
+    posted: list[int] = []
+    txn = store.gateway.txn
+
+    def txn_then_post(compare: Sequence[dict[str, Any]], success: Sequence[dict[str, Any]],
+                      failure: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+        answer = txn(compare, success, failure)
+        if not posted and not compare and all("request_range" in op for op in success):
+            posted.append(producer.notify(late).revisions[-1])
+        return answer
+
+    monkeypatch.setattr(store.gateway, "txn", txn_then_post)
+    revision, kvs = store.read_prefixes(prefixes)
+    assert posted, "the post landed after the first read transaction"
+    assert posted[0] > revision >= max(result.revisions[-1] for result in early)
+    assert sorted(kv.key for kv in kvs) == sorted(key for result in early for key in result.keys)
+    assert all(kv.mod_revision <= revision for kv in kvs)
+    found_now = store.read(request)[1]
+    assert store.request(late).keys()[0] in {n.key for n in found_now}, "the post exists: the next read has it"
+
+
+def test_a_cursor_listener_restarted_while_a_producer_posts_loses_nothing(store: Store, unique_date: str) -> None:
+    destination = destination_for(unique_date, "R")
+    dates = days_from(unique_date, 300)
+    request = store.request(diss(dates, destination=destination, step="0/6"))
+    cursor = Cursor("restarted-often")
+    cursor.save(Position(store.current_revision()))
+    posts = [(dates[(i * 37) % 300], "0/6" if i % 3 == 0 else i % 2 * 6) for i in range(30)]  # early and late dates
+    expected: list[tuple[int, str]] = []
+
+    def produce() -> None:
+        for date, step in posts:
+            result = store.notify(diss(date, destination=destination, step=step))  # one transaction each
+            expected.extend((result.revisions[-1], key) for key in result.keys)
+            time.sleep(0.01)
+
+    total = sum(2 if step == "0/6" else 1 for _, step in posts)
+    producer, produced = run_in_thread(produce)
+    delivered: list[Notification] = []
+    restarts = 0
+    while len(delivered) < total:  # each round delivers at least one or fails: bounded
+        delivered += consume(store, [request], min(5, total - len(delivered)), cursor=cursor)
+        restarts += 1
+    joined(producer, produced, BOUND)
+    assert restarts >= 5
+    assert placed(delivered) == expected, "every post once, in write order"
+
+
+# -- 2. re-post after a stop inside a transaction ------------------------------------------------------
+def _handle_first(store: Store, request: Request, cursor: Cursor, ending: str) -> Notification:
+    """One notification handled, then the listener ended by its stop event or by closing the generator."""
+    if ending == "stop":
+        (first,) = consume(store, [request], 1, cursor=cursor)
+        return first
+
+    def take_one_and_close() -> Notification:
+        stream = listen(store, [request], cursor=cursor)
+        first = next(stream)
+        stream.close()
+        return first
+
+    thread, outcome = run_in_thread(take_one_and_close)
+    return joined(thread, outcome, BOUND)  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("ending", ["stop", "close"])
+def test_a_repost_after_a_stop_inside_a_transaction(store: Store, unique_date: str, ending: str) -> None:
+    destination = destination_for(unique_date, "M")
+    request = store.request(diss(unique_date, destination=destination, step=None))
+    cursor = Cursor(f"mid-transaction-{ending}")
+    cursor.save(Position(store.current_revision()))
+    first_post = store.notify(diss(unique_date, destination=destination, step="0/6/12")).revisions
+    assert len(first_post) == 1, "the three keys are one transaction"
+    handled = _handle_first(store, request, cursor, ending)
+    assert (handled.revision, steps([handled])) == (first_post[0], ["0"])
+    saved = cursor.load()
+    assert saved is not None and saved.order <= handled.order, "the cursor holds at most the first key"
+    if ending == "stop":
+        assert saved == Position(handled.revision, handled.key), "stopped after step 0: saved inside the transaction"
+    repost = store.notify(diss(unique_date, destination=destination, step="0/6/12")).revisions[-1]
+    resumed = listen_until(store, [request], repost, cursor=cursor)
+    again = ["0"] if saved.order < handled.order else []  # closed before it was handled: delivered again
+    assert [(n.revision, n.request["step"]) for n in resumed] == (
+        [(first_post[0], s) for s in [*again, "6", "12"]] + [(repost, s) for s in ("0", "6", "12")])
+
+
+# -- 3. a named cursor that never moved --------------------------------------------------------------
+@pytest.mark.parametrize("ended_by", ["stop", "until_revision"])
+def test_a_cursor_that_never_moved_resumes_from_its_first_start(store: Store, unique_date: str, ended_by: str) -> None:
+    destination = destination_for(unique_date, "N")
+    request = store.request(diss(unique_date, destination=destination, step=None))
+    cursor = Cursor(f"never-moved-{ended_by}")
+    if ended_by == "stop":
+        stop = threading.Event()
+        thread, outcome = run_in_thread(lambda: list(listen(store, [request], cursor=cursor, stop=stop)))
+        time.sleep(0.3)  # the listener runs and hears nothing
+        stop.set()
+    else:  # nothing was posted for this destination yet: the listen ends at once
+        thread, outcome = run_in_thread(lambda: list(listen(store, [request], cursor=cursor,
+                                                            until_revision=store.current_revision())))
+    assert joined(thread, outcome, BOUND) == []
+    store.notify(diss(unique_date, destination=destination, step=6))
+    assert steps(consume(store, [request], 1, cursor=cursor)) == ["6"]
+
+
+# -- 4. state, not history --------------------------------------------------------------------------------
+def test_a_key_posted_twice_while_away_is_delivered_twice(store: Store, unique_date: str) -> None:
+    destination = destination_for(unique_date, "S")
+    request = store.request(diss(unique_date, destination=destination, step=None))
+    cursor = Cursor("away")
+    cursor.save(Position(store.current_revision()))
+    started = utc_now() - dt.timedelta(minutes=1)
+    store.notify(diss(unique_date, destination=destination, step=0), location="file:///first")
+    store.notify(diss(unique_date, destination=destination, step=6))
+    last = store.notify(diss(unique_date, destination=destination, step=0), location="file:///second").revisions[-1]
+    expected = [("0", "file:///first"), ("6", None), ("0", "file:///second")]
+    resumed = listen_until(store, [request], last, cursor=cursor)
+    assert [(n.request["step"], n.location) for n in resumed] == expected
+    window = replay(store, [request], started, utc_now() + dt.timedelta(minutes=1))
+    assert [(n.request["step"], n.location) for n in window] == expected
+
+
+# -- 5. joining a shared watch as its last subscriber leaves ------------------------------------------------
+class _Quiet:
+    """A subscriber that ignores what it is given (the test only joins and leaves)."""
+
+    def on_puts(self, puts: list[KeyValue], revision: int) -> None:
+        pass
+
+    def on_resync(self) -> None:
+        pass
+
+    def on_failure(self, error: Exception) -> None:
+        pass
+
+
+def test_a_join_right_after_the_last_leave_gets_a_live_watch(store: Store, unique_date: str) -> None:
+    prefix = f"/ec/diss/{destination_for(unique_date, 'H')}/"
+    first, second, third = _Quiet(), _Quiet(), _Quiet()
+    watch = HUB.join(store.config, prefix, first, None)
+    ended = HUB.leave(store.config, prefix, first)
+    assert ended is watch, "the last one out gets the watch to stop"
+    joined_after = HUB.join(store.config, prefix, second, None)  # before the ended watch is stopped
+    assert joined_after is not watch and joined_after.alive
+    ended.stop()
+    assert not watch.alive and joined_after.alive
+    assert joined_after.wait_ready(BOUND)
+    assert HUB.join(store.config, prefix, third, None) is joined_after, "one watch is shared"
+    assert HUB.leave(store.config, prefix, third) is None
+    last = HUB.leave(store.config, prefix, second)
+    assert last is joined_after
+    last.stop()
+    again = HUB.join(store.config, prefix, first, None)  # after the stop: a new one
+    try:
+        assert again is not joined_after and again.alive
+    finally:
+        stopped = HUB.leave(store.config, prefix, first)
+        assert stopped is again
+        stopped.stop()
+
+
+def test_short_waits_racing_with_joins_and_leaves_all_return(store: Store, unique_date: str) -> None:
+    destination = destination_for(unique_date, "J")
+    raw = diss(unique_date, destination=destination, step="0/6")
+    store.notify(raw)
+    prefix = f"/ec/diss/{destination}/"
+    durations: list[float] = []
+    waiters_done = threading.Event()
+
+    def waiter() -> None:
+        for _ in range(15):
+            started = time.monotonic()
+            assert len(store.wait(raw, timeout=3)) == 2
+            durations.append(time.monotonic() - started)
+
+    def joiner() -> int:
+        """Joins and leaves as fast as it can: a watch it is subscribed to is never stopped under it."""
+        rounds = 0
+        while not waiters_done.is_set() and rounds < 2_000:
+            subscriber = _Quiet()
+            watch = HUB.join(store.config, prefix, subscriber, None)
+            assert watch.alive
+            ended = HUB.leave(store.config, prefix, subscriber)
+            if ended is not None:
+                ended.stop()
+            rounds += 1
+        return rounds
+
+    waiters = [run_in_thread(waiter) for _ in range(8)]
+    joiners = [run_in_thread(joiner) for _ in range(2)]
+    try:
+        for thread, outcome in waiters:
+            joined(thread, outcome, 30)
+    finally:
+        waiters_done.set()
+    assert all(joined(thread, outcome, BOUND) > 0 for thread, outcome in joiners)
+    assert len(durations) == 8 * 15 and max(durations) < 2.5, "no wait hung until its timeout"
+    assert not [w for w in HUB.watches() if w.prefix == prefix], "the last one out stopped the watch"
+
+
+# -- 6. listen_async by polling delivers re-posts ----------------------------------------------------------
+class RangeOnlyProxy:
+    """Forwards only ``POST /v3/kv/range`` to etcd (as Aviso's read proxy); any other path gets a plain 403."""
+
+    def __init__(self, upstream: str) -> None:
+        self.refused: list[str] = []
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *_: Any) -> None:  # keep the test output clean
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.path == "/v3/kv/range":
+                    answer = requests.post(upstream + self.path, data=body, timeout=30,
+                                           headers={"Content-Type": "application/json"})
+                    status, payload, kind = answer.status_code, answer.content, "application/json"
+                else:
+                    proxy.refused.append(self.path)
+                    status, payload, kind = 403, b"Forbidden: only reads are allowed", "text/plain"
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
+                                        daemon=True)
+
+    def __enter__(self) -> RangeOnlyProxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=BOUND)
+
+
+async def test_listen_async_by_polling_delivers_reposts_of_a_key(store: Store, etcd_url: str,
+                                                                 unique_date: str) -> None:
+    destination = destination_for(unique_date, "A")
+    raw = diss(unique_date, destination=destination, step=0)
+    with RangeOnlyProxy(etcd_url) as proxy:
+        reader = store_on(proxy.url, poll_interval=0.1)
+        start = Position(await asyncio.to_thread(store.current_revision))
+        stream = listen_async(reader, [reader.request(diss(unique_date, destination=destination, step=None))],
+                              after=start)
+        heard: list[Notification] = []
+        try:
+            for location in ("file:///a", "file:///b", "file:///c"):  # each once the previous one was heard:
+                await asyncio.to_thread(store.notify, raw, location=location)  # a poll sees only the latest
+                heard.append(await asyncio.wait_for(anext(stream), BOUND))
+        finally:
+            await stream.aclose()
+    assert [n.location for n in heard] == ["file:///a", "file:///b", "file:///c"]
+    assert [n.revision for n in heard] == sorted({n.revision for n in heard})
+    assert "/v3/watch" in proxy.refused, "the listener polled because the watch was refused"
+
+
+# -- 7. bounded memory -------------------------------------------------------------------------------------------
+def test_a_slow_listener_with_a_small_capacity_gets_a_burst_in_order(store: Store, unique_date: str,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    most_queued: list[int] = [0]
+    restarts: list[int | None] = []
+
+    class Watched(Follower):
+        """The listener's follower, watched: how many notifications it queued, how often it restarted."""
+
+        def pop(self) -> Notification | None:
+            most_queued[0] = max(most_queued[0], self.pending)
+            return super().pop()
+
+        def restarted(self) -> None:
+            restarts.append(self.restart_from)
+            super().restarted()
+
+    monkeypatch.setattr(listen_module, "Follower", Watched)
+    destination = destination_for(unique_date, "C")
+    request = store.request(diss(unique_date, destination=destination, step=None))
+    start = Position(store.current_revision())
+    stop = threading.Event()
+
+    def slow_consumer() -> list[Notification]:
+        taken: list[Notification] = []
+        for notification in listen(store, [request], after=start, stop=stop, capacity=5):
+            taken.append(notification)
+            time.sleep(0.004)
+            if len(taken) == 200:
+                stop.set()
+        return taken
+
+    thread, outcome = run_in_thread(slow_consumer)
+    try:
+        posted = store.notify(diss(unique_date, destination=destination, step="0/to/199"))
+        taken = joined(thread, outcome, 30)
+    finally:
+        stop.set()
+    assert len(posted.revisions) == 2, "127 keys, then 73: two transactions"
+    assert steps(taken) == [str(s) for s in range(200)]
+    assert most_queued[0] <= 5 and len(restarts) >= 10, "the follower restarted its source instead of piling up"
+
+
+# -- 8. idle watches move on with the store ------------------------------------------------------------------------
+def test_a_quiet_watch_moves_on_with_progress_notifications(own_etcd: server.ServerInfo, tmp_path: Path) -> None:
+    store = store_on(own_etcd.client_url)
+    date = "20240101"
+    quiet = store.request(diss(date, destination="QUIET", step=None))
+    channel = Channel()
+    source = HistorySource(store.config, "/ec/diss/QUIET/", store.current_revision() + 1, channel, "quiet",
+                           lambda prefix, since, revision: store.read_prefixes([prefix], min_revision=since,
+                                                                               revision=revision))
+    cursor = Cursor("quiet", tmp_path / "cursors")
+    stop = threading.Event()
+    with source:
+        listener, listened = run_in_thread(lambda: list(listen(store, [quiet], cursor=cursor, stop=stop)))
+        try:
+            within("the listener saved its start", cursor.load)
+            busy_last = max(store.notify(diss(date, destination="BUSY", step=s)).revisions[-1] for s in range(20))
+            progress = None
+            until = time.monotonic() + 8  # progress comes every second
+            while progress is None and time.monotonic() < until:
+                feed = channel.get(0.2)
+                if feed is not None:
+                    assert feed.kind == "progress", "nothing happens under the quiet prefix"
+                    progress = feed if feed.revision >= busy_last else None
+            assert progress is not None, "no progress notification reached the quiet watch"
+            assert source.connections_opened == 1, "moved on without reconnecting"
+            assert source.next_revision > busy_last
+            within("the quiet listener's cursor moved past the busy posts",
+                   lambda: (saved := cursor.load()) is not None and saved.revision >= busy_last)
+        finally:
+            stop.set()
+        assert joined(listener, listened, BOUND) == []
+
+
+# -- 9. order inside a transaction ----------------------------------------------------------------------------------
+def test_keys_of_one_transaction_come_in_numeric_order_everywhere(store: Store, unique_date: str) -> None:
+    destination = destination_for(unique_date, "O")
+    raw = diss(unique_date, destination=destination, step="0/to/120/by/12")
+    expected = [str(s) for s in range(0, 121, 12)]  # as text 108 would come before 12
+    request = store.request(diss(unique_date, destination=destination, step=None))
+    stop = threading.Event()
+    stream = listen(store, [request], after=Position(store.current_revision()), stop=stop)
+    listener, listened = run_in_thread(lambda: [next(stream) for _ in expected])
+    progress_live: list[str] = []
+    waiter, waited = run_in_thread(lambda: store.wait(raw, timeout=BOUND,
+                                                      on_progress=lambda _d, _t, n: progress_live.append(
+                                                          n.request["step"])))
+    time.sleep(0.3)  # both follow the store before the post
+    try:
+        assert len(store.notify(raw).revisions) == 1, "one transaction"
+        heard = joined(listener, listened, BOUND)
+    finally:
+        stop.set()
+    assert steps(heard) == expected and heard[-1].request["step"] == "120"
+    assert steps(joined(waiter, waited, BOUND)) == expected
+    assert progress_live == expected
+    progress_read: list[str] = []  # a wait that finds them already posted
+    assert steps(store.wait(raw, timeout=BOUND, on_progress=lambda _d, _t, n: progress_read.append(
+        n.request["step"]))) == expected
+    assert progress_read == expected
+    assert steps(store.get(raw)) == expected
+
+
+# -- 10. an outage at a wait's first read --------------------------------------------------------------------------
+def test_a_wait_started_while_etcd_is_down_is_released_once_it_is_back(own_etcd: server.ServerInfo) -> None:
+    store = store_on(own_etcd.client_url)
+    raw = diss("20240101", destination="OUTAGE", step=0)
+    server.stop(own_etcd.data_dir)
+    thread, outcome = run_in_thread(lambda: store.wait(raw, timeout=20))
+    time.sleep(1.0)
+    assert thread.is_alive(), "the wait rides the outage out"
+    server.start(own_etcd.data_dir, port=own_etcd.port)
+    store.notify(raw)
+    found = joined(thread, outcome, 20)
+    assert [n.key for n in found] == store.request(raw).keys()
