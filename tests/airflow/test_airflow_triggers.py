@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 from airflow_helpers import MemoryStateStore, connection_json
 
-from aviso_workflows import Store
+from aviso_workflows import Store, server
 from aviso_workflows.airflow import AvisoEventTrigger, AvisoTrigger
 from aviso_workflows.airflow.triggers import CURSOR_KEY
 from aviso_workflows.listen import HUB
@@ -74,13 +76,35 @@ async def test_many_triggers_share_one_watch(store: Store, unique_date: str, avi
     assert all(e.payload["status"] == "success" for e in events)
 
 
-async def test_error_when_etcd_cannot_be_reached(monkeypatch: pytest.MonkeyPatch, store: Store,
-                                                 unique_date: str) -> None:
-    monkeypatch.setenv("AIRFLOW_CONN_AVISO_NOWHERE", connection_json(f"http://127.0.0.1:{free_port()}", timeout=1))
-    trigger = AvisoTrigger(event="mars", request=request_of(store, unique_date), aviso_conn_id="aviso_nowhere")
+async def test_a_trigger_started_during_an_outage_is_released_once_etcd_is_back(
+        monkeypatch: pytest.MonkeyPatch, store: Store, unique_date: str, tmp_path: Path) -> None:
+    """The first read meets an outage: the trigger rides it out (Airflow's own timeout bounds it)."""
+    port = free_port()
+    monkeypatch.setenv("AIRFLOW_CONN_AVISO_LATER", connection_json(f"http://127.0.0.1:{port}", timeout=1))
+    trigger = AvisoTrigger(event="mars", request=request_of(store, unique_date, step=0), aviso_conn_id="aviso_later")
+    waiting = asyncio.create_task(anext(trigger.run()))
+    await asyncio.sleep(2.0)
+    assert not waiting.done(), "the trigger gave up while etcd was unreachable"
+    info = await asyncio.to_thread(server.start, tmp_path / "etcd", port)
+    try:
+        later = Store([info.client_url])
+        await notify(later, unique_date, 0, location="file:///after-the-outage")
+        event = await asyncio.wait_for(waiting, 30)
+    finally:
+        await asyncio.to_thread(server.stop, tmp_path / "etcd")
+    assert event.payload["status"] == "success"
+    assert [n["location"] for n in event.payload["notifications"]] == ["file:///after-the-outage"]
+
+
+async def test_error_when_etcd_refuses_the_request(monkeypatch: pytest.MonkeyPatch, store: Store, etcd_url: str,
+                                                   unique_date: str) -> None:
+    """A refusal is not an outage: the trigger reports it at once."""
+    connection = {**json.loads(connection_json(etcd_url)), "login": "nobody", "password": "wrong"}
+    monkeypatch.setenv("AIRFLOW_CONN_AVISO_REFUSED", json.dumps(connection))
+    trigger = AvisoTrigger(event="mars", request=request_of(store, unique_date), aviso_conn_id="aviso_refused")
     event = await asyncio.wait_for(anext(trigger.run()), 30)
     assert event.payload["status"] == "error"
-    assert "127.0.0.1" in event.payload["message"]
+    assert "nobody" in event.payload["message"]
 
 
 @pytest.mark.parametrize("trigger", [

@@ -13,14 +13,15 @@ import asyncio
 import datetime as dt
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import requests
 from core_helpers import destination_for, diss, joined
+from tcp_proxy import TcpProxy
 from threads import run_in_thread
 
 import aviso_workflows.listen as listen_module
@@ -40,6 +41,11 @@ def days_from(date: str, count: int) -> list[str]:
     """``count`` consecutive dates from ``date`` (YYYYMMDD)."""
     first = dt.datetime.strptime(date, "%Y%m%d").date()
     return [(first + dt.timedelta(days=i)).strftime("%Y%m%d") for i in range(count)]
+
+
+def any_of(dates: list[str]) -> str:
+    """A request's list of dates (``a/b/c``)."""
+    return "/".join(dates)
 
 
 def steps(notifications: Sequence[Notification]) -> list[str]:
@@ -112,7 +118,7 @@ def test_a_read_of_many_prefixes_sees_one_revision(store: Store, etcd_url: str, 
     """A post landing between the transactions of one read is in none of them: it is after the read."""
     destination = destination_for(unique_date, "P")
     dates = days_from(unique_date, 300)
-    request = store.request(diss(dates, destination=destination, step="0/6"))
+    request = store.request(diss(any_of(dates), destination=destination, step="0/6"))
     prefixes = request.read_prefixes()
     assert len(prefixes) == 300 and store.config.max_txn_ops == 128, "three read transactions"
     early = [store.notify(diss(dates[i], destination=destination, step=0)) for i in (0, 200, 299)]
@@ -138,10 +144,41 @@ def test_a_read_of_many_prefixes_sees_one_revision(store: Store, etcd_url: str, 
     assert store.request(late).keys()[0] in {n.key for n in found_now}, "the post exists: the next read has it"
 
 
+def test_a_slow_read_of_many_prefixes_is_one_snapshot_while_posts_go_on(store: Store, unique_date: str,
+                                                                       delaying_proxy: TcpProxy) -> None:
+    """The same without touching the store: each answer of a read comes late, while a producer posts."""
+    destination = destination_for(unique_date, "Q")
+    dates = days_from(unique_date, 300)
+    prefixes = store.request(diss(any_of(dates), destination=destination, step="0/6")).read_prefixes()
+    assert len(prefixes) == 300
+    delaying_proxy.set_delay(0.2)  # three transactions, each answered late: posts land between them
+    reader = store_on(delaying_proxy.url)
+    reading = threading.Event()
+
+    def produce() -> int:
+        count = 0
+        while reading.is_set() and count < 500:
+            store.notify(diss(dates[count * 7 % 300], destination=destination, step=0))  # early and late dates
+            count += 1
+        return count
+
+    reading.set()
+    producer, produced = run_in_thread(produce)
+    try:
+        revision, kvs = reader.read_prefixes(prefixes)
+    finally:
+        reading.clear()
+    assert joined(producer, produced, BOUND) > 10
+    _, snapshot = store.read_prefixes(prefixes, revision=revision)
+    assert sorted((kv.key, kv.mod_revision) for kv in kvs) == sorted((kv.key, kv.mod_revision) for kv in snapshot)
+    newer = [kv for kv in store.read_prefixes(prefixes)[1] if kv.mod_revision > revision]
+    assert len({kv.key for kv in newer}) > 10, "posts went on during the read, into many prefixes"
+
+
 def test_a_cursor_listener_restarted_while_a_producer_posts_loses_nothing(store: Store, unique_date: str) -> None:
     destination = destination_for(unique_date, "R")
     dates = days_from(unique_date, 300)
-    request = store.request(diss(dates, destination=destination, step="0/6"))
+    request = store.request(diss(any_of(dates), destination=destination, step="0/6"))
     cursor = Cursor("restarted-often")
     cursor.save(Position(store.current_revision()))
     posts = [(dates[(i * 37) % 300], "0/6" if i % 3 == 0 else i % 2 * 6) for i in range(30)]  # early and late dates
@@ -173,7 +210,7 @@ def _handle_first(store: Store, request: Request, cursor: Cursor, ending: str) -
         return first
 
     def take_one_and_close() -> Notification:
-        stream = listen(store, [request], cursor=cursor)
+        stream = cast(Generator[Notification, None, None], listen(store, [request], cursor=cursor))
         first = next(stream)
         stream.close()
         return first
@@ -293,12 +330,12 @@ def test_short_waits_racing_with_joins_and_leaves_all_return(store: Store, uniqu
             durations.append(time.monotonic() - started)
 
     def joiner() -> int:
-        """Joins and leaves as fast as it can: a watch it is subscribed to is never stopped under it."""
+        """Joins and leaves as fast as it can, so that waits often start or end a watch."""
         rounds = 0
         while not waiters_done.is_set() and rounds < 2_000:
             subscriber = _Quiet()
             watch = HUB.join(store.config, prefix, subscriber, None)
-            assert watch.alive
+            assert watch.wait_ready(BOUND) and watch.alive
             ended = HUB.leave(store.config, prefix, subscriber)
             if ended is not None:
                 ended.stop()
@@ -315,6 +352,44 @@ def test_short_waits_racing_with_joins_and_leaves_all_return(store: Store, uniqu
     assert all(joined(thread, outcome, BOUND) > 0 for thread, outcome in joiners)
     assert len(durations) == 8 * 15 and max(durations) < 2.5, "no wait hung until its timeout"
     assert not [w for w in HUB.watches() if w.prefix == prefix], "the last one out stopped the watch"
+
+
+def test_a_join_racing_with_the_last_leave_never_gets_a_watch_that_is_stopped(store: Store, unique_date: str) -> None:
+    """Round after round, one subscriber leaves (the last one) while another joins at the same moment:
+    the joiner's watch gets ready and stays alive for as long as it is subscribed."""
+    prefix = f"/ec/diss/{destination_for(unique_date, 'K')}/"
+    rounds = 60
+    barrier = threading.Barrier(2, timeout=BOUND)
+
+    def leave(subscriber: _Quiet) -> None:
+        ended = HUB.leave(store.config, prefix, subscriber)
+        if ended is not None:
+            ended.stop()
+
+    def last_out() -> None:
+        for _ in range(rounds):
+            subscriber = _Quiet()
+            assert HUB.join(store.config, prefix, subscriber, None).wait_ready(BOUND)
+            barrier.wait()  # alone on the watch: this leave is the last one, racing with the join
+            leave(subscriber)
+            barrier.wait()
+
+    def joiner() -> None:
+        for index in range(rounds):
+            subscriber = _Quiet()
+            barrier.wait()
+            time.sleep(index % 5 * 0.0003)  # land before, inside and after the leave
+            watch = HUB.join(store.config, prefix, subscriber, None)
+            assert watch.wait_ready(BOUND)
+            time.sleep(0.005)  # subscribed a while: the racing leave has stopped whatever it took out
+            assert watch.alive, f"round {index}: the watch was stopped under a subscriber"
+            leave(subscriber)
+            barrier.wait()
+
+    threads = [run_in_thread(last_out), run_in_thread(joiner)]
+    for thread, outcome in threads:
+        joined(thread, outcome, 30)
+    assert not [w for w in HUB.watches() if w.prefix == prefix]
 
 
 # -- 6. listen_async by polling delivers re-posts ----------------------------------------------------------
@@ -487,14 +562,26 @@ def test_keys_of_one_transaction_come_in_numeric_order_everywhere(store: Store, 
 
 
 # -- 10. an outage at a wait's first read --------------------------------------------------------------------------
-def test_a_wait_started_while_etcd_is_down_is_released_once_it_is_back(own_etcd: server.ServerInfo) -> None:
+@pytest.mark.parametrize("watch", ["new", "following"])
+def test_a_wait_started_while_etcd_is_down_is_released_once_it_is_back(own_etcd: server.ServerInfo,
+                                                                        watch: str) -> None:
+    """``new``: the wait starts the shared watch, which cannot learn its start; ``following``: another
+    subscriber holds a watch that is ready, so the wait goes straight to its first read, which fails."""
     store = store_on(own_etcd.client_url)
     raw = diss("20240101", destination="OUTAGE", step=0)
-    server.stop(own_etcd.data_dir)
-    thread, outcome = run_in_thread(lambda: store.wait(raw, timeout=20))
-    time.sleep(1.0)
-    assert thread.is_alive(), "the wait rides the outage out"
-    server.start(own_etcd.data_dir, port=own_etcd.port)
-    store.notify(raw)
-    found = joined(thread, outcome, 20)
+    prefix, holder = "/ec/diss/OUTAGE/", _Quiet()
+    if watch == "following":
+        assert HUB.join(store.config, prefix, holder, None).wait_ready(BOUND)
+    try:
+        server.stop(own_etcd.data_dir)
+        thread, outcome = run_in_thread(lambda: store.wait(raw, timeout=20))
+        time.sleep(1.0)
+        assert thread.is_alive(), "the wait rides the outage out"
+        server.start(own_etcd.data_dir, port=own_etcd.port)
+        store.notify(raw)
+        found = joined(thread, outcome, 20)
+    finally:
+        ended = HUB.leave(store.config, prefix, holder)
+        if ended is not None:
+            ended.stop()
     assert [n.key for n in found] == store.request(raw).keys()
