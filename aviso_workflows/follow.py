@@ -136,7 +136,8 @@ class Follower:
     @property
     def finished(self) -> bool:
         """A finite follow has delivered everything up to ``until``."""
-        return self.until is not None and not self._pending and self.frontier.order >= place(self.until, END_OF_REVISION)
+        until = self.until
+        return until is not None and not self._pending and self.frontier.order >= place(until, END_OF_REVISION)
 
     def restarted(self) -> None:
         """The driver restarted the source from :attr:`restart_from`."""

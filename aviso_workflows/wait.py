@@ -11,7 +11,6 @@ An outage — at the first read as later on — is ridden out within the wait's 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import queue
 import threading
@@ -106,17 +105,11 @@ class _Deadline:
         return longest if remaining is None else max(0.0, min(longest, remaining))
 
 
-class _Inbox:
-    """A subscriber that queues what the shared watch sees for a waiting thread (bounded)."""
-
-    def __init__(self) -> None:
-        self.queue: queue.Queue[Feed] = queue.Queue()
+class _Subscriber:
+    """Turns what the shared watch sees into feeds for one waiter; :meth:`_put` hands them over."""
 
     def _put(self, feed: Feed) -> None:
-        if self.queue.qsize() >= INBOX_LIMIT:  # too far behind: forget what is queued and read again
-            _empty(self.queue)
-            feed = RESYNC
-        self.queue.put(feed)
+        raise NotImplementedError
 
     def on_puts(self, puts: list[KeyValue], revision: int) -> None:
         self._put(Feed("events", revision, puts))
@@ -126,6 +119,19 @@ class _Inbox:
 
     def on_failure(self, error: Exception) -> None:
         self._put(Feed("failure", 0, error=error))
+
+
+class _Inbox(_Subscriber):
+    """Queues feeds for a waiting thread (bounded: too far behind, it forgets them and reads again)."""
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue[Feed] = queue.Queue()
+
+    def _put(self, feed: Feed) -> None:
+        if self.queue.qsize() >= INBOX_LIMIT:
+            _empty(self.queue)
+            feed = RESYNC
+        self.queue.put(feed)
 
     def get(self, timeout: float | None) -> Feed | None:
         try:
@@ -142,8 +148,8 @@ def _empty(items: queue.Queue[Feed]) -> None:
             return
 
 
-class _AsyncInbox:
-    """A subscriber that hands what the shared watch sees to an asyncio loop (no thread per waiter)."""
+class _AsyncInbox(_Subscriber):
+    """Hands feeds to an asyncio loop (no thread per waiter; bounded as :class:`_Inbox`)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -161,15 +167,6 @@ class _AsyncInbox:
                 self.queue.get_nowait()
             feed = RESYNC
         self.queue.put_nowait(feed)
-
-    def on_puts(self, puts: list[KeyValue], revision: int) -> None:
-        self._put(Feed("events", revision, puts))
-
-    def on_resync(self) -> None:
-        self._put(RESYNC)
-
-    def on_failure(self, error: Exception) -> None:
-        self._put(Feed("failure", 0, error=error))
 
 
 def _watched_prefix(request: Request) -> str:
@@ -189,46 +186,43 @@ def _take(follower: Follower, feed: Feed) -> bool:
 
 
 class _OutageReport:
-    """One WARNING when a wait's read meets an outage, one INFO when a read works again."""
+    """Decides what a wait does when a read meets an outage: one WARNING, then pauses until the deadline."""
 
-    def __init__(self, store: Store) -> None:
-        self.store = store
+    def __init__(self, deadline: _Deadline, found: _Found) -> None:
+        self.deadline = deadline
+        self.found = found
         self.failures = 0
 
-    def failed(self, error: StoreUnavailable, deadline: _Deadline) -> float:
-        """Report the failure (once); returns how long to pause, or raises it when out of attempts."""
+    def failed(self, error: StoreUnavailable) -> float:
+        """How long to pause before reading again; raises once the wait is over or can never succeed."""
+        if isinstance(error, TlsRefused):  # waiting will not mend a setting
+            raise error
+        if self.deadline.passed:
+            raise self.found.timed_out(self.deadline.timeout, error) from None
         if self.failures >= MAX_READ_ATTEMPTS:
             raise error
         if not self.failures:
-            until = "its timeout" if deadline.timeout is not None else "it is reachable"
+            until = "its timeout" if self.deadline.timeout is not None else "it is reachable"
             log.warning("a wait cannot read etcd now (%s); trying again until %s", one_line(error), until)
-        pause = READ_RETRY_DELAYS[min(self.failures, len(READ_RETRY_DELAYS) - 1)]
         self.failures += 1
-        return deadline.slice(pause)
+        return self.deadline.slice(READ_RETRY_DELAYS[min(self.failures - 1, len(READ_RETRY_DELAYS) - 1)])
 
     def succeeded(self) -> None:
         if self.failures:
             log.info("a wait reads etcd again after %d failed attempts", self.failures)
-            self.failures = 0
 
 
 def _read(store: Store, request: Request, follower: Follower, deadline: _Deadline, found: _Found) -> None:
     """Read what exists into the follower, riding out an outage until the deadline."""
-    report = _OutageReport(store)
-    for _ in itertools.count():
+    report = _OutageReport(deadline, found)
+    while True:  # bounded by the deadline and MAX_READ_ATTEMPTS
         try:
             revision, notifications = store.read(request, min_revision=follower.frontier.resume_revision)
+            break
         except StoreUnavailable as error:
-            if isinstance(error, TlsRefused):  # waiting will not mend a setting
-                raise
-            pause = report.failed(error, deadline)
-            if deadline.passed:
-                raise found.timed_out(deadline.timeout, error) from None
-            time.sleep(pause)
-            continue
-        report.succeeded()
-        follower.on_found(notifications, revision)
-        return
+            time.sleep(report.failed(error))
+    report.succeeded()
+    follower.on_found(notifications, revision)
 
 
 def _until_ready(watch: PrefixWatch, deadline: _Deadline, found: _Found, patience: float) -> None:
@@ -330,21 +324,15 @@ class _ReadBatch:
 async def _read_async(store: Store, request: Request, follower: Follower, deadline: _Deadline,
                       found: _Found) -> None:
     """:func:`_read` in a shared read of the loop's waiters; the pauses are the loop's, not a thread's."""
-    report = _OutageReport(store)
-    for _ in itertools.count():
+    report = _OutageReport(deadline, found)
+    while True:  # bounded by the deadline and MAX_READ_ATTEMPTS
         try:
             revision, notifications = await _ReadBatch.read(store, request)
+            break
         except StoreUnavailable as error:
-            if isinstance(error, TlsRefused):  # waiting will not mend a setting
-                raise
-            pause = report.failed(error, deadline)
-            if deadline.passed:
-                raise found.timed_out(deadline.timeout, error) from None
-            await asyncio.sleep(pause)
-            continue
-        report.succeeded()
-        follower.on_found(notifications, revision)
-        return
+            await asyncio.sleep(report.failed(error))
+    report.succeeded()
+    follower.on_found(notifications, revision)
 
 
 async def _until_ready_async(watch: PrefixWatch, deadline: _Deadline, found: _Found, patience: float) -> None:

@@ -1,10 +1,9 @@
 """Regressions of the follow engine, one test per case of the bug report, each against a real etcd.
 
-1. catch-up reads at mixed revisions       6. listen_async by polling drops re-posts
-2. re-post after a stop inside a transaction  7. unbounded memory of a slow listener
-3. a named cursor that never moved           8. idle watches that never move on
-4. state instead of history                  9. keys of one transaction out of numeric order
-5. joining a shared watch as it ends         10. an outage at a wait's first read
+Cases: (1) catch-up reads at mixed revisions, (2) a re-post after a stop inside a transaction, (3) a named
+cursor that never moved, (4) state instead of history, (5) joining a shared watch as its last subscriber
+leaves, (6) listen_async by polling and re-posts, (7) bounded memory of a slow listener, (8) idle watches
+that never move on, (9) keys of one transaction in numeric order, (10) an outage at a wait's first read.
 """
 
 from __future__ import annotations
@@ -84,7 +83,8 @@ def consume(store: Store, requests_: list[Request], count: int, **options: Any) 
 
     thread, outcome = run_in_thread(body)
     try:
-        return joined(thread, outcome, BOUND)  # type: ignore[no-any-return]
+        taken: list[Notification] = joined(thread, outcome, BOUND)
+        return taken
     finally:
         stop.set()  # a listener still blocked (the test failed) ends too
 
@@ -92,7 +92,8 @@ def consume(store: Store, requests_: list[Request], count: int, **options: Any) 
 def listen_until(store: Store, requests_: list[Request], until: int, **options: Any) -> list[Notification]:
     """Everything a listener delivers up to revision ``until`` (bounded)."""
     thread, outcome = run_in_thread(lambda: list(listen(store, requests_, until_revision=until, **options)))
-    return joined(thread, outcome, BOUND)  # type: ignore[no-any-return]
+    delivered: list[Notification] = joined(thread, outcome, BOUND)
+    return delivered
 
 
 @pytest.fixture
@@ -216,7 +217,8 @@ def _handle_first(store: Store, request: Request, cursor: Cursor, ending: str) -
         return first
 
     thread, outcome = run_in_thread(take_one_and_close)
-    return joined(thread, outcome, BOUND)  # type: ignore[no-any-return]
+    handled: Notification = joined(thread, outcome, BOUND)
+    return handled
 
 
 @pytest.mark.parametrize("ending", ["stop", "close"])
@@ -344,9 +346,10 @@ def test_short_waits_racing_with_joins_and_leaves_all_return(store: Store, uniqu
 
     waiters = [run_in_thread(waiter) for _ in range(8)]
     joiners = [run_in_thread(joiner) for _ in range(2)]
+    deadline = time.monotonic() + 30
     try:
         for thread, outcome in waiters:
-            joined(thread, outcome, 30)
+            joined(thread, outcome, max(0.1, deadline - time.monotonic()))
     finally:
         waiters_done.set()
     assert all(joined(thread, outcome, BOUND) > 0 for thread, outcome in joiners)
@@ -446,8 +449,9 @@ async def test_listen_async_by_polling_delivers_reposts_of_a_key(store: Store, e
                               after=start)
         heard: list[Notification] = []
         try:
-            for location in ("file:///a", "file:///b", "file:///c"):  # each once the previous one was heard:
-                await asyncio.to_thread(store.notify, raw, location=location)  # a poll sees only the latest
+            # each re-post once the previous one was heard: a poll sees only the latest post of a key
+            for location in ("file:///a", "file:///b", "file:///c"):
+                await asyncio.to_thread(store.notify, raw, location=location)
                 heard.append(await asyncio.wait_for(anext(stream), BOUND))
         finally:
             await stream.aclose()
