@@ -105,6 +105,29 @@ def range_op(key: str, *, prefix_of: str | None = None, limit: int = 0, revision
     return body
 
 
+def put_op(key: str, value: str, lease: str | None = None) -> dict[str, Any]:
+    """A put operation of a transaction; with ``lease``, the key expires with that lease."""
+    body: dict[str, Any] = {"key": b64(key), "value": b64(value)}
+    if lease:
+        body["lease"] = lease
+    return {"request_put": body}
+
+
+def unchanged_since(key: str, previous: KeyValue | None) -> dict[str, Any]:
+    """A transaction compare: ``key`` was not modified since ``previous`` (None: the key does not exist)."""
+    if previous is None:
+        return {"key": b64(key), "target": "VERSION", "result": "EQUAL", "version": 0}
+    return {"key": b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": previous.mod_revision}
+
+
+def first_kv_of_failure(answer: dict[str, Any]) -> KeyValue | None:
+    """The first key read by the range that opens the failure branch of a failed transaction's ``answer``
+    (None if the range found nothing)."""
+    responses = answer.get("responses") or [{}]
+    kvs = responses[0].get("response_range", {}).get("kvs", [])
+    return KeyValue.from_json(kvs[0]) if kvs else None
+
+
 #: Per thread, one HTTP session per store identity: every gateway of a store (each Store object, each
 #: shared watch) reuses the thread's keep-alive connections instead of opening its own.
 _SESSIONS = threading.local()

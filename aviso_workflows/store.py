@@ -8,28 +8,26 @@ has one. The status key is compared in the transaction so that concurrent notifi
 
 from __future__ import annotations
 
-import datetime as dt
-import getpass
 import json
 import logging
-import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import __version__
 from .config import StoreConfig, resolve_config
 from .errors import HistoryCompacted, NotForwarded, PermissionDenied, StoreError
-from .etcd import EtcdGateway, KeyValue, b64, range_op
+from .etcd import EtcdGateway, KeyValue, first_kv_of_failure, put_op, range_op, unchanged_since
 from .listen import listen
 from .notification import NO_PAYLOAD, Notification, in_order, notification_from_kv
 from .request import Request, check_location, check_timeout, check_ttl, split_event
 from .schema import EventSchema, SchemaRegistry
+from .status_chain import STATUS_TIME_FORMAT, StatusChainTooLong, new_status, status_after, status_record
 from .wait import wait
 
 log = logging.getLogger(__name__)
-DATE_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+#: The layout of ``date_time`` in a status record (kept here for code that imports it from the store).
+DATE_FORMAT = STATUS_TIME_FORMAT
 STATUS_RETRIES = 50
 #: Statuses read at most, walking a status chain back to learn whether a notify whose answer was lost committed.
 STATUS_WALK_LIMIT = 10_000
@@ -160,15 +158,16 @@ class Store:
         # One id for every attempt of this batch: it tells our own status from another writer's on the chain.
         notify_id = uuid.uuid4().hex
         for _ in range(STATUS_RETRIES):
-            status = json.dumps({**self._status(previous, text), "notify_id": notify_id})
+            status = json.dumps({**new_status(previous, text, self.config.username), "notify_id": notify_id})
             puts = [*batch.puts, (batch.status_key, status), *((k, NO_PAYLOAD) for k in batch.admin_keys)]
-            answer = self.gateway.txn([_unchanged(batch.status_key, previous)], [_put(k, v, lease) for k, v in puts],
+            answer = self.gateway.txn([unchanged_since(batch.status_key, previous)],
+                                      [put_op(k, v, lease) for k, v in puts],
                                       [{"request_range": range_op(batch.status_key)}])
             if answer.get("succeeded"):
                 revision = int(answer["header"]["revision"])
                 self._last_status[batch.status_key] = KeyValue(batch.status_key, status, revision)
                 return revision
-            current = _status_in(answer)
+            current = first_kv_of_failure(answer)
             # The gateway re-sends a transaction whose answer was lost: the status may have moved by our own commit.
             committed = self._committed_revision(batch.status_key, previous, current, notify_id)
             if committed is not None:
@@ -181,47 +180,18 @@ class Store:
                             notify_id: str) -> int | None:
         """The revision of our status if it is the one written right after ``previous`` (None: not ours)."""
         try:
-            after = self._status_after(key, previous, current)
+            after = status_after(self.gateway, key, previous, current, limit=STATUS_WALK_LIMIT)
         except HistoryCompacted:
             self._warn_possible_repeat(key, "the history of the status key is compacted")
             return None
-        if after is None or self._status_record(after).get("notify_id") != notify_id:
+        except StatusChainTooLong as too_long:
+            self._warn_possible_repeat(key, str(too_long))
+            return None
+        if after is None or status_record(after).get("notify_id") != notify_id:
             return None
         log.info("a transaction on %s committed at revision %d before its answer was lost; not written again",
                  key, after.mod_revision)
         return after.mod_revision
-
-    def _status_after(self, key: str, previous: KeyValue | None, current: KeyValue | None) -> KeyValue | None:
-        """The status whose ``prev_rev`` is ``previous`` (or the first one, when there was none), found by
-        walking prev_rev back from ``current``; None if the chain does not lead back to ``previous``."""
-        floor = previous.mod_revision if previous is not None else 0
-        status = current
-        for _ in range(STATUS_WALK_LIMIT):
-            if status is None or status.mod_revision <= floor:
-                return None
-            prev_rev = self._prev_rev(status)
-            if prev_rev is None:  # the start of a chain: ours only if the key did not exist when we compared
-                return status if previous is None else None
-            if prev_rev <= floor:  # below ``previous``: the chain skipped it (it cannot be ours)
-                return status if prev_rev == floor and previous is not None else None
-            _, status = self.gateway.get(key, revision=prev_rev)
-        self._warn_possible_repeat(key, f"more than {STATUS_WALK_LIMIT} statuses were written since")
-        return None
-
-    @staticmethod
-    def _status_record(status: KeyValue) -> dict[str, Any]:
-        """The JSON of a status; empty if another writer put something else there."""
-        try:
-            record = json.loads(status.value)
-        except ValueError:
-            return {}
-        return record if isinstance(record, dict) else {}
-
-    @classmethod
-    def _prev_rev(cls, status: KeyValue) -> int | None:
-        """The revision of the status before ``status`` (None: the first of its chain, or unreadable)."""
-        prev_rev = cls._status_record(status).get("prev_rev")
-        return prev_rev if isinstance(prev_rev, int) and not isinstance(prev_rev, bool) else None
 
     @staticmethod
     def _warn_possible_repeat(key: str, reason: str) -> None:
@@ -231,32 +201,6 @@ class Store:
         _UNVERIFIED_STATUS_KEYS.add(key)
         log.warning("a notify on %s may be written twice (a repeat cannot be ruled out): the answer of a "
                     "transaction was lost and %s, so whether it committed cannot be checked", key, reason)
-
-    def _status(self, previous: KeyValue | None, message: str) -> dict[str, Any]:
-        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-        status: dict[str, Any] = {
-            "etcd_user": self.config.username,
-            "message": message,
-            "unix_user": _unix_user(),
-            "aviso_version": f"aviso-workflows {__version__}",
-            "engine": "ETCD_REST",
-            "hostname": os.uname().nodename,
-            "date_time": now.strftime(DATE_FORMAT),
-        }
-        if previous is None:
-            return status
-        status["prev_rev"] = previous.mod_revision
-        try:
-            old = json.loads(previous.value)
-            old_day = dt.datetime.strptime(old["date_time"], DATE_FORMAT).date()
-        except (ValueError, KeyError, TypeError):
-            return status
-        if old_day == now.date():
-            if "last_prev_day_rev" in old:
-                status["last_prev_day_rev"] = old["last_prev_day_rev"]
-        else:
-            status["last_prev_day_rev"] = previous.mod_revision
-        return status
 
     # -- reads -----------------------------------------------------------------------------------
     def read(self, request: Request, *, min_revision: int = 0) -> tuple[int, list[Notification]]:
@@ -363,30 +307,3 @@ def _matching_notifications(request: Request, kvs: Mapping[str, KeyValue]) -> li
         candidates = list(kvs.values())
     found = (notification_from_kv(request, kv) for kv in candidates)
     return in_order([n for n in found if n is not None])
-
-
-def _status_in(failed_txn: dict[str, Any]) -> KeyValue | None:
-    """The status key as read by the failure branch of a notify transaction (None if it does not exist)."""
-    responses = failed_txn.get("responses") or [{}]
-    kvs = responses[0].get("response_range", {}).get("kvs", [])
-    return KeyValue.from_json(kvs[0]) if kvs else None
-
-
-def _unix_user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return str(os.getuid())
-
-
-def _put(key: str, value: str, lease: str | None) -> dict[str, Any]:
-    body: dict[str, Any] = {"key": b64(key), "value": b64(value)}
-    if lease:
-        body["lease"] = lease
-    return {"request_put": body}
-
-
-def _unchanged(key: str, previous: KeyValue | None) -> dict[str, Any]:
-    if previous is None:
-        return {"key": b64(key), "target": "VERSION", "result": "EQUAL", "version": 0}
-    return {"key": b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": previous.mod_revision}

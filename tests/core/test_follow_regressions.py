@@ -37,8 +37,10 @@ BOUND = 10.0  # seconds: the longest any single step below may take
 
 # -- helpers ---------------------------------------------------------------------------------------
 def days_from(date: str, count: int) -> list[str]:
-    """``count`` consecutive dates from ``date`` (YYYYMMDD)."""
-    first = dt.datetime.strptime(date, "%Y%m%d").date()
+    """``count`` consecutive dates of the test's own, far from the dates other tests get (``unique_date``
+    hands out one day each from 2001 on): its admin keys must not land under another test's date."""
+    index = (dt.datetime.strptime(date, "%Y%m%d").date() - dt.date(2001, 1, 1)).days
+    first = dt.date(2400, 1, 1) + dt.timedelta(days=index * count)
     return [(first + dt.timedelta(days=i)).strftime("%Y%m%d") for i in range(count)]
 
 
