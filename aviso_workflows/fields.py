@@ -226,7 +226,8 @@ class DateField(Field):
     _RELATIVE = re.compile(r"^[+-]?\d{1,5}$")
 
     def describe(self) -> str:
-        return "a date as YYYYMMDD or YYYY-MM-DD, or 0, -1, ... for days relative to today (UTC)"
+        return ("a date as YYYYMMDD, YYYY-MM-DD or an ISO date-time (YYYY-MM-DDTHH:MM:SS), or 0, -1, ... for days "
+                "relative to today (UTC)")
 
     def to_date(self, value: Any) -> dt.date:
         """Read one date value."""
@@ -239,10 +240,10 @@ class DateField(Field):
         text = str(value).strip()
         if self._RELATIVE.match(text):
             return self._relative(value, int(text))
-        if len(text) >= 10 and text[4] == "-" and text[7] == "-":
-            if len(text) > 10 and text[10] not in "T ":
-                raise ValidationError(self.name, value, f"expected {self.describe()}")
-            return self._parse(value, text[:10], "%Y-%m-%d")
+        if len(text) > 10 and text[4] == "-" and text[7] == "-":
+            return self._moment(value, text)
+        if len(text) == 10 and text[4] == "-" and text[7] == "-":
+            return self._parse(value, text, "%Y-%m-%d")
         if len(text) == 8 and text.isdigit():
             return self._parse(value, text, "%Y%m%d")
         raise ValidationError(self.name, value, f"expected {self.describe()}")
@@ -251,6 +252,16 @@ class DateField(Field):
         if days > 0:
             raise ValidationError(self.name, value, "relative dates count back from today: 0, -1, -2, ...")
         return dt.datetime.now(dt.UTC).date() + dt.timedelta(days=days)
+
+    def _moment(self, value: Any, text: str) -> dt.date:
+        """The date of a whole ISO 8601 date-time (``2026-12-01T06:00:00Z``): trailing text is refused, not
+        cut off, so a typo never turns into a valid date."""
+        if text[10] not in "T ":
+            raise ValidationError(self.name, value, f"expected {self.describe()}")
+        try:
+            return dt.datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text).date()
+        except ValueError:
+            raise ValidationError(self.name, value, f"not a date-time; expected {self.describe()}") from None
 
     def _parse(self, value: Any, text: str, pattern: str) -> dt.date:
         try:

@@ -17,14 +17,27 @@ Login and password depend on the extra ``auth_type``:
 from __future__ import annotations
 
 import json
+import logging
+import os
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from airflow.sdk import BaseHook, Connection
+from airflow.sdk.exceptions import AirflowNotFoundException
 
-from ..config import DEFAULT_PORT, StoreConfig
+from ..config import (
+    DEFAULT_PORT,
+    ENDPOINTS_VARIABLE,
+    StoreConfig,
+    _read_config_file,
+    default_config_path,
+    resolve_config,
+)
 from ..errors import ValidationError
 from ..store import Store
+
+log = logging.getLogger(__name__)
 
 
 class AvisoHook(BaseHook):
@@ -40,12 +53,28 @@ class AvisoHook(BaseHook):
         self.aviso_conn_id = aviso_conn_id
 
     def get_conn(self) -> Store:
-        """The store of the connection (read from Airflow's connections)."""
-        return store_from_connection(self.get_connection(self.aviso_conn_id))
+        """The store of the connection (read from Airflow's connections); without an ``aviso_default``
+        connection, the store the command line would use."""
+        try:
+            return store_from_connection(self.get_connection(self.aviso_conn_id))
+        except AirflowNotFoundException as missing:
+            return self._fallback(missing)
 
     async def aget_conn(self) -> Store:
         """The store of the connection, read without blocking the event loop (for triggers)."""
-        return store_from_connection(await self.aget_connection(self.aviso_conn_id))
+        try:
+            return store_from_connection(await self.aget_connection(self.aviso_conn_id))
+        except AirflowNotFoundException as missing:
+            return self._fallback(missing)
+
+    def _fallback(self, missing: AirflowNotFoundException) -> Store:
+        """Only the default connection falls back: a named connection that is missing is a mistake to report."""
+        if self.aviso_conn_id != self.default_conn_name:
+            raise missing
+        config = resolve_config()
+        log.info("no %r connection: using %s from %s, as the command line does", self.aviso_conn_id,
+                 ",".join(config.endpoints), _endpoints_source())
+        return Store(config=config)
 
     def test_connection(self) -> tuple[bool, str]:
         """Reach the store and report its revision (used by the UI's "Test" button)."""
@@ -100,7 +129,31 @@ def _endpoints(conn: Connection, extra: Mapping[str, Any]) -> tuple[str, ...]:
         return tuple(e if "://" in e else f"{scheme}://{e}" for e in listed)
     if not conn.host:
         raise ValidationError("host", conn.host, f"connection {conn.conn_id!r} needs a host or 'endpoints' in extras")
+    if "://" in conn.host:  # a URL typed as the host: its scheme and port win over the other fields
+        return (_host_url(conn, conn.host),)
     return (f"{scheme}://{conn.host}:{conn.port or DEFAULT_PORT}",)
+
+
+def _host_url(conn: Connection, host: str) -> str:
+    try:
+        parts = urlsplit(host)
+        port = parts.port or conn.port or DEFAULT_PORT
+    except ValueError:
+        parts, port = None, None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+        raise ValidationError("host", host, "expected a host name, or a URL http(s)://HOST[:PORT]")
+    hostname = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{parts.scheme}://{hostname}:{port}"
+
+
+def _endpoints_source() -> str:
+    """Where :func:`resolve_config` found the endpoints, in the words of its log line."""
+    if os.environ.get(ENDPOINTS_VARIABLE):
+        return f"${ENDPOINTS_VARIABLE}"
+    path = default_config_path()
+    if "endpoints" in _read_config_file(path):
+        return f"the config file {path}"
+    return "the embedded server"
 
 
 def _texts(name: str, value: Any) -> tuple[str, ...]:

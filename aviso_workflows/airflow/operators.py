@@ -17,7 +17,8 @@ class AvisoNotifyOperator(BaseOperator):
     """Notify every key of ``request`` for ``event`` (with ``location`` as payload); returns the keys.
 
     A request without a date is dated by the run (its logical date, or ``run_after``). ``ttl`` makes
-    the keys expire after that many seconds.
+    the keys expire after that many seconds. Every argument written as a plain value is checked when
+    the DAG file is parsed; templates and task outputs when the task runs.
     """
 
     template_fields: Sequence[str] = ("event", "request", "location", "ttl")
@@ -28,6 +29,8 @@ class AvisoNotifyOperator(BaseOperator):
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
         _requests.check_static(event, request, complete=True)
+        _requests.check_payload(location, ttl)
+        _requests.check_conn_id(aviso_conn_id)
         self.event = event
         self.request = dict(request)
         self.location = location

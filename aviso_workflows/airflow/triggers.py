@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Hashable, Sequence
 from contextlib import aclosing
 from typing import Any
@@ -17,11 +19,13 @@ from airflow.sdk import conf
 from airflow.triggers.base import BaseEventTrigger, BaseTrigger, TriggerEvent
 from airflow.triggers.shared_stream import AdvanceItem, SharedStreamProducer
 
-from ..errors import AvisoWorkflowsError
+from ..errors import AvisoWorkflowsError, WaitTimeout
 from ..listen import END_OF_REVISION, Position, listen_async, wait_async
 from ..store import Notification, Store
+from . import _requests
 from .hooks import AvisoHook
 
+log = logging.getLogger(__name__)
 #: Where an AvisoEventTrigger keeps its position in the asset's state store.
 CURSOR_KEY = "aviso_cursor"
 #: Notifications an asset watcher hands to Airflow before their asset events are confirmed stored.
@@ -34,31 +38,44 @@ class AvisoTrigger(BaseTrigger):
     """Fires once every key of ``request`` exists (``wait_for="any"``: one matching key).
 
     ``request`` is a validated request as plain data (``Request.as_dict()``); ``known`` holds the
-    notifications found before deferring, as dicts. The event's payload is
-    ``{"status": "success", "notifications": [...]}`` or ``{"status": "error", "message": ...}``.
+    notifications found before deferring, as dicts; ``deadline`` (seconds since the epoch) is when the
+    wait gives up. The event's payload is ``{"status": "success", "notifications": [...]}`` or
+    ``{"status": "error", "message": ...}`` (with ``"reason": "timeout"`` once the deadline passes; the
+    message names the keys still missing).
     """
 
     def __init__(self, *, event: str, request: dict[str, Any], aviso_conn_id: str = AvisoHook.default_conn_name,
-                 wait_for: str = "all", known: list[dict[str, Any]] | None = None) -> None:
+                 wait_for: str = "all", known: list[dict[str, Any]] | None = None,
+                 deadline: float | None = None) -> None:
         super().__init__()
+        _requests.check_static(event, request, wait_for, templates=False)
+        _requests.check_conn_id(aviso_conn_id)
         self.event = event
         self.request = request
         self.aviso_conn_id = aviso_conn_id
         self.wait_for = wait_for
         self.known = list(known or [])
+        self.deadline = deadline
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return f"{type(self).__module__}.{type(self).__qualname__}", {
             "event": self.event, "request": self.request, "aviso_conn_id": self.aviso_conn_id,
-            "wait_for": self.wait_for, "known": self.known,
+            "wait_for": self.wait_for, "known": self.known, "deadline": self.deadline,
         }
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        timeout = None if self.deadline is None else max(0.0, self.deadline - time.time())
         try:
             store = await AvisoHook(self.aviso_conn_id).aget_conn()
-            found = await wait_async(store, store.request(self.event, self.request), mode=self.wait_for,
+            request = store.request(self.event, self.request)
+            found = await wait_async(store, request, mode=self.wait_for, timeout=timeout,
                                      known=[Notification.from_dict(n) for n in self.known],
                                      on_progress=self._progress)
+        except WaitTimeout as error:
+            missing = _requests.missing_keys(request, (n.key for n in error.found), self.wait_for)
+            yield TriggerEvent({"status": "error", "reason": "timeout",
+                                "message": f"timed out after waiting until the sensor's timeout; {missing}"})
+            return
         except AvisoWorkflowsError as error:
             yield TriggerEvent({"status": "error", "message": str(error)})
             return
@@ -84,6 +101,9 @@ class AvisoEventTrigger(BaseEventTrigger):
     def __init__(self, *, event: str, request: dict[str, Any], aviso_conn_id: str = AvisoHook.default_conn_name,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        # Checked here, so a typo is an import error of the DAG file rather than a watcher failing in a loop.
+        _requests.check_static(event, request, templates=False)
+        _requests.check_conn_id(aviso_conn_id)
         self.event = event
         self.request = request
         self.aviso_conn_id = aviso_conn_id
@@ -172,8 +192,12 @@ async def _load_position(state_store: Any, store: Store) -> Position:
     saved = await state_store.aget(CURSOR_KEY) if state_store is not None else None
     revision = saved.get("revision") if isinstance(saved, dict) else None
     if isinstance(revision, int) and isinstance(saved, dict):
-        return Position(revision, str(saved.get("key", END_OF_REVISION)))
+        position = Position(revision, str(saved.get("key", END_OF_REVISION)))
+        log.info("asset watcher resumes after its saved position: revision %d, key %s", position.revision,
+                 position.key)
+        return position
     position = Position(await _current_revision(store))
+    log.info("asset watcher starts from now: revision %d (no saved position)", position.revision)
     await _save_position(state_store, position)
     return position
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -13,6 +14,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException, Airfl
 
 from aviso_workflows import Store, ValidationError
 from aviso_workflows.airflow import AvisoNotifyOperator, AvisoSensor, AvisoTrigger
+from aviso_workflows.airflow.sensors import DEFER_GRACE_SECONDS
 
 FIELDS = {"class": "od", "expver": 1, "domain": "g", "stream": "oper", "time": 0}
 
@@ -90,7 +92,9 @@ def test_deferrable_sensor_defers_with_what_it_found(store: Store, unique_date: 
     assert [n["request"]["step"] for n in trigger.known] == ["0"]
     assert trigger.aviso_conn_id == "aviso_default" and trigger.wait_for == "all"
     assert deferred.value.method_name == "execute_complete"
-    assert deferred.value.timeout == dt.timedelta(seconds=600)
+    # the trigger gives up first, naming what is missing; Airflow's own timeout is only a backstop
+    assert deferred.value.timeout == dt.timedelta(seconds=600 + DEFER_GRACE_SECONDS)
+    assert trigger.deadline is not None and abs(trigger.deadline - time.time() - 600) < 30
 
 
 def test_deferrable_sensor_does_not_defer_when_everything_exists(store: Store, unique_date: str,
