@@ -2,9 +2,10 @@
 
 Every notify writes the status key ``base/`` with the time of the post (``date_time``), the revision
 of the previous status (``prev_rev``) and, from the first status of a day on, the revision of the last
-status of the previous day (``last_prev_day_rev``). A window in time is found by walking that chain
-back from the newest status; its notifications are then the history between the first and last
-status of the window, every post of it (a key posted twice is there twice).
+status of the previous day (``last_prev_day_rev``). ``date_time`` grows with the revision along one
+chain, so a window in time is found by a binary search over revisions (reading the status key as it
+was at a revision), not by walking the chain status by status; its notifications are then the history
+between the first and last status of the window, every post of it (a key posted twice is there twice).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import getpass
 import json
 import logging
 import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
@@ -30,39 +33,120 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 #: The layout of ``date_time`` in a status record (UTC).
 STATUS_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
-#: A bound on the statuses one window search reads.
-MAX_STATUS_STEPS = 10_000_000
+
+
+#: Threads that search the windows of several status chains at once (each search is a few dozen reads).
+SEARCH_THREADS = 4
+#: A bound on the reads of one edge search: revisions are below 2**64, so bisection needs at most 64.
+MAX_SEARCH_STEPS = 64
+
+
+class _Compacted:
+    """A read at a revision whose history is compacted."""
+
+
+_COMPACTED = _Compacted()
+
+
+class _ChainReader:
+    """The status key as it was at past revisions, each revision read once; remembers where history is compacted."""
+
+    def __init__(self, store: Store, key: str) -> None:
+        self.store = store
+        self.key = key
+        self.reads: dict[int, KeyValue | None | _Compacted] = {}
+        #: The highest revision found compacted (0: none).
+        self.compacted_to = 0
+
+    def at(self, revision: int) -> KeyValue | None | _Compacted:
+        if revision not in self.reads:
+            try:
+                self.reads[revision] = self.store.gateway.get(self.key, revision=revision)[1]
+            except HistoryCompacted:
+                self.reads[revision] = _COMPACTED
+                self.compacted_to = max(self.compacted_to, revision)
+        return self.reads[revision]
+
+    def time_at(self, revision: int) -> dt.datetime | None:
+        """The time of the status in force at ``revision`` (None: none yet, unreadable, or compacted)."""
+        status = self.at(revision)
+        info = _status_info(status) if isinstance(status, KeyValue) else None
+        return info[0] if info is not None else None
+
+    def status(self, revision: int) -> KeyValue:
+        """The status in force at ``revision``, known to be a readable status of the chain."""
+        status = self.at(revision)
+        assert isinstance(status, KeyValue), f"{self.key} at {revision} was searched as a status"
+        return status
+
+
+def _first_revision(low: int, high: int, reached: Callable[[int], bool]) -> int:
+    """The smallest revision in [low, high] for which ``reached`` holds (``high + 1`` when none does).
+
+    ``reached`` must be monotonic: false up to some revision, true from there on. A status chain's
+    times grow with its revisions, and compacted or earlier revisions count as not reached.
+    """
+    for _ in range(MAX_SEARCH_STEPS):
+        if low > high:
+            break
+        middle = (low + high) // 2
+        if reached(middle):
+            high = middle - 1
+        else:
+            low = middle + 1
+    return low
 
 
 def revision_window(store: Store, status_key: str, start: dt.datetime,
                     end: dt.datetime | None = None) -> tuple[int, int] | None:
-    """Revisions of the first and last notification posted in [start, end) under ``status_key``.
+    """Revisions of the first and last status posted in [start, end) under ``status_key``.
 
-    Walks the status chain back from the newest status (``prev_rev``, skipping whole days through
-    ``last_prev_day_rev``); stops at compacted history. None when nothing was posted in the window.
+    The statuses of one chain are written in time order, so each edge of the window is found by a
+    binary search over revisions, reading the status key as it was at a revision (about log2 of the
+    revisions since the chain began, per edge), however long the chain. Where history is compacted it
+    says so once and returns the part that can still be read. None when nothing was posted in the window.
     """
-    _, status = store.gateway.get(status_key)
-    first = last = 0
-    for _ in range(MAX_STATUS_STEPS):
-        info = _status_info(status) if status is not None else None
-        if status is None or info is None:
-            break
-        when, previous, previous_day = info
-        if end is None or when < end:
-            if when < start:
-                break
-            last = last or status.mod_revision
-            first = status.mod_revision
-        skip_day = previous_day and end is not None and when.date() > end.date()
-        target = previous_day if skip_day else previous
-        if not target:
-            break
-        try:
-            _, status = store.gateway.get(status_key, revision=target)
-        except HistoryCompacted:
-            log.warning("replay of %s: history before revision %s is compacted", status_key, target)
-            break
-    return (first, last) if first else None
+    _, newest = store.gateway.get(status_key)
+    if newest is None:
+        return None
+    chain = _ChainReader(store, status_key)
+    low, high = newest.create_revision or 1, newest.mod_revision
+    first = _first_revision(low, high, lambda r: _not_before(chain.time_at(r), start))
+    if first > high:
+        return None
+    readable = _past_compaction(chain, first, high, start)
+    if readable is None:
+        return None
+    first = readable
+    if end is None:
+        return first, high
+    after = _first_revision(first, high, lambda r: _not_before(chain.time_at(r), end))
+    if after == first:
+        return None
+    return first, chain.status(after - 1).mod_revision
+
+
+def _not_before(when: dt.datetime | None, edge: dt.datetime) -> bool:
+    return when is not None and when >= edge
+
+
+def _past_compaction(chain: _ChainReader, first: int, high: int, start: dt.datetime) -> int | None:
+    """``first`` itself, or the first status after it when its own revision is compacted (warning once
+    when the window may reach into compacted history); None when no later status exists."""
+    if chain.compacted_to < first - 1:
+        return first
+    log.warning("replay of %s: history before revision %s is compacted; the window from %s is replayed from there",
+                chain.key, chain.compacted_to + 1, start.strftime(STATUS_TIME_FORMAT))
+    status = chain.status(first)
+    if status.mod_revision == first:
+        return first
+    # The status in force here was posted before the compaction: its posts are gone, start at the next one.
+    following = _first_revision(first + 1, high, lambda r: _moved_past(chain.at(r), status.mod_revision))
+    return following if following <= high else None
+
+
+def _moved_past(status: KeyValue | None | _Compacted, revision: int) -> bool:
+    return isinstance(status, KeyValue) and status.mod_revision > revision
 
 
 def _status_info(status: KeyValue) -> tuple[dt.datetime, int, int] | None:
@@ -153,14 +237,25 @@ def status_after(gateway: EtcdGateway, key: str, previous: KeyValue | None, curr
 def replay(store: Store, requests: list[Request], start: dt.datetime,
            end: dt.datetime | None = None) -> list[Notification]:
     """Every post between ``start`` and ``end`` (UTC, naive) that the requests match, in write order."""
-    windows = {key: window for request in requests for key in request.status_keys()
-               if (window := revision_window(store, key, start, end)) is not None}
+    windows = revision_windows(store, sorted({key for request in requests for key in request.status_keys()}),
+                               start, end)
     if not windows:
         return []
     first = min(window[0] for window in windows.values())
     last = max(window[1] for window in windows.values())
     posts = listen(store, requests, after=Position(first - 1), until_revision=last)
     return [n for n in posts if _inside(windows, n)]
+
+
+def revision_windows(store: Store, status_keys: list[str], start: dt.datetime,
+                     end: dt.datetime | None = None) -> dict[str, tuple[int, int]]:
+    """The windows of several status chains (those with a post in [start, end)), searched in parallel."""
+    if len(status_keys) <= 1:
+        found = [revision_window(store, key, start, end) for key in status_keys]
+    else:
+        with ThreadPoolExecutor(min(SEARCH_THREADS, len(status_keys)), thread_name_prefix="replay-search") as pool:
+            found = list(pool.map(lambda key: revision_window(store, key, start, end), status_keys))
+    return {key: window for key, window in zip(status_keys, found, strict=True) if window is not None}
 
 
 def _inside(windows: dict[str, tuple[int, int]], notification: Notification) -> bool:
@@ -172,4 +267,4 @@ def _inside(windows: dict[str, tuple[int, int]], notification: Notification) -> 
 
 
 __all__ = ["STATUS_TIME_FORMAT", "StatusChainTooLong", "new_status", "previous_revision", "replay",
-           "revision_window", "status_after", "status_record"]
+           "revision_window", "revision_windows", "status_after", "status_record"]
