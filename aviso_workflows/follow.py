@@ -13,9 +13,10 @@ Three places in history matter:
 - ``position``: everything up to it has been handled by the consumer; this is what a cursor saves.
 - ``until``: a finite follow (a replay) ends once the frontier reaches it.
 
-Memory is bounded: at most ``capacity`` notifications wait in the queue. Beyond that the follower
-keeps the first ``capacity``, sets its frontier to the last one kept and asks its driver to restart
-the source from there (:attr:`Follower.restart_from`), so nothing is lost and nothing piles up.
+Memory is bounded: at most ``capacity`` notifications wait in the queue. The rest of a feed that
+does not fit is held as it came (it is in memory already) and taken in as the consumer takes
+notifications; meanwhile the driver reads nothing more, so its source waits. So a listener holds
+``capacity`` notifications and one or two answers of etcd at most. Nothing is lost, nothing piles up.
 """
 
 from __future__ import annotations
@@ -40,13 +41,11 @@ class Feed:
     """What a source produced: ``events`` (puts in write order, through ``revision``), ``snapshot`` (the
     keys modified after a revision, as held at ``revision``), ``progress`` (nothing more up to
     ``revision``) or ``compacted`` (history before ``revision`` is gone; a snapshot at it follows).
-    ``generation`` tells feeds of a restarted source from those of the one it replaced.
     """
 
     kind: str
     revision: int
     puts: Sequence[KeyValue] = ()
-    generation: int = 0
     #: For ``failure``: why the source ended.
     error: Exception | None = None
 
@@ -62,8 +61,8 @@ class Follower:
         self.capacity = capacity
         self.until = until
         self.label = label
-        #: Set when the queue overflowed: the source must start again from this revision.
-        self.restart_from: int | None = None
+        #: The rest of a feed that did not fit in the queue, and the revision it was complete through.
+        self._held: tuple[Sequence[KeyValue | Notification], int] | None = None
         self._pending: deque[Notification] = deque()
         self._in_hand = False
         self._prefixes = [(request, tuple(request.status_keys())) for request in self.requests]
@@ -97,7 +96,7 @@ class Follower:
 
     def on_progress(self, revision: int) -> None:
         """Nothing more happened up to ``revision``: quiet followers move on with the store."""
-        if self.restart_from is None and revision > self.frontier.revision:
+        if self._held is None and revision > self.frontier.revision:
             self.frontier = Position(revision)
             self._settle()
 
@@ -109,7 +108,11 @@ class Follower:
 
     # -- what the consumer takes -----------------------------------------------------------------
     def pop(self) -> Notification | None:
-        """The next notification, or None if none is queued; call :meth:`handled` when done with it."""
+        """The next notification, or None if none is queued (then feed the follower more); call
+        :meth:`handled` when done with it."""
+        if not self._pending and self._held is not None:
+            held, self._held = self._held, None
+            self._take(*held)
         if not self._pending:
             return None
         self._in_hand = True
@@ -137,20 +140,15 @@ class Follower:
     def finished(self) -> bool:
         """A finite follow has delivered everything up to ``until``."""
         until = self.until
-        return until is not None and not self._pending and self.frontier.order >= place(until, END_OF_REVISION)
-
-    def restarted(self) -> None:
-        """The driver restarted the source from :attr:`restart_from`."""
-        self.restart_from = None
+        done = not self._pending and self._held is None
+        return until is not None and done and self.frontier.order >= place(until, END_OF_REVISION)
 
     # -- inside ----------------------------------------------------------------------------------
     def _take(self, items: Sequence[KeyValue | Notification], through: int) -> None:
         """Queue the notifications of ``items`` (in history order) past the frontier; then the frontier
-        is ``through``, or the last one kept if the queue is full."""
-        if self.restart_from is not None:  # what comes before the restart was dropped on purpose
-            return
+        is ``through``. If the queue fills up, the rest is held, and the frontier is the last one kept."""
         frontier = self.frontier.order
-        for item in items:
+        for index, item in enumerate(items):
             revision = item.mod_revision if isinstance(item, KeyValue) else item.revision
             if place(revision, item.key) <= frontier:
                 continue
@@ -160,7 +158,7 @@ class Follower:
             if notification is None:
                 continue
             if self.capacity is not None and len(self._pending) >= self.capacity:
-                self.restart_from = self.frontier.resume_revision
+                self._held = (items[index:], through)
                 return
             self._pending.append(notification)
             self.frontier = Position(revision, item.key)
@@ -178,7 +176,8 @@ class Follower:
 
     def _settle(self) -> None:
         """With nothing queued or in hand, the consumer has handled everything up to the frontier."""
-        if not self._pending and not self._in_hand and self.position.order < self.frontier.order:
+        idle = not self._pending and not self._in_hand and self._held is None
+        if idle and self.position.order < self.frontier.order:
             self.position = self.frontier
 
 

@@ -80,14 +80,9 @@ def _source(store: Store, follower: Follower, channel: Channel) -> HistorySource
                          f"{follower.label} (history of {prefix})", partial(_read_state, store))
 
 
-def _step(follower: Follower, source: HistorySource, feed: Feed | None) -> None:
-    """Hand one feed of the source to the follower; restart the source where the follower asks."""
-    if feed is None or feed.generation != source.generation:  # nothing yet, or from a replaced stream
-        return
-    follower.feed(feed)
-    if follower.restart_from is not None:
-        source.restart(follower.restart_from)
-        follower.restarted()
+def _feed(follower: Follower, feed: Feed | None) -> None:
+    if feed is not None:  # None: nothing came before it was time to look at the stop flag
+        follower.feed(feed)
 
 
 def _save(cursor: Cursor | None, position: Position, saved: Position) -> Position:
@@ -112,7 +107,7 @@ def listen(store: Store, requests: list[Request], *, after: Position | None = No
         while not stop.is_set() and not follower.finished:
             notification = follower.pop()
             if notification is None:
-                _step(follower, source, source.channel.get(poll))
+                _feed(follower, source.channel.get(poll))
             else:
                 yield notification
                 follower.handled(notification)
@@ -133,7 +128,7 @@ async def listen_async(store: Store, requests: list[Request], *, after: Position
         while True:
             notification = follower.pop()
             if notification is None:
-                _step(follower, source, await source.channel.aget())
+                follower.feed(await source.channel.aget())
             else:
                 yield notification
                 follower.handled(notification)

@@ -62,12 +62,9 @@ class WatchLoop:
         self.label = label
         self.gateway = EtcdGateway(config)
         self.next_revision = next_revision
-        #: Goes up at each :meth:`restart`; feeds carry it, so those of an abandoned stream are told apart.
-        self.generation = 0
         #: True once a proxy refused the watch: the prefix is read every ``poll_interval`` seconds instead.
         self.polling = False
         self.connections_opened = 0
-        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._stream: Any = None
         self._failures = 0  # attempts failed in a row; the first one was reported
@@ -111,14 +108,6 @@ class WatchLoop:
         """False once the loop ended for good (stopped, or refused for good)."""
         return self._thread.is_alive() and not self._stop.is_set()
 
-    def restart(self, revision: int) -> int:
-        """Follow from ``revision`` instead of where the loop is; returns the new generation."""
-        with self._lock:
-            self.generation += 1
-            self.next_revision = revision
-        self._close_stream()
-        return self.generation
-
     def _close_stream(self) -> None:
         stream = self._stream
         if stream is not None:
@@ -149,58 +138,54 @@ class WatchLoop:
     def _recover(self, error: HistoryCompacted) -> None:
         """Go on after compacted history; an outage meanwhile is retried like any other."""
         try:
-            self._advance(self.generation, self.compacted(error))
+            self._advance(self.compacted(error))
         except Exception as failure:  # noqa: BLE001 - the next attempt meets the compaction again
             if not self._stop.is_set():
                 self._interrupted(failure)
 
     def _fail(self, error: Exception) -> None:
         """A refusal that will not change: tell the reader and end."""
-        self.emit(Feed("failure", self.next_revision, generation=self.generation, error=error))
+        self.emit(Feed("failure", self.next_revision, error=error))
         self._stop.set()
 
     def _watch(self) -> None:
-        generation = self.generation
         stream = self.gateway.watch(self.prefix, self.next_revision, idle_timeout=IDLE_TIMEOUT)
         self._stream = stream
         self.connections_opened += 1
         try:
-            if self._stop.is_set() or generation != self.generation:  # stopped or restarted meanwhile
+            if self._stop.is_set():  # stop() ran before the stream existed and could not close it
                 return
             for batch in stream:
                 self._connected()
-                self._hand_on(batch, generation)
-                if self._stop.is_set() or generation != self.generation:
+                self._hand_on(batch)
+                if self._stop.is_set():
                     return
         finally:
             self._signed_in_again = self._signed_in_again and not stream.created
             stream.close()
             self._stream = None
 
-    def _hand_on(self, batch: WatchBatch, generation: int) -> None:
+    def _hand_on(self, batch: WatchBatch) -> None:
         if batch.kind == "events":
-            self.emit(Feed("events", batch.revision, batch.puts, generation))
+            self.emit(Feed("events", batch.revision, batch.puts))
         elif batch.is_progress:
-            self.emit(Feed("progress", batch.revision, generation=generation))
+            self.emit(Feed("progress", batch.revision))
         else:
             return
-        self._advance(generation, batch.revision + 1)
+        self._advance(batch.revision + 1)
 
     def _poll(self) -> None:
         """Read what changed since ``next_revision`` every ``poll_interval`` seconds, as one snapshot."""
         while not self._stop.is_set() and self.polling:
-            generation = self.generation
             revision, kvs = self.gateway.range_all(self.prefix, min_mod_revision=self.next_revision)
             self._connected()
-            self.emit(Feed("snapshot", revision, kvs, generation))
-            self._advance(generation, revision + 1)
+            self.emit(Feed("snapshot", revision, kvs))
+            self._advance(revision + 1)
             self._stop.wait(self.config.poll_interval)
 
-    def _advance(self, generation: int, revision: int) -> None:
-        """Move the next revision on, unless a restart chose another one meanwhile."""
-        with self._lock:
-            if generation == self.generation and revision > self.next_revision:
-                self.next_revision = revision
+    def _advance(self, revision: int) -> None:
+        """Move the next revision on (never back)."""
+        self.next_revision = max(self.next_revision, revision)
 
     def _interrupted(self, error: Exception) -> None:
         """One warning per outage (an idle stream is routine: debug only), then a growing pause."""
@@ -242,7 +227,7 @@ class Channel:
     back instead of letting feeds pile up.
     """
 
-    def __init__(self, size: int = 4, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(self, size: int = 1, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._room = threading.Semaphore(size)
         self._loop = loop
         self._items: queue.SimpleQueue[Feed] = queue.SimpleQueue()
@@ -288,15 +273,14 @@ class HistorySource(WatchLoop):
         self._read_state = read_state
 
     def emit(self, feed: Feed) -> None:
-        self.channel.put(feed, lambda: self.stopped or feed.generation != self.generation)
+        self.channel.put(feed, lambda: self.stopped)
 
     def compacted(self, error: HistoryCompacted) -> int:
         """Hand on the state at the compaction revision (what can still be seen), then follow from it."""
-        generation, since = self.generation, self.next_revision
-        revision = error.compact_revision
-        self.emit(Feed("compacted", revision, generation=generation))
+        since, revision = self.next_revision, error.compact_revision
+        self.emit(Feed("compacted", revision))
         _, kvs = self._read_state(self.prefix, since, revision)
-        self.emit(Feed("snapshot", revision, kvs, generation))
+        self.emit(Feed("snapshot", revision, kvs))
         return revision + 1
 
     def __enter__(self) -> HistorySource:

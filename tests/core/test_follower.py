@@ -132,24 +132,22 @@ def test_progress_does_not_move_the_position_past_a_notification_in_hand() -> No
     assert follow.position == Position(20)
 
 
-def test_capacity_keeps_the_first_and_asks_for_a_restart_from_the_last_kept() -> None:
+def test_capacity_holds_the_rest_of_a_feed_until_the_queue_empties() -> None:
     follow = follower(capacity=2)
     follow.feed(Feed("events", 12, [put(11, s) for s in (0, 6, 12)] + [put(12, 0)]))
-    assert follow.pending == 2
-    assert follow.restart_from == 11, "the source must replay revision 11 (its third key was not kept)"
-    assert follow.frontier == Position(11, mars_key(DATE, 6))
-    follow.feed(Feed("events", 13, [put(13, 0)]))  # the old source, before the restart: dropped on purpose
+    assert follow.pending == 2, "no more than the capacity is queued"
+    assert follow.frontier == Position(11, mars_key(DATE, 6)), "the frontier is the last one queued"
     follow.feed(Feed("progress", 30))
-    assert follow.frontier == Position(11, mars_key(DATE, 6))
-    first = take_all(follow)
-    follow.restarted()
-    follow.feed(Feed("events", 13, [put(11, s) for s in (0, 6, 12)] + [put(12, 0), put(13, 0)]))
-    assert follow.restart_from == 12 and follow.pending == 2
-    second = take_all(follow)
-    follow.restarted()
-    follow.feed(Feed("events", 13, [put(12, 0), put(13, 0)]))
-    assert follow.restart_from is None
-    assert steps(first + second + take_all(follow)) == [(11, "0"), (11, "6"), (11, "12"), (12, "0"), (13, "0")]
+    assert follow.frontier == Position(11, mars_key(DATE, 6)), "held notifications keep the frontier back"
+    first = [follow.pop(), follow.pop()]
+    assert None not in first and follow.pending == 0
+    for notification in first:
+        assert notification is not None
+        follow.handled(notification)
+    assert follow.position == Position(11, mars_key(DATE, 6)), "the held rest is not handled yet"
+    rest = take_all(follow)
+    assert steps([n for n in first if n is not None] + rest) == [(11, "0"), (11, "6"), (11, "12"), (12, "0")]
+    assert follow.frontier == Position(12) and follow.position == Position(12)
 
 
 def test_until_ends_a_finite_follow() -> None:
