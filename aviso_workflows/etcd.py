@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import requests
+import requests.adapters
 from etcd3gw.client import Etcd3Client
 from urllib3.exceptions import ReadTimeoutError
 
@@ -128,16 +130,50 @@ def first_kv_of_failure(answer: dict[str, Any]) -> KeyValue | None:
     return KeyValue.from_json(kvs[0]) if kvs else None
 
 
-#: Per thread, one HTTP session per store identity: every gateway of a store (each Store object, each
-#: shared watch) reuses the thread's keep-alive connections instead of opening its own.
-_SESSIONS = threading.local()
+#: Connections to etcd that one store identity keeps for its requests, shared by all threads of the
+#: process: a thread finding them all busy waits for one (requests are short) instead of opening another,
+#: so a thousand threads waiting on one store hold eight connections, not a thousand.
+POOL_SIZE = 8
+#: The shared session of each store identity in this process (by pid: a forked child opens its own,
+#: it must never write to its parent's sockets).
+_SHARED: dict[tuple[Any, ...], requests.Session] = {}
+_SHARED_LOCK = threading.Lock()
+#: Per thread, one HTTP session per store identity for watch streams: a stream holds its connection for
+#: as long as it runs, so streams must never take connections from the shared pool.
+_STREAMS = threading.local()
 
 
 def _thread_sessions() -> dict[tuple[Any, ...], requests.Session]:
-    sessions: dict[tuple[Any, ...], requests.Session] | None = getattr(_SESSIONS, "by_identity", None)
+    sessions: dict[tuple[Any, ...], requests.Session] | None = getattr(_STREAMS, "by_identity", None)
     if sessions is None:
-        sessions = _SESSIONS.by_identity = {}
+        sessions = _STREAMS.by_identity = {}
     return sessions
+
+
+def _shared_session(config: StoreConfig) -> requests.Session:
+    key = (os.getpid(), config.identity)
+    session = _SHARED.get(key)
+    if session is None:
+        with _SHARED_LOCK:
+            session = _SHARED.get(key)
+            if session is None:
+                session = _SHARED[key] = _new_session(config, POOL_SIZE, block=True)
+    return session
+
+
+def _new_session(config: StoreConfig, pool_size: int, *, block: bool) -> requests.Session:
+    session = _Session()
+    adapter = requests.adapters.HTTPAdapter(pool_connections=max(4, len(config.endpoints)), pool_maxsize=pool_size,
+                                            pool_block=block)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    session.headers.update(config.headers)
+    session.headers.update(config.auth_headers)
+    if config.ca_cert:
+        session.verify = config.ca_cert
+    if config.client_cert:
+        session.cert = (config.client_cert, config.client_key) if config.client_key else config.client_cert
+    return session
 
 
 class _SignInBusy(Exception):
@@ -161,7 +197,8 @@ class _Session(requests.Session):
 
 
 class EtcdGateway:
-    """Talks to one etcd cluster through any of its endpoints; thread safe (one HTTP session per thread)."""
+    """Talks to one etcd cluster through any of its endpoints; thread safe (a bounded pool of connections shared
+    by all threads, and a connection of its own for each watch stream)."""
 
     def __init__(self, config: StoreConfig) -> None:
         self.config = config
@@ -177,19 +214,15 @@ class EtcdGateway:
         """The endpoint in use."""
         return self.config.endpoints[self._current % len(self.config.endpoints)]
 
-    def _session(self) -> requests.Session:
+    def _session(self, stream: bool = False) -> requests.Session:
+        """The session of the store identity shared by all threads; a watch stream gets its thread's own."""
+        if not stream:
+            return _shared_session(self.config)
         sessions = _thread_sessions()
         session = sessions.get(self.config.identity)
         if session is None:
-            session = _Session()
-            session.headers.update(self.config.headers)
-            session.headers.update(self.config.auth_headers)
-            if self.config.ca_cert:
-                session.verify = self.config.ca_cert
-            if self.config.client_cert:
-                session.cert = (self.config.client_cert, self.config.client_key) if self.config.client_key \
-                    else self.config.client_cert
-            sessions[self.config.identity] = session
+            # not blocking: a thread replacing its stream never waits for the old one's connection
+            session = sessions[self.config.identity] = _new_session(self.config, 1, block=False)
         return session
 
     def _client(self, endpoint: str) -> Etcd3Client:
@@ -247,7 +280,7 @@ class EtcdGateway:
         for attempt in range(MAX_ATTEMPTS):
             endpoint = self.endpoint
             try:
-                response = self._session().post(self.url(path, endpoint), json=body, stream=stream,
+                response = self._session(stream).post(self.url(path, endpoint), json=body, stream=stream,
                                                 headers=self._auth_headers(endpoint),
                                                 timeout=timeout or self.config.timeout)
             except _SignInBusy as busy:  # retried as any answer of a busy etcd
@@ -384,21 +417,30 @@ class WatchStream:
         return str(self._response.url).split("/v3/", 1)[0]
 
     def __iter__(self) -> Iterator[WatchBatch]:
-        buffer = b""
         try:
-            for chunk in self._response.iter_content(chunk_size=None):
-                buffer += chunk
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
-                    if line.strip():
-                        batch = self._batch(json.loads(line))
-                        if batch is not None:
-                            yield batch
+            for line in self._lines():
+                batch = self._batch(json.loads(line))
+                if batch is not None:
+                    yield batch
         except requests.RequestException as error:
             if not self._closed:
                 raise self._lost(error) from None
         if not self._closed:
             raise StoreUnavailable(f"etcd at {self.endpoint} ended the watch stream")
+
+    def _lines(self) -> Iterator[bytes]:
+        """The stream's lines (one answer each). A watch far behind gets answers of up to 1 000 revisions,
+        tens of megabytes: only the new piece is searched for the line's end, never the whole line again."""
+        pieces: list[bytes] = []
+        for chunk in self._response.iter_content(chunk_size=None):
+            end = chunk.find(b"\n")
+            while end >= 0:
+                line = b"".join([*pieces, chunk[:end]])
+                pieces, chunk = [], chunk[end + 1:]
+                if line.strip():
+                    yield line
+                end = chunk.find(b"\n")
+            pieces.append(chunk)
 
     def _lost(self, error: requests.RequestException) -> StoreUnavailable:
         if isinstance(error, requests.Timeout) or any(isinstance(a, ReadTimeoutError) for a in error.args):
@@ -426,7 +468,7 @@ class WatchStream:
         if not events:
             return WatchBatch([], revision, "progress")
         puts = [KeyValue.from_json(e["kv"]) for e in events if e.get("type", "PUT") == "PUT"]
-        return WatchBatch(puts, max((int(e["kv"].get("mod_revision", 0)) for e in events), default=revision))
+        return WatchBatch(puts, max(int(e["kv"].get("mod_revision", 0)) for e in events))
 
 
 def _short(error: Exception) -> str:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from . import shared_reads
 from .errors import StoreUnavailable, TlsRefused, ValidationError, WaitTimeout
 from .etcd import KeyValue
 from .follow import Feed, Follower
@@ -217,7 +218,7 @@ def _read(store: Store, request: Request, follower: Follower, deadline: _Deadlin
     report = _OutageReport(deadline, found)
     while True:  # bounded by the deadline and MAX_READ_ATTEMPTS
         try:
-            revision, notifications = store.read(request, min_revision=follower.frontier.resume_revision)
+            revision, notifications = shared_reads.read(store, request, follower.frontier.resume_revision)
             break
         except StoreUnavailable as error:
             time.sleep(report.failed(error))
