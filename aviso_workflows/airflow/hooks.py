@@ -16,10 +16,12 @@ Login and password depend on the extra ``auth_type``:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -61,9 +63,10 @@ class AvisoHook(BaseHook):
             return self._fallback(missing)
 
     async def aget_conn(self) -> Store:
-        """The store of the connection, read without blocking the event loop (for triggers)."""
+        """The store of the connection, read without blocking the event loop (for triggers). The lookup
+        is shared by the triggers of a loop for ``CONNECTION_CACHE_SECONDS`` (see :func:`_looked_up`)."""
         try:
-            return store_from_connection(await self.aget_connection(self.aviso_conn_id))
+            return store_from_connection(await _looked_up(self.aviso_conn_id, self.aget_connection))
         except AirflowNotFoundException as missing:
             return self._fallback(missing)
 
@@ -83,6 +86,36 @@ class AvisoHook(BaseHook):
         except Exception as error:  # noqa: BLE001 - the UI shows any failure as text
             return False, str(error)
         return True, f"reached etcd at revision {revision}"
+
+
+#: Seconds a connection looked up for the triggers of one event loop is reused: ten thousand triggers
+#: starting together make one lookup instead of ten thousand, and an edited connection is read again soon.
+CONNECTION_CACHE_SECONDS = 30.0
+_LOOKUPS: dict[tuple[asyncio.AbstractEventLoop, str], tuple[float, asyncio.Task[Connection]]] = {}
+
+
+async def _looked_up(conn_id: str, lookup: Callable[[str], Awaitable[Connection]]) -> Connection:
+    """The connection ``conn_id`` from a lookup shared with the loop's other callers (one at a time, reused
+    for a while); a lookup that failed for another reason than a missing connection is not reused."""
+    loop = asyncio.get_running_loop()
+    now = time.monotonic()
+    cached = _LOOKUPS.get((loop, conn_id))
+    if cached is None or now - cached[0] > CONNECTION_CACHE_SECONDS or _failed(cached[1]):
+        for stale in [key for key in _LOOKUPS if key[0].is_closed()]:
+            del _LOOKUPS[stale]
+        cached = _LOOKUPS[(loop, conn_id)] = (now, loop.create_task(_lookup(conn_id, lookup)))
+    return await asyncio.shield(cached[1])  # one trigger cancelled must not cancel the others' lookup
+
+
+async def _lookup(conn_id: str, lookup: Callable[[str], Awaitable[Connection]]) -> Connection:
+    return await lookup(conn_id)
+
+
+def _failed(task: asyncio.Task[Connection]) -> bool:
+    if not task.done():
+        return False
+    error = None if task.cancelled() else task.exception()
+    return task.cancelled() or (error is not None and not isinstance(error, AirflowNotFoundException))
 
 
 def store_from_connection(conn: Connection) -> Store:
