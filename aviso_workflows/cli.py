@@ -1,6 +1,7 @@
 """The ``aviso-workflows`` command: notify, wait, listen, key, value, schema and the embedded server.
 
-Exit codes: 0 done (released), 1 timed out, 2 bad input or the store could not be used, 130 interrupted.
+Exit codes: 0 done (released), 1 timed out, 2 bad input or the store could not be used, 130 interrupted,
+143 ended by SIGTERM (wait).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import importlib
 import json
 import logging
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -164,33 +166,89 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 # -- wait ----------------------------------------------------------------------------------------
 class _Progress:
-    """Shows ``3/5 available`` on a terminal and runs the --progress-command hooks."""
+    """Shows ``3/5 available`` on a terminal and runs the --progress-command hooks.
+
+    The hooks run one at a time in a thread of their own, for the newest count only: a slow hook (an
+    ``ecflow_client`` call takes tens of milliseconds) never slows the wait, and a catch-up of N keys runs
+    them a few times instead of N times. :meth:`close` runs them for the final count before the command
+    exits; :meth:`cancel` ends a running hook at once (a killed job must not update ecFlow afterwards).
+    """
 
     def __init__(self, commands: Sequence[str], show: bool) -> None:
         self.commands = [_command_line(command) for command in commands]
         self.show = show
+        self._lock = threading.Condition()
+        self._pending: dict[str, Any] | None = None
+        self._closed = self._cancelled = False
+        self._running: subprocess.Popen[bytes] | None = None
+        self._thread: threading.Thread | None = None
 
     def __call__(self, found: int, total: int, notification: Notification) -> None:
         if self.show:
             end = "\n" if found == total else ""
             print(f"\r{found}/{total} available (latest: {_brief(notification)})", end=end, file=sys.stderr,
                   flush=True)
+        if not self.commands:
+            return
         values = {"found": found, "total": total, "key": notification.key, "revision": notification.revision,
                   "location": notification.location or "", "event": notification.event, **notification.request}
-        for argv in self.commands:
-            self._run([_fill(argument, values) for argument in argv])
+        with self._lock:
+            self._pending = values
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._drain, name="progress-commands", daemon=True)
+                self._thread.start()
+            self._lock.notify()
 
-    @staticmethod
-    def _run(argv: list[str]) -> None:
+    def close(self) -> None:
+        """Run the hooks for the newest count if they have not yet, then stop the thread."""
+        with self._lock:
+            self._closed = True
+            self._lock.notify()
+        if self._thread is not None:
+            self._thread.join()
+
+    def cancel(self) -> None:
+        """Forget counts not yet shown and end a running hook now."""
+        with self._lock:
+            self._cancelled, self._pending, running = True, None, self._running
+        if running is not None:
+            running.kill()
+            running.wait()
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                while self._pending is None and not (self._closed or self._cancelled):
+                    self._lock.wait()
+                values, self._pending = self._pending, None
+            if values is None or self._cancelled:
+                return
+            for argv in self.commands:
+                self._run([_fill(argument, values) for argument in argv])
+
+    def _run(self, argv: list[str]) -> None:
+        with self._lock:
+            if self._cancelled:
+                return
+            try:
+                process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            except OSError as error:
+                print(f"aviso-workflows: progress command {argv[0]} failed: {error}", file=sys.stderr)
+                return
+            self._running = process
         try:
-            completed = subprocess.run(argv, timeout=PROGRESS_COMMAND_SECONDS, check=False,
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        except (OSError, subprocess.TimeoutExpired) as error:
+            _, error_output = process.communicate(timeout=PROGRESS_COMMAND_SECONDS)
+        except subprocess.TimeoutExpired as error:
+            process.kill()
+            process.wait()
             print(f"aviso-workflows: progress command {argv[0]} failed: {error}", file=sys.stderr)
             return
-        if completed.returncode:
-            detail = completed.stderr.decode(errors="replace").strip().splitlines()
-            print(f"aviso-workflows: progress command {argv[0]} exited {completed.returncode}"
+        finally:
+            with self._lock:
+                self._running = None
+        if process.returncode > 0:
+            detail = error_output.decode(errors="replace").strip().splitlines()
+            print(f"aviso-workflows: progress command {argv[0]} exited {process.returncode}"
                   + (f": {detail[-1]}" if detail else ""), file=sys.stderr)
 
 
@@ -220,15 +278,30 @@ def cmd_wait(args: argparse.Namespace) -> int:
         request.require_complete("wait (without --any)")
     timeout = check_timeout(args.timeout)
     progress = _Progress(args.progress_command or [], show=sys.stderr.isatty() and not args.quiet)
+    _end_on_sigterm(progress)
     try:
         found = store.wait(request, mode=mode, timeout=timeout, on_progress=progress)
     except WaitTimeout as timeout:
+        progress.close()
         print(f"aviso-workflows: {timeout}", file=sys.stderr)
         _print_notifications(timeout.found, args.json)
         return EXIT_TIMEOUT
+    progress.close()
     if not args.quiet:
         _print_notifications(found, args.json)
     return EXIT_OK
+
+
+def _end_on_sigterm(progress: _Progress) -> None:
+    """On SIGTERM (a scheduler's kill) end the wait and any running progress command, exit 143."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers can only be set from the main thread
+
+    def terminate(signum: int, _frame: Any) -> None:
+        progress.cancel()
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
 
 
 def _brief(notification: Notification) -> str:
@@ -376,8 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
     wait.add_argument("--json", action="store_true", help="print notifications as JSON lines")
     wait.add_argument("--quiet", action="store_true", help="print nothing when released")
     wait.add_argument("--progress-command", action="append", metavar="CMD",
-                      help="run CMD (no shell) for each key found; placeholders {found} {total} {key} {location} "
-                           "{revision} {event} and request fields such as {step}")
+                      help="run CMD (no shell) as keys are found, for the newest count (a slow CMD is not run "
+                           "for every key, and runs once more for the final count); placeholders {found} {total} "
+                           "{key} {location} {revision} {event} and request fields such as {step}")
     wait.set_defaults(run=cmd_wait)
 
     listen_parser = commands.add_parser("listen", parents=[common], help="print notifications as they arrive")

@@ -4,6 +4,11 @@ A request is written as fields whose values may refer to ecFlow variables (``%YM
 Static parts are validated when the suite is built and quoted with :func:`shlex.quote`; a variable
 becomes a double-quoted shell expansion, and the job refuses (before using it) a value holding anything
 but letters, digits and ``_ . : + / -`` — so a variable can neither run a command nor add a field.
+
+Every way a job fails tells the server why, once: ``ecflow_client --abort="<reason>"`` (a bad variable
+value, a deadline, an unusable store, a kill). A wait runs in the background of the job shell so that a
+kill (SIGTERM, SIGINT, SIGHUP) is handled at once: the wait and its ``ecflow_client`` calls end first,
+then the task aborts with "killed by SIGTERM ...".
 """
 
 from __future__ import annotations
@@ -29,6 +34,17 @@ SAFE_VALUE = re.compile(r"[A-Za-z0-9_.:+/-]+\Z")
 SAFE_CHARACTERS = "letters, digits and _ . : + / -"
 ECFLOW_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 EXIT_TIMEOUT = 1
+KILL_SIGNALS = ("TERM", "INT", "HUP")
+
+ABORT_FUNCTION = """\
+aviso_abort() {  # REASON: tell ecFlow why the task aborts, then end the job
+  trap - TERM INT HUP
+  echo "aviso-workflows: $1" >&2
+  ecflow_client --abort="$1" || true
+  # Not 0: pyflow's job command would then send --complete to an aborted task (a zombie that hangs).
+  # Its own --abort that follows leaves the reason above in place.
+  exit 1
+}"""
 
 CHECK_FUNCTION = f"""\
 aviso_check_value() {{  # NAME VALUE: refuse a variable that could change the request's meaning
@@ -103,10 +119,12 @@ class RequestTemplate:
         return quote_with_references(str(self), prefix)
 
     def check_lines(self, prefix: str = "") -> list[str]:
-        """Shell lines that stop the job when a variable's value is unsafe."""
+        """Shell lines that abort the task (with the reason) when a variable's value is unsafe."""
         if not self.variables():
             return []
-        return [CHECK_FUNCTION] + [f'aviso_check_value {name} "${{{prefix}{name}}}"' for name in self.variables()]
+        return [CHECK_FUNCTION] + [f'aviso_check_value {name} "${{{prefix}{name}}}" '
+                                   f'|| aviso_abort "bad value of ecFlow variable {name}"'
+                                   for name in self.variables()]
 
     def __str__(self) -> str:
         return ",".join([f"event={self.event}"] + [f"{name}={value}" for name, value in self.fields.items()])
@@ -149,7 +167,7 @@ def _command(words: Iterable[str]) -> str:
 def wait_lines(template: RequestTemplate, *, timeout: float | None = None, meter: str | None = None,
                label: str | None = None, label_field: str | None = None, endpoints: Sequence[str] | str | None = None,
                command: str | None = None, any_key: bool = False) -> list[str]:
-    """Lines that wait for ``template``; a meter and a label follow progress; a deadline aborts the task."""
+    """Lines that wait for ``template``; a meter and a label follow progress; a deadline or a kill aborts."""
     argv = [shlex.quote(command or command_path()), "wait", template.shell_word()]
     argv += [shlex.quote(a) for a in endpoint_arguments(endpoints)]
     if any_key:
@@ -158,29 +176,52 @@ def wait_lines(template: RequestTemplate, *, timeout: float | None = None, meter
         if timeout <= 0:
             raise ValidationError("timeout", timeout, "expected a positive number of seconds")
         argv += ["--timeout", shlex.quote(f"{timeout:g}")]
+    argv += progress_arguments(meter, label, label_field)
+    lines = [f"# Wait until the data is available: {template.display()}", ABORT_FUNCTION]
+    lines += template.check_lines() + kill_lines()
+    # In the background, so that the shell runs its kill trap at once instead of after the wait.
+    lines += ["aviso_status=0", _command(argv) + " &", 'wait "$!" || aviso_status=$?',
+              "trap - " + " ".join(KILL_SIGNALS)]
+    lines += _failure_lines(template, timeout, label)
+    return lines
+
+
+def progress_arguments(meter: str | None, label: str | None, label_field: str | None) -> list[str]:
+    """``--progress-command`` options that move the meter and the label (the wait runs them coalesced)."""
+    argv: list[str] = []
     if meter:
         argv += ["--progress-command", shlex.quote(f"ecflow_client --meter={ecflow_name(meter)} {{found}}")]
     if label:
         shown = "{found}/{total}" + (f" latest {ecflow_name(label_field)}={{{label_field}}}" if label_field else "")
         argv += ["--progress-command", shlex.quote(f'ecflow_client --label={ecflow_name(label)} "{shown}"')]
-    lines = [f"# Wait until the data is available: {template.display()}"] + template.check_lines()
-    lines += ["aviso_status=0", _command(argv) + " || aviso_status=$?"]
-    lines += _failure_lines(template, timeout, label)
-    return lines
+    return argv
+
+
+def kill_lines() -> list[str]:
+    """Traps that end the background wait (and its ecflow_client calls) before the task aborts.
+
+    The wait is ended and waited for first: an ``ecflow_client --meter`` reaching the server after the
+    abort would be a zombie that blocks.
+    """
+    lines = ["aviso_killed() {  # SIGNAL: end the wait, then abort with the reason",
+             "  trap - " + " ".join(KILL_SIGNALS),
+             '  if [ -n "${!:-}" ]; then kill -TERM "$!" 2>/dev/null && wait "$!" || true; fi',
+             '  aviso_abort "killed by $1 while waiting for the data"',
+             "}"]
+    return lines + [f"trap 'aviso_killed SIG{name}' {name}" for name in KILL_SIGNALS]
 
 
 def _failure_lines(template: RequestTemplate, timeout: float | None, label: str | None) -> list[str]:
     deadline = f"the deadline ({timeout:g} s) passed" if timeout is not None else "the wait ended"
     message = f"aviso-workflows: {deadline} before the data was available: {template}"
-    lines = ['if [ "$aviso_status" -ne 0 ]; then',
-             f'  if [ "$aviso_status" -eq {EXIT_TIMEOUT} ]; then',
-             f"    echo {quote_with_references(message)} >&2"]
+    lines = [f'if [ "$aviso_status" -eq {EXIT_TIMEOUT} ]; then',
+             f"  echo {quote_with_references(message)} >&2"]
     if label:
-        lines.append(f"    ecflow_client --label={shlex.quote(label)} {shlex.quote('timed out')} || true")
-    lines += ["  else",
-              '    echo "aviso-workflows: the wait failed (exit $aviso_status): bad request or store unreachable" >&2',
-              "  fi",
-              '  exit "$aviso_status"',
+        lines.append(f"  ecflow_client --label={shlex.quote(label)} {shlex.quote('timed out')} || true")
+    lines += [f"  aviso_abort {shlex.quote(deadline + ' before the data was available')}",
+              "fi",
+              'if [ "$aviso_status" -ne 0 ]; then',
+              '  aviso_abort "the wait failed (exit $aviso_status): bad request or store unusable, see the job output"',
               "fi"]
     return lines
 
@@ -229,8 +270,9 @@ def notify_lines(template: RequestTemplate, *, prefix: str = "", location: str |
     names = list(dict.fromkeys(template.variables() + _references(location or "")))
     reads = literal_reads(names, prefix) if prefix else []
     comment = f"# Tell waiting workflows the data is available: {template.display()}"
-    return [comment, *reads, *template.check_lines(prefix),
-            notify_line(template, prefix=prefix, location=location, **options)]
+    failed = 'aviso_abort "notify failed (exit $?): bad request or store unusable, see the job output"'
+    return [comment, *reads, ABORT_FUNCTION, *template.check_lines(prefix),
+            notify_line(template, prefix=prefix, location=location, **options) + " || " + failed]
 
 
 def _references(text: str) -> list[str]:

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -84,25 +85,29 @@ def _defined(node: Any, name: str) -> bool:
 
 
 class _RequestTask(pf.Task):
-    """A task whose request refers to ecFlow variables: they reach the job without passing through the shell.
+    """A task whose ecFlow variables reach the job as text, without passing through the shell.
 
-    pyflow exports a variable as ``export NAME="%NAME%"``, where a value holding ``$(...)`` would run.
-    Here ecFlow writes the value into a quoted here-document instead, which the shell never expands.
+    pyflow exports a variable as ``export NAME="%NAME%"``, where a value holding ``$(...)`` or backticks
+    would run. Here ecFlow writes every such value (the request's, a ``location``'s, any other the script
+    uses) into a quoted here-document instead, which the shell never expands.
     """
 
     request_template: RequestTemplate
 
     def generate_script(self) -> Any:
         lines, includes = super().generate_script()
-        names = set(self.request_template.variables())
-        return [_literal_export(line, names) for line in lines], includes
+        return [_literal_export(line) for line in lines], includes
 
 
-def _literal_export(line: str, names: set[str]) -> str:
-    for name in names:
-        if line == f'export {name}="%{name}%"':
-            return f"{name}=$(cat <<'AVISO_VALUE'\n%{name}%\nAVISO_VALUE\n)\nexport {name}"
-    return line
+PYFLOW_EXPORT = re.compile(r'export ([A-Za-z_][A-Za-z0-9_]*)="%\1%"\Z')
+
+
+def _literal_export(line: str) -> str:
+    match = PYFLOW_EXPORT.match(line)
+    if match is None:
+        return line
+    name = match.group(1)
+    return f"{name}=$(cat <<'AVISO_VALUE'\n%{name}%\nAVISO_VALUE\n)\nexport {name}"
 
 
 class WaitTask(_RequestTask):
@@ -110,8 +115,9 @@ class WaitTask(_RequestTask):
 
     While it waits, meter ``steps`` counts the keys found and label ``latest`` shows the newest
     (``label_field``, default ``step`` when the event has one); downstream tasks can trigger on
-    ``wait.steps >= n``. After ``timeout`` seconds the job exits 1 with the reason in its output and
-    the task aborts.
+    ``wait.steps >= n``; they move within a few hundred milliseconds of a post, and a catch-up of many
+    keys costs a few ``ecflow_client`` calls, not two per key. After ``timeout`` seconds the task aborts
+    with the reason; a kill ends the wait at once and aborts the task with "killed by SIGTERM ...".
     """
 
     def __init__(self, name: str, event: str, request: Mapping[str, Any], *, timeout: float | None = None,

@@ -69,3 +69,42 @@ def node_state(defs: Any, path: str) -> str:
 def job_output(home: Path, path: str, try_number: int = 1) -> str:
     """The job output of ``path``'s try (pyflow writes it under ECF_HOME/<path>.<try>)."""
     return (home / "out" / f"{path.lstrip('/')}.{try_number}").read_text()
+
+
+def server_log(server: EcflowServer) -> list[str]:
+    """The lines of the server's log (``<host>.<port>.ecf.log`` in its home)."""
+    logs = list(server.home.glob(f"*.{server.port}.ecf.log"))
+    return logs[0].read_text(errors="replace").splitlines() if logs else []
+
+
+def log_lines(server: EcflowServer, marker: str, path: str, since: int = 0) -> list[str]:
+    """Log lines from line ``since`` on holding ``marker`` (``chd:meter``, `` aborted:``) about exactly ``path``."""
+    return [line for line in server_log(server)[since:]
+            if marker in line and (f"{path} " in line or line.endswith(path))]
+
+
+def job_processes(server: EcflowServer, path: str) -> list[str]:
+    """Command lines of the processes still running for task ``path`` of this server (found by environment)."""
+    wanted = {f"ECF_PORT={server.port}".encode(), f"ECF_NAME={path}".encode()}
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environment = set((entry / "environ").read_bytes().split(b"\0"))
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if wanted <= environment:
+            found.append(f"{entry.name}: {command}")
+    return found
+
+
+def until(condition: Callable[[], bool], timeout: float, what: str) -> float:
+    """Poll every 0.05 s until ``condition()``; the seconds it took, or fail after ``timeout`` s."""
+    start = time.monotonic()
+    while not condition():
+        if time.monotonic() - start > timeout:
+            pytest.fail(f"{what} did not happen within {timeout:g} s")
+        time.sleep(0.05)
+    return time.monotonic() - start
