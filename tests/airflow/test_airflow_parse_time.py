@@ -17,7 +17,14 @@ from airflow.sdk.exceptions import AirflowSensorTimeout, TaskDeferred
 from airflow_helpers import connection_json
 
 from aviso_workflows import Store, ValidationError, server
-from aviso_workflows.airflow import AvisoEventTrigger, AvisoHook, AvisoNotifyOperator, AvisoSensor, AvisoTrigger
+from aviso_workflows.airflow import (
+    AvisoEventTrigger,
+    AvisoHook,
+    AvisoNotifyOperator,
+    AvisoSensor,
+    AvisoTrigger,
+    asset_notifications,
+)
 from aviso_workflows.airflow.hooks import config_from_connection
 from aviso_workflows.config import ENDPOINTS_VARIABLE
 from aviso_workflows.schema import BUILTIN_SCHEMAS
@@ -219,3 +226,42 @@ def test_trigger_serializes_its_deadline() -> None:
     trigger = AvisoTrigger(event="mars", request={"class": "od"}, deadline=1.5e9)
     assert AvisoTrigger(**trigger.serialize()[1]).deadline == 1.5e9
     assert json.loads(json.dumps(trigger.serialize()[1]))["deadline"] == 1.5e9
+
+
+def test_notify_location_template_for_runs_without_a_logical_date(store: Store, unique_date: str,
+                                                                   aviso_conn: str) -> None:
+    """The README's template: a run's logical date, else when it was due (asset-driven and manual runs)."""
+    with DAG("aviso_parse_time_no_date", schedule=None):
+        task = AvisoNotifyOperator(task_id="notify", event="mars", request={**FIELDS, "step": 0},
+                                   location="s3://bucket/{{ (dag_run.logical_date or dag_run.run_after) | ds_nodash }}"
+                                            "/step0.grib")
+    day = pendulum.parse(f"{unique_date[:4]}-{unique_date[4:6]}-{unique_date[6:]}T06:00:00+00:00")
+    context: dict[str, Any] = {"dag_run": SimpleNamespace(logical_date=None, run_after=day)}
+    task.render_template_fields(context)
+    task.execute(context)
+    assert [n.location for n in store.get("mars", {**FIELDS, "date": unique_date})] == [
+        f"s3://bucket/{unique_date}/step0.grib"]
+
+
+def test_asset_notifications_reads_every_event_in_write_order() -> None:
+    def event(revision: int, step: int) -> SimpleNamespace:
+        return SimpleNamespace(extra={"from_trigger": True, "payload": {
+            "key": f"/ec/mars/date=20300101,step={step}", "revision": revision, "location": f"file:///{step}"}})
+
+    events = [event(9, 12), event(7, 0), event(9, 6), SimpleNamespace(extra={"note": "made by a task"})]
+    assert [n["location"] for n in asset_notifications(events)] == ["file:///0", "file:///6", "file:///12"]
+    assert asset_notifications(None) == []
+
+
+def test_asset_watcher_logs_where_it_starts(store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    from airflow_helpers import MemoryStateStore
+
+    from aviso_workflows.airflow.triggers import _load_position
+
+    state = MemoryStateStore()
+    with caplog.at_level(logging.INFO, logger="aviso_workflows.airflow.triggers"):
+        first = asyncio.run(_load_position(state, store))
+        again = asyncio.run(_load_position(state, store))
+    said = [r.getMessage() for r in caplog.records]
+    assert f"asset watcher starts from now: revision {first.revision} (no saved position)" in said
+    assert any(f"resumes after its saved position: revision {again.revision}" in line for line in said), said
