@@ -40,6 +40,8 @@ from ..errors import ValidationError
 from ..store import Store
 
 log = logging.getLogger(__name__)
+#: The fallback lines already logged by this process.
+_FALLBACKS_SAID: set[str] = set()
 
 
 class AvisoHook(BaseHook):
@@ -75,8 +77,11 @@ class AvisoHook(BaseHook):
         if self.aviso_conn_id != self.default_conn_name:
             raise missing
         config = resolve_config()
-        log.info("no %r connection: using %s from %s, as the command line does", self.aviso_conn_id,
-                 ",".join(config.endpoints), _endpoints_source())
+        said = f"no {self.aviso_conn_id!r} connection: using {','.join(config.endpoints)} from " \
+               f"{_endpoints_source()}, as the command line does"
+        if said not in _FALLBACKS_SAID:  # once per process, not once per task or trigger
+            _FALLBACKS_SAID.add(said)
+            log.info("%s", said)
         return Store(config=config)
 
     def test_connection(self) -> tuple[bool, str]:

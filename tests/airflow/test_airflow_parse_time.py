@@ -24,6 +24,7 @@ from aviso_workflows.airflow import (
     AvisoSensor,
     AvisoTrigger,
     asset_notifications,
+    hooks,
 )
 from aviso_workflows.airflow.hooks import config_from_connection
 from aviso_workflows.config import ENDPOINTS_VARIABLE
@@ -125,6 +126,7 @@ def test_connection_host_url_with_a_path_is_refused() -> None:
 def test_missing_default_connection_falls_back_to_the_command_line_settings(
         monkeypatch: pytest.MonkeyPatch, etcd_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.delenv("AIRFLOW_CONN_AVISO_DEFAULT", raising=False)
+    monkeypatch.setattr(hooks, "_FALLBACKS_SAID", set())
     monkeypatch.setenv(ENDPOINTS_VARIABLE, etcd_url)
     monkeypatch.setenv("AVISO_WORKFLOWS_CONFIG", str(tmp_path / "none.yaml"))
     with caplog.at_level(logging.INFO, logger="aviso_workflows.airflow.hooks"):
@@ -133,7 +135,7 @@ def test_missing_default_connection_falls_back_to_the_command_line_settings(
     assert store.config.endpoints == (etcd_url,)
     assert store.current_revision() > 0
     said = [r.getMessage() for r in caplog.records if "aviso_default" in r.getMessage()]
-    assert said and f"${ENDPOINTS_VARIABLE}" in said[0], said
+    assert len(said) == 1 and f"${ENDPOINTS_VARIABLE}" in said[0], said
     monkeypatch.delenv(ENDPOINTS_VARIABLE)
     (tmp_path / "none.yaml").write_text(f"endpoints: [{etcd_url}]\n")
     caplog.clear()
