@@ -154,8 +154,10 @@ def figures(result: dict[str, Any], total: int) -> list[Figure]:
             reported(f"replay 1 % window, {name}, 4 destinations", four["seconds"], "s"),
             reported(f"replay 1 % window, {name}, 4 destinations: requests", four["requests"], "requests"),
         ]
-    rows.append(reported("window search alone (both edges, one chain): reads", result["search"]["requests"],
-                         "requests"))
+    rows.append(reported("window search alone (both edges, one chain, earliest window): reads",
+                         result["search"]["requests"], "requests"))
+    rows.append(reported("window search alone (both edges, one chain, earliest window): time",
+                         result["search"]["seconds"], "s"))
     rows.append(reported("walk of the chain one GET per status, earliest window" +
                          ("" if finished else f" (stopped after {WALK_BUDGET:g} s)"), walk_seconds, "s"))
     return rows
