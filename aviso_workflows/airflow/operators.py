@@ -29,7 +29,9 @@ class AvisoNotifyOperator(BaseOperator):
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
         _requests.check_static(event, request, complete=True)
-        _requests.check_payload(location, ttl)
+        entries = request if isinstance(request, Mapping) else {}  # the core reads them from the request too
+        _requests.check_payload(entries.get("location") if location is None else location,
+                                entries.get("ttl") if ttl is None else ttl)
         _requests.check_conn_id(aviso_conn_id)
         self.event = event
         self.request = dict(request)

@@ -91,6 +91,9 @@ def test_notify_ttl_and_location_are_checked_at_parse_time() -> None:
         notify(location="file:///a\nb")
     with pytest.raises(ValidationError, match="location"):
         notify(location=42)
+    with pytest.raises(ValidationError, match="ttl"):
+        with DAG("aviso_parse_time_notify_entries", schedule=None):
+            AvisoNotifyOperator(task_id="notify", event="mars", request={**FIELDS, "step": 0, "ttl": -5})
     notify(ttl="{{ params.ttl }}", location="s3://bucket/{{ ds_nodash }}.grib")
     notify(ttl=3600, location="s3://bucket/data.grib")
 
