@@ -27,6 +27,8 @@ SCRIPTS: list[tuple[str, list[str], float, str]] = [
     ("Notify throughput", ["throughput.py"], 150, "throughput"),
     ("Catch-up check", ["catchup.py"], 200, "catchup"),
     ("Airflow overhead", ["airflow_overhead.py"], 120, "airflow"),
+    ("Slow listener memory", ["memory.py"], 330, "memory"),
+    ("Idle listener", ["idle.py"], 300, "idle"),
     ("Replay of a time window", ["replay.py"], 420, "replay"),
     ("Threaded waits and connections", ["connections.py", "1000"], 300, "connections"),
     ("Transport: HTTP gateway and gRPC", ["transport.py"], 240, "transport"),
