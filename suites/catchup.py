@@ -17,7 +17,7 @@ from typing import Any
 
 import pyflow as pf
 
-from aviso_workflows.ecflow import LoopbackHost, catchup_family
+from aviso_workflows.ecflow import LiteralTask, LoopbackHost, catchup_family
 from aviso_workflows.ecflow.deploy import play, suite_arguments
 
 ANALYSIS = {"class": "od", "expver": 1, "domain": "g", "time": 0, "stream": "oper", "step": 0}
@@ -28,7 +28,7 @@ def build(home: Path, start: dt.date, end: dt.date, endpoints: Sequence[str] | N
     """The catch-up suite over ``start``..``end``; scripts and job output go under ``home``."""
     with pf.Suite(name, host=LoopbackHost(), files=str(home / "files"), home=str(home / "out")) as suite:
         with catchup_family("daily", start, end, "mars", ANALYSIS, timeout=timeout, endpoints=endpoints) as day:
-            pf.Task("process", script="echo processing the analysis of $YMD").triggers = day.wait.complete
+            LiteralTask("process", script="echo processing the analysis of $YMD").triggers = day.wait.complete
     return suite
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pyflow as pf
 
-from aviso_workflows.ecflow import LoopbackHost, WaitTask
+from aviso_workflows.ecflow import LiteralTask, LoopbackHost, WaitTask
 from aviso_workflows.ecflow.deploy import run_daily_suite
 
 FORECAST = {"class": "od", "expver": 1, "domain": "g", "time": 0, "stream": "oper"}
@@ -29,7 +29,7 @@ def build(home: Path, date: str, endpoints: Sequence[str] | None = None, name: s
         wait = WaitTask("wait", "mars", {**FORECAST, "date": "%YMD%", "step": "0/to/24"}, timeout=timeout,
                         endpoints=endpoints)
         for task, needed in DOWNSTREAM.items():
-            work = pf.Task(task, script=f"echo {task}: {needed} steps of $YMD are available")
+            work = LiteralTask(task, script=f"echo {task}: {needed} steps of $YMD are available")
             work.triggers = wait.steps >= needed
     return suite
 

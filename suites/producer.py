@@ -15,7 +15,7 @@ from typing import Any
 
 import pyflow as pf
 
-from aviso_workflows.ecflow import LoopbackHost, notify_command
+from aviso_workflows.ecflow import LiteralTask, LoopbackHost, notify_command
 from aviso_workflows.ecflow.deploy import run_daily_suite
 
 FORECAST = {"class": "od", "expver": 1, "domain": "g", "time": 0, "stream": "oper"}
@@ -28,7 +28,7 @@ def build(home: Path, date: str, endpoints: Sequence[str] | None = None, name: s
     with pf.Suite(name, host=LoopbackHost(), files=str(home / "files"), home=str(home / "out"), YMD=date) as suite:
         with pf.Family("steps"):
             pf.RepeatInteger("STEP", 0, last_step, 1)
-            model = pf.Task("model")
+            model = LiteralTask("model")
             model.script = [f"sleep {step_seconds:g}  # the model computes step $STEP",
                             notify_command(model, "mars", {**FORECAST, "date": "%YMD%", "step": "%STEP%"},
                                            location="file:///data/%YMD%/step_%STEP%.grib", endpoints=endpoints)]

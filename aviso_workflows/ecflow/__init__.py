@@ -1,6 +1,6 @@
 """ecFlow and pyflow: data-wait and notify tasks, catch-up families, and a bridge that drives a suite.
 
-The pyflow pieces (``WaitTask``, ``NotifyTask``, ``notify_command``, ``catchup_family``,
+The pyflow pieces (``WaitTask``, ``NotifyTask``, ``LiteralTask``, ``notify_command``, ``catchup_family``,
 ``LoopbackHost``) need pyflow; the bridge and the actions need only ecFlow's Python module.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-_PYFLOW_NAMES = ("WaitTask", "NotifyTask", "notify_command", "catchup_family", "LoopbackHost")
+_PYFLOW_NAMES = ("WaitTask", "NotifyTask", "LiteralTask", "notify_command", "catchup_family", "LoopbackHost")
 
 __all__ = list(_PYFLOW_NAMES)
 

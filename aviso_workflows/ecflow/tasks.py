@@ -84,19 +84,25 @@ def _defined(node: Any, name: str) -> bool:
     return name in node.all_exportables
 
 
-class _RequestTask(pf.Task):
-    """A task whose ecFlow variables reach the job as text, without passing through the shell.
+class LiteralTask(pf.Task):
+    """A pyflow ``Task`` whose ecFlow variables reach the job as text, without passing through the shell.
 
-    pyflow exports a variable as ``export NAME="%NAME%"``, where a value holding ``$(...)`` or backticks
-    would run. Here ecFlow writes every such value (the request's, a ``location``'s, any other the script
-    uses) into a quoted here-document instead, which the shell never expands.
+    pyflow exports a variable the script uses as ``export NAME="%NAME%"``, where a value holding ``$(...)``
+    or backticks would run. Here ecFlow writes every such value into a quoted here-document instead, which
+    the shell never expands. Use it for any task whose variables may be altered on the server:
+
+        LiteralTask("process", script='process_data "$DATA_LOCATION"')
     """
-
-    request_template: RequestTemplate
 
     def generate_script(self) -> Any:
         lines, includes = super().generate_script()
         return [_literal_export(line) for line in lines], includes
+
+
+class _RequestTask(LiteralTask):
+    """A task whose request (and ``location``) may refer to ecFlow variables, checked when the suite is built."""
+
+    request_template: RequestTemplate
 
 
 PYFLOW_EXPORT = re.compile(r'export ([A-Za-z_][A-Za-z0-9_]*)="%\1%"\Z')

@@ -10,7 +10,7 @@ import pytest
 from ecflow_helpers import Watcher, job_output, job_processes, log_lines, node_state, until
 
 from aviso_workflows import Store
-from aviso_workflows.ecflow import LoopbackHost, NotifyTask, WaitTask, notify_command
+from aviso_workflows.ecflow import LiteralTask, LoopbackHost, NotifyTask, WaitTask, notify_command
 from aviso_workflows.ecflow.deploy import play
 from aviso_workflows.ecflow.server import EcflowServer
 
@@ -118,11 +118,13 @@ def test_locations_and_variables_reach_the_job_as_text(ecflow_server: EcflowServ
         helper = pf.Task("helper")
         helper.script = [notify_command(helper, "mars", {**FORECAST, "date": "%YMD%", "step": 6},
                                         location="file:///%LOC%", endpoints=[etcd_url])]
+        LiteralTask("work", script=f'printf "%s" "$LOC" > {tmp_path / "seen"}')
     play(s, "localhost", ecflow_server.port)
     ecflow_server.client().alter("/hostile", "change", "variable", "LOC", value)
     ecflow_server.client().resume("/hostile")
-    watcher.until(lambda d: node_state(d, "/hostile") == "complete", 30, "both notifying tasks completing")
+    watcher.until(lambda d: node_state(d, "/hostile") == "complete", 30, "the three tasks completing")
 
     assert not marker.exists()
     stored = store.value("mars", {**FORECAST, "date": unique_date, "step": "0/6"})
     assert sorted(stored.values()) == sorted([value, "file:///" + value])
+    assert (tmp_path / "seen").read_text() == value
