@@ -26,14 +26,20 @@ LITERAL_PREFIX = "AVISO_VAR_"
 
 
 class LoopbackHost(pf.LocalHost):
-    """pyflow's LocalHost, but jobs reach the server on ``localhost`` instead of the host name it reports."""
+    """pyflow's LocalHost, but jobs reach the server on ``localhost`` instead of the host name it reports.
+
+    A job that fails without saying why aborts with "job exited with status N" (pyflow's own reason is
+    "Trap raised in job file"). A job that aborted with its own reason keeps it: the server ignores a
+    second abort of an aborted task.
+    """
 
     def __init__(self, name: str = "localhost", **kwargs: Any) -> None:
         super().__init__(name, **kwargs)
 
     @property
     def job_cmd(self) -> str:
-        return str(super().job_cmd).replace("export ECF_HOST=%ECF_HOST%;", "export ECF_HOST=localhost;")
+        command = str(super().job_cmd).replace("export ECF_HOST=%ECF_HOST%;", "export ECF_HOST=localhost;")
+        return command.replace("|| ecflow_client --abort ", '|| ecflow_client --abort="job exited with status $?" ')
 
     def preamble(self, exit_hook: Any = None) -> list[str]:
         lines = super().preamble(exit_hook)

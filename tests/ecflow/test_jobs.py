@@ -128,3 +128,12 @@ def test_locations_and_variables_reach_the_job_as_text(ecflow_server: EcflowServ
     stored = store.value("mars", {**FORECAST, "date": unique_date, "step": "0/6"})
     assert sorted(stored.values()) == sorted([value, "file:///" + value])
     assert (tmp_path / "seen").read_text() == value
+
+
+def test_any_task_that_fails_aborts_with_its_exit_status(ecflow_server: EcflowServer, watcher: Watcher,
+                                                         home: Path) -> None:
+    with suite("plain", home, ECF_TRIES="1") as s:
+        LiteralTask("fails", script="exit 3")
+    play(s, "localhost", ecflow_server.port)
+    watcher.until(lambda d: node_state(d, "/plain/fails") == "aborted", 30, "the failing task aborting")
+    assert aborted_reason(watcher, "/plain/fails") == "job exited with status 3"
