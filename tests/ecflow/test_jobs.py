@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pyflow as pf
@@ -126,7 +127,7 @@ def test_locations_and_variables_reach_the_job_as_text(ecflow_server: EcflowServ
 
     assert not marker.exists()
     stored = store.value("mars", {**FORECAST, "date": unique_date, "step": "0/6"})
-    assert sorted(stored.values()) == sorted([value, "file:///" + value])
+    assert sorted(str(v) for v in stored.values()) == sorted([value, "file:///" + value])
     assert (tmp_path / "seen").read_text() == value
 
 
@@ -137,3 +138,25 @@ def test_any_task_that_fails_aborts_with_its_exit_status(ecflow_server: EcflowSe
     play(s, "localhost", ecflow_server.port)
     watcher.until(lambda d: node_state(d, "/plain/fails") == "aborted", 30, "the failing task aborting")
     assert aborted_reason(watcher, "/plain/fails") == "job exited with status 3"
+
+
+def test_the_meter_follows_each_post_within_a_fraction_of_a_second(
+        ecflow_server: EcflowServer, watcher: Watcher, home: Path, store: Store, etcd_url: str,
+        unique_date: str) -> None:
+    with suite("live", home, YMD=unique_date) as s:
+        WaitTask("wait", "mars", {**FORECAST, "date": "%YMD%", "step": "0/to/3"}, timeout=60, endpoints=[etcd_url])
+    play(s, "localhost", ecflow_server.port)
+
+    def meter_shows(count: int) -> Callable[[], bool]:
+        return lambda: watcher.meter("/live/wait", "steps") == count
+
+    # Step 0 shows that the wait has read the store and follows its watch: the later steps are timed.
+    store.notify("mars", {**FORECAST, "date": unique_date, "step": 0})
+    until(meter_shows(1), 30, "the wait finding step 0")
+    delays = []
+    for step in range(1, 4):
+        store.notify("mars", {**FORECAST, "date": unique_date, "step": step})
+        delays.append(until(meter_shows(step + 1), 5, f"the meter showing {step + 1}"))
+    print("post to meter: " + ", ".join(f"{delay * 1000:.0f} ms" for delay in delays))
+    watcher.until(lambda d: node_state(d, "/live") == "complete", 10, "the wait completing")
+    assert max(delays) < 1.0

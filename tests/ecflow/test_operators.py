@@ -65,7 +65,7 @@ def test_the_hand_written_suite_loads_and_runs(ecflow_server: EcflowServer, watc
     assert watcher.label(WAIT, "latest").startswith("3/3 latest step=")
     assert "processing the first steps of " + unique_date in (home / "aviso_example/consumer/process.1").read_text()
     values = store.value("mars", {**FORECAST, "date": unique_date, "step": "0/6/12"})
-    assert sorted(values.values()) == [f"file:///data/{unique_date}/step_{s}.grib" for s in (0, 12, 6)]
+    assert sorted(str(v) for v in values.values()) == [f"file:///data/{unique_date}/step_{s}.grib" for s in (0, 12, 6)]
     job = (home / "aviso_example" / "consumer" / "wait.job1").read_text()
     assert "export ECF_HOST=localhost" in job and f"\n{unique_date}\nAVISO_VALUE" in job
 
