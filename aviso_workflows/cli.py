@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib
 import json
 import logging
 import shlex
@@ -17,25 +16,26 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, NoReturn
 
 import yaml
 
 from . import __version__, server
-from .config import resolve_config
+from .config import resolve_config, state_dir
 from .errors import AvisoWorkflowsError, ValidationError, WaitTimeout
-from .listen import Cursor, Position, listen
-from .listeners import load_listener_file
+from .listen import Cursor, Position, listen, start_position
+from .listeners import DeadLetters, Listener, Runtime, Stopped, dispatch, load_listener_file
 from .request import Request, check_timeout, parse_pairs
 from .schema import to_pyaviso_document
-from .status_chain import replay
+from .status_chain import replay, revision_window
 from .store import Notification, Store
 
 log = logging.getLogger("aviso_workflows")
 EXIT_OK, EXIT_TIMEOUT, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
-#: Modules that may add subcommands with ``add_commands(subparsers, common)``.
-ADAPTER_COMMANDS = ("aviso_workflows.ecflow.cli",)
+#: Entry point group of adapters' subcommands: each names a function ``add_commands(subparsers, common)``.
+COMMANDS_GROUP = "aviso_workflows.commands"
 PROGRESS_COMMAND_SECONDS = 60
 
 
@@ -338,8 +338,8 @@ def parse_moment(field: str, text: str | None) -> dt.datetime | None:
     return moment
 
 
-def listen_requests(store: Store, args: argparse.Namespace) -> tuple[list[Request], list[Any]]:
-    """Requests from k=v pairs or a listener file (with the listeners' actions, if any)."""
+def listen_requests(store: Store, args: argparse.Namespace) -> tuple[list[Request], list[Listener]]:
+    """Requests from k=v pairs or a listener file (with the listeners' triggers)."""
     source = args.pairs
     if source and Path(source).suffix in (".yaml", ".yml", ".json") and "=" not in source:
         listeners = load_listener_file(store, source)
@@ -348,48 +348,129 @@ def listen_requests(store: Store, args: argparse.Namespace) -> tuple[list[Reques
     return [request], []
 
 
+def parse_start(text: str | None) -> dt.datetime | int | None:
+    """``--from``: a revision (a whole number) or a UTC time."""
+    if text is None:
+        return None
+    if text.strip().isdigit():
+        return int(text)
+    return parse_moment("from", text)
+
+
+def dead_letters_of(args: argparse.Namespace) -> DeadLetters:
+    """The dead-letter file: ``--dead-letter-file``, else one per cursor (or per listener file) in the state dir."""
+    if args.dead_letter_file:
+        return DeadLetters(Path(args.dead_letter_file))
+    name = args.cursor or Path(args.pairs or "listener").stem
+    return DeadLetters(state_dir() / "dead-letters" / f"{name}.jsonl")
+
+
 def cmd_listen(args: argparse.Namespace) -> int:
     store = store_from_args(args)
     requests, listeners = listen_requests(store, args)
-    start, end = parse_moment("from", args.from_), parse_moment("to", args.to)
-    if args.count is not None and args.count < 1:
-        raise ValidationError("count", args.count, "expected a number of notifications of at least 1")
-    if end is not None and start is None:
-        raise ValidationError("to", args.to, "--to needs --from")
-    if start is not None and end is not None and end <= start:
-        raise ValidationError("to", args.to, "must be later than --from")
-    handle = _handler(listeners, args)
-    cursor = Cursor(args.cursor) if args.cursor else None
-    handled = 0
-    after: Position | None = None
-    if start is not None:
-        now = store.current_revision()
-        for notification in replay(store, requests, start, end):
+    start, end = parse_start(args.from_), parse_moment("to", args.to)
+    _check_listen_options(args, start, end)
+    report = (lambda line: print(line, flush=True)) if getattr(args, "report_actions", False) else None
+    runtime = Runtime(listeners, dead_letters_of(args) if listeners else None, stop=threading.Event(),
+                      report=report)
+    if args.dead_letters:
+        return _dead_letters(args, runtime)
+    handle = _handler(runtime, args)
+    if isinstance(start, dt.datetime) and end is not None:  # a finite replay, no cursor
+        for handled, notification in enumerate(replay(store, requests, start, end), 1):
             handle(notification)
-            handled += 1
             if args.count and handled >= args.count:
-                return EXIT_OK
-        if end is not None:
-            return EXIT_OK
-        after = Position(now)
+                break
+        return EXIT_OK
+    cursor = Cursor(args.cursor) if args.cursor else None
+    after = _first_start(store, requests, cursor, start)
     if cursor is not None and args.dry_run:  # a dry run starts from the cursor but never moves it
         after, cursor = after or cursor.load(), None
-    stream = listen(store, requests, after=after, cursor=cursor, stop=threading.Event())
-    for notification in stream:
-        handle(notification)
-        handled += 1
-        if args.count and handled >= args.count:
-            if cursor is not None:
-                cursor.save(Position(notification.revision, notification.key))
-            break
+    stop_on_signals(runtime.stop)
+    if cursor is not None:  # saved now: a listener stopped before its first notification misses nothing
+        after = start_position(store, after, cursor)
+    if runtime.report is not None:
+        runtime.report(f"listening after revision {after.revision if after else store.current_revision()}")
+    return _follow(store, requests, after, cursor, runtime, handle, args.count)
+
+
+def _check_listen_options(args: argparse.Namespace, start: dt.datetime | int | None, end: dt.datetime | None) -> None:
+    if args.count is not None and args.count < 1:
+        raise ValidationError("count", args.count, "expected a number of notifications of at least 1")
+    if end is not None and not isinstance(start, dt.datetime):
+        raise ValidationError("to", args.to, "--to needs --from TIME")
+    if isinstance(start, dt.datetime) and end is not None and end <= start:
+        raise ValidationError("to", args.to, "must be later than --from")
+
+
+def _first_start(store: Store, requests: list[Request], cursor: Cursor | None,
+                 start: dt.datetime | int | None) -> Position | None:
+    """Where a first start begins: after ``--from`` (a revision, or the first post at or after a time).
+
+    A cursor that was saved before wins: ``--from`` only places a listener that never ran.
+    """
+    if start is None or (cursor is not None and cursor.load() is not None):
+        if start is not None:
+            log.warning("--from %s ignored: cursor %s resumes where it stopped", start, cursor and cursor.name)
+        return None
+    if isinstance(start, int):
+        return Position(max(start - 1, 0))
+    windows = [window for request in requests for key in request.status_keys()
+               if (window := revision_window(store, key, start)) is not None]
+    if not windows:
+        return Position(store.current_revision())
+    return Position(min(window[0] for window in windows) - 1)
+
+
+def _follow(store: Store, requests: list[Request], after: Position | None, cursor: Cursor | None, runtime: Runtime,
+            handle: Callable[[Notification], object], count: int | None) -> int:
+    handled = 0
+    try:
+        for notification in listen(store, requests, after=after, cursor=cursor, stop=runtime.stop):
+            handle(notification)
+            handled += 1
+            if count and handled >= count:
+                if cursor is not None:
+                    cursor.save(Position(notification.revision, notification.key))
+                break
+    except Stopped as stopped:  # the position stays before the notification in hand
+        log.warning("stopped while %s waited; it runs again at the next start", stopped)
     return EXIT_OK
 
 
-def _handler(listeners: list[Any], args: argparse.Namespace) -> Callable[[Notification], object]:
-    if listeners and any(getattr(listener, "actions", None) for listener in listeners):
-        from .listeners import dispatch
+def _dead_letters(args: argparse.Namespace, runtime: Runtime) -> int:
+    letters = runtime.dead_letters
+    if letters is None:
+        raise ValidationError("dead-letters", args.pairs, "dead letters belong to a listener file with triggers")
+    if args.dead_letters == "list":
+        for entry in letters.entries():
+            notification = Notification.from_dict(entry["notification"])
+            print(f"{entry['time']} listeners[{entry['listener']}] trigger {entry['trigger']} ({entry['type']}) "
+                  f"[{notification.revision}] {notification.key}: {entry['error']}", flush=True)
+        return EXIT_OK
+    done, failing = runtime.replay()
+    print(f"replayed {done + failing} dead letter(s) of {letters.path}: {done} done, {failing} still failing")
+    return EXIT_OK if not failing else EXIT_TIMEOUT
 
-        return lambda notification: dispatch(listeners, notification, dry_run=args.dry_run)
+
+def stop_on_signals(stop: threading.Event) -> None:
+    """SIGTERM and SIGINT let the notification in hand finish (or end its wait for an outage), then stop."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        log.info("signal %s: stopping after the current notification", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def _handler(runtime: Runtime, args: argparse.Namespace) -> Callable[[Notification], object]:
+    if runtime.listeners and args.dry_run:
+        return lambda notification: dispatch(runtime.listeners, notification, dry_run=True)
+    if runtime.listeners:
+        return runtime.handle
     return lambda notification: print(format_notification(notification, args.json), flush=True)
 
 
@@ -456,12 +537,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     listen_parser = commands.add_parser("listen", parents=[common], help="print notifications as they arrive")
     _request_arguments(listen_parser)
-    listen_parser.add_argument("--from", dest="from_", metavar="TIME", help="replay from this UTC time")
-    listen_parser.add_argument("--to", metavar="TIME", help="replay until this UTC time, then exit")
+    listen_parser.add_argument("--from", dest="from_", metavar="TIME|REVISION",
+                               help="first start: from this UTC time or store revision (a saved cursor wins)")
+    listen_parser.add_argument("--to", metavar="TIME", help="with --from TIME: replay until this UTC time, then exit")
     listen_parser.add_argument("--cursor", metavar="NAME", help="resume where the listener of this name stopped")
     listen_parser.add_argument("--count", type=int, metavar="N", help="exit after N notifications")
     listen_parser.add_argument("--json", action="store_true", help="print notifications as JSON lines")
     listen_parser.add_argument("--dry-run", action="store_true", help="show what the listeners' actions would do")
+    listen_parser.add_argument("--dead-letters", choices=("list", "replay"),
+                               help="list the notifications whose triggers failed for good, or run them again")
+    listen_parser.add_argument("--dead-letter-file", metavar="FILE",
+                               help="where failed notifications go (default: STATE_DIR/dead-letters/CURSOR.jsonl)")
     listen_parser.set_defaults(run=cmd_listen)
 
     for name, function, text in (("key", cmd_key, "show the keys of a request"),
@@ -482,14 +568,20 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--data-dir", help=f"data directory (default {server.default_data_dir()})")
     srv.set_defaults(run=cmd_server, verbose=False)
 
-    for module_name in ADAPTER_COMMANDS:
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as error:  # an adapter whose scheduler is not installed adds no command
-            log.debug("commands of %s not available: %s", module_name, error)
-            continue
-        module.add_commands(commands, common)
+    add_adapter_commands(commands, common)
     return parser
+
+
+def add_adapter_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    """Subcommands of installed adapters: entry points of ``aviso_workflows.commands``, each a function
+    ``add_commands(subparsers, common)``."""
+    for point in entry_points(group=COMMANDS_GROUP):
+        try:
+            add_commands = point.load()
+        except ImportError as error:  # an adapter whose scheduler is not installed adds no command
+            log.debug("commands of %s not available: %s", point.value, error)
+            continue
+        add_commands(commands, common)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

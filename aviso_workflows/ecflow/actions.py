@@ -1,38 +1,42 @@
-"""ecFlow actions driven by notifications: set an event, a meter, a label or a variable; force complete.
+"""The ``ecflow`` action of listener files: set an event, a meter, a label or a variable; force complete.
 
-An action is configured as a mapping; ``node``, ``value`` (and ``name``) may use placeholders filled
-from the notification: ``{event}``, ``{key}``, ``{revision}``, ``{location}`` and any request field
-(``{date}``, ``{step}``)::
+Registered through the entry point group ``aviso_workflows.actions``; ``ecflow`` itself is imported only
+when an action first talks to a server. A trigger names the server (``host``/``port``, default
+``$ECF_HOST``/``$ECF_PORT`` as for ``ecflow_client``, host ``localhost``) and one change, whose
+``node`` and ``value`` may use the placeholders of every action (``${request.step}``, ``${location}``)::
 
-    {"event": "data_ready", "node": "/consumer/fc_{date}/wait"}
-    {"meter": "steps", "node": "/consumer/wait", "value": "{step}"}
-    {"label": "latest", "node": "/consumer/wait", "value": "step {step} at {location}"}
-    {"variable": "DATA_LOCATION", "node": "/consumer", "value": "{location}"}
-    {"complete": "/consumer/wait"}
+    - {type: ecflow, port: 3141, event: data_ready, node: "/consumer/fc_${request.date}/wait"}
+    - {type: ecflow, port: 3141, meter: steps, node: /consumer/wait, value: "${request.step}"}
+    - {type: ecflow, port: 3141, label: latest, node: /consumer/wait, value: "step ${request.step}"}
+    - {type: ecflow, port: 3141, variable: DATA_LOCATION, node: /consumer, value: "${location}"}
+    - {type: ecflow, port: 3141, complete: /consumer/wait}
 
-Every action sets a value rather than counting, so applying one twice leaves the same state.
+Every change sets a value rather than counting, so applying one twice leaves the same state. A server
+that does not answer is a transient failure (the listener waits for it); a change the server refuses
+or a value that cannot apply (a meter that is not a number) is written to the dead-letter file.
 """
 
 from __future__ import annotations
 
-import logging
+import os
 import re
-import string
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..actions import ActionFailed, TransientFailure, check_placeholders, fill_text, placeholder_values
 from ..errors import ValidationError
 from ..store import Notification
 
-log = logging.getLogger(__name__)
 KINDS = ("event", "meter", "label", "variable", "complete")
 NODE_PATH = re.compile(r"(/[A-Za-z0-9_.]+)+\Z")
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+#: The bridge's former placeholders ({step}, {location:>10}): refused, with the replacement named.
+OLD_PLACEHOLDER = re.compile(r"(?<!\$)\{([A-Za-z_][A-Za-z0-9_]*)(?:[:!][^}]*)?\}")
 
 
 @dataclass(frozen=True)
-class EcflowAction:
+class EcflowChange:
     """One change to a node: ``kind`` in event/meter/label/variable/complete; ``node`` and ``value`` are templates."""
 
     kind: str
@@ -41,59 +45,60 @@ class EcflowAction:
     value: str = ""
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> EcflowAction:
-        """Parse ``{"meter": "steps", "node": "/s/t", "value": "{step}"}`` and the like."""
-        if not isinstance(config, Mapping):
-            raise ValidationError("action", config, "expected a mapping such as {event: NAME, node: /suite/task}")
-        kinds = [k for k in KINDS if k in config]
+    def from_spec(cls, spec: Mapping[str, Any]) -> EcflowChange:
+        kinds = [k for k in KINDS if k in spec]
         if len(kinds) != 1:
-            raise ValidationError("action", dict(config), "give exactly one of " + ", ".join(KINDS))
+            raise ValidationError("ecflow", sorted(spec, key=str), "give exactly one of " + ", ".join(KINDS))
         kind = kinds[0]
-        unknown = set(config) - {kind, "node", "value"}
-        if unknown:
-            raise ValidationError("action", sorted(unknown, key=str)[0], "an ecFlow action takes only "
-                                  f"{kind!r}, 'node' and 'value'")
         if kind == "complete":
-            return cls(kind, str(config[kind])).checked()
-        value = config.get("value", "set" if kind == "event" else None)
+            return cls(kind, _template("ecflow.complete", spec[kind])).checked()
+        value = spec.get("value", "set" if kind == "event" else None)
         if value is None:
-            raise ValidationError(kind, dict(config), f"a {kind} action needs a 'value' (placeholders allowed)")
-        return cls(kind, str(config.get("node", "")), str(config[kind]), str(value)).checked()
+            raise ValidationError(f"ecflow.{kind}", spec[kind], f"a {kind} change needs a 'value'")
+        return cls(kind, _template("ecflow.node", spec.get("node", "")), _template(f"ecflow.{kind}", spec[kind]),
+                   _template("ecflow.value", value)).checked()
 
-    def checked(self) -> EcflowAction:
-        """Refuse templates that name no node or use placeholders wrongly (before any notification)."""
+    def checked(self) -> EcflowChange:
+        """Refuse what can never apply, before any notification."""
         if not self.node:
-            raise ValidationError("node", self.node, f"a {self.kind} action needs the node's path, e.g. /suite/task")
-        for text in (self.node, self.name, self.value):
-            _placeholders(text)
+            raise ValidationError("ecflow.node", self.node,
+                                  f"a {self.kind} change needs the node's path, e.g. /suite/task")
         if self.kind == "event" and self.value not in ("set", "clear"):
-            raise ValidationError("value", self.value, "an event action's value is 'set' or 'clear'")
+            raise ValidationError("ecflow.value", self.value, "an event's value is 'set' or 'clear'")
+        if not check_placeholders("ecflow.node", self.node) and not NODE_PATH.match(self.node):
+            raise ValidationError("ecflow.node", self.node, "expected an absolute ecFlow path such as /suite/task")
+        if self.kind != "complete" and not check_placeholders(f"ecflow.{self.kind}", self.name) \
+                and not NAME.match(self.name):
+            raise ValidationError(f"ecflow.{self.kind}", self.name, "ecFlow names are letters, digits and '_'")
         return self
 
-    def render(self, notification: Notification) -> EcflowAction:
-        """The action with the notification's values filled in, checked as ecFlow names and paths."""
-        values = notification_values(notification)
-        node = _fill(self.node, values)
+    @property
+    def placeholders(self) -> frozenset[str]:
+        return frozenset(n for text in (self.node, self.name, self.value) for n in check_placeholders("ecflow", text))
+
+    def render(self, notification: Notification) -> EcflowChange:
+        """The change with the notification's values filled in, checked as ecFlow names and paths."""
+        values = placeholder_values(notification)
+        node, name, value = (fill_text(text, values) for text in (self.node, self.name, self.value))
         if not NODE_PATH.match(node):
-            raise ValidationError("node", node, "expected an absolute ecFlow path such as /suite/family/task")
-        name = _fill(self.name, values)
+            raise ActionFailed(f"node {node!r} is not an absolute ecFlow path such as /suite/family/task")
         if self.kind != "complete" and not NAME.match(name):
-            raise ValidationError(self.kind, name, "ecFlow names are letters, digits and '_'")
-        value = _fill(self.value, values)
+            raise ActionFailed(f"{self.kind} name {name!r} is not an ecFlow name (letters, digits and '_')")
         if self.kind == "meter" and not re.fullmatch(r"-?\d+", value):
-            raise ValidationError("value", value, "a meter's value must be a whole number")
-        return EcflowAction(self.kind, node, name, value)
+            raise ActionFailed(f"meter value {value!r} is not a whole number")
+        return EcflowChange(self.kind, node, name, value)
 
     def apply(self, client: Any) -> None:
-        """Make the change on the server through an ``ecflow.Client`` (the action must be rendered)."""
+        """Make the change through an ``ecflow.Client`` (the change must be rendered)."""
         if self.kind == "complete":
             import ecflow
 
             client.force_state(self.node, ecflow.State.complete)
-        elif self.kind == "event":
-            client.alter(self.node, "change", "event", self.name, self.value)
         elif self.kind == "variable":
-            _set_variable(client, self.node, self.name, self.value)
+            try:
+                client.alter(self.node, "change", "variable", self.name, self.value)
+            except RuntimeError:  # not defined on that node yet
+                client.alter(self.node, "add", "variable", self.name, self.value)
         else:
             client.alter(self.node, "change", self.kind, self.name, self.value)
 
@@ -103,45 +108,80 @@ class EcflowAction:
         return f"{self.kind} {self.name}={self.value} on {self.node}"
 
 
-def _set_variable(client: Any, node: str, name: str, value: str) -> None:
+def _template(field: str, value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ValidationError(field, value, "expected text (placeholders such as ${request.step} allowed)")
+    text = str(value)
+    old = OLD_PLACEHOLDER.search(text)
+    if old:
+        name = old.group(1)
+        new = "${" + (name if name in ("location", "event", "key", "revision") else f"request.{name}") + "}"
+        raise ValidationError(field, text, f"placeholders are written {new}, not {old.group(0)}")
+    check_placeholders(field, text)
+    return text
+
+
+class EcflowAction:
+    """Apply one change on an ecFlow server; a server that does not answer is a transient failure."""
+
+    def __init__(self, host: str, port: int, change: EcflowChange) -> None:
+        self.host, self.port, self.change = host, port, change
+        self.placeholders = change.placeholders
+        self._client: Any = None
+
+    def __call__(self, notification: Notification) -> None:
+        rendered = self.change.render(notification)
+        client = self._connect()
+        try:
+            rendered.apply(client)
+        except RuntimeError as error:
+            self._client = None
+            reason = _first_line(error)
+            if not _answers(client):
+                raise TransientFailure(f"ecFlow at {self.host}:{self.port} does not answer ({reason})") from None
+            raise ActionFailed(f"ecFlow at {self.host}:{self.port} refused {rendered}: {reason}") from None
+
+    def _connect(self) -> Any:
+        if self._client is None:
+            import ecflow
+
+            self._client = ecflow.Client(self.host, str(self.port))
+        return self._client
+
+    def describe(self, notification: Notification) -> str:
+        return f"ecFlow {self.host}:{self.port}: {self.change.render(notification)}"
+
+
+def _answers(client: Any) -> bool:
     try:
-        client.alter(node, "change", "variable", name, value)
-    except RuntimeError:  # not defined on that node yet
-        client.alter(node, "add", "variable", name, value)
+        client.ping()
+    except RuntimeError:
+        return False
+    return True
 
 
-def notification_values(notification: Notification) -> dict[str, str]:
-    """Placeholder values: the request fields plus event, key, revision and location."""
-    return {**notification.request, "event": notification.event, "key": notification.key,
-            "revision": str(notification.revision), "location": notification.location or ""}
+def _first_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
-def _placeholders(text: str) -> list[str]:
-    try:
-        return [name for _, name, spec, _ in string.Formatter().parse(text) if name is not None and not spec]
-    except ValueError as error:
-        raise ValidationError("template", text, f"bad placeholder ({error}); use {{field}}, '{{{{' for '{{'") from None
+def _port(spec: Mapping[str, Any]) -> int:
+    port = spec.get("port", os.environ.get("ECF_PORT"))
+    if isinstance(port, str) and port.isdigit():
+        port = int(port)
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise ValidationError("ecflow.port", port, "expected the ecflow_server's port number (1 to 65535), "
+                              "in the trigger or in $ECF_PORT")
+    return port
 
 
-def _fill(text: str, values: Mapping[str, str]) -> str:
-    missing = [name for name in _placeholders(text) if name not in values]
-    if missing:
-        raise ValidationError("template", text, f"placeholder {{{missing[0]}}} is not a field of the notification; "
-                              "available: " + ", ".join(values))
-    return text.format_map(values)
-
-
-def parse_actions(configs: Iterable[Mapping[str, Any]]) -> list[EcflowAction]:
-    """A list of actions from configuration."""
-    return [EcflowAction.from_config(config) for config in configs]
-
-
-def apply_actions(client: Any, actions: Iterable[EcflowAction], notification: Notification) -> list[str]:
-    """Apply every action for ``notification``; returns what was done, one line each."""
-    done = []
-    for action in actions:
-        rendered = action.render(notification)
-        rendered.apply(client)
-        done.append(str(rendered))
-        log.info("%s (for %s)", rendered, notification.key)
-    return done
+def ecflow_action(spec: Mapping[str, Any]) -> EcflowAction:
+    """``{type: ecflow, host, port, event|meter|label|variable|complete: ..., node, value}``."""
+    unknown = sorted((n for n in spec if n not in (*KINDS, "type", "host", "port", "node", "value")), key=str)
+    if unknown:
+        raise ValidationError(f"ecflow.{unknown[0]}", spec[unknown[0]], "an ecflow action takes: host, port, "
+                              "node, value and one of " + ", ".join(KINDS))
+    host = spec.get("host") or os.environ.get("ECF_HOST") or "localhost"
+    if not isinstance(host, str) or not re.fullmatch(r"[A-Za-z0-9_.:\-\[\]]+", host):
+        raise ValidationError("ecflow.host", host, "expected a host name or address")
+    return EcflowAction(host, _port(spec), EcflowChange.from_spec(spec))

@@ -1,51 +1,33 @@
-"""``aviso-workflows ecflow-bridge``: run the ecFlow bridge (added to the main command)."""
+"""``aviso-workflows ecflow-bridge``: the listener runtime with an ecFlow server as the default target.
+
+Added to the main command through the entry point group ``aviso_workflows.commands``.
+"""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from ..listen import Cursor
-
 
 def add_commands(subparsers: Any, common: argparse.ArgumentParser) -> None:
     """Add ``ecflow-bridge`` to the ``aviso-workflows`` command."""
     bridge = subparsers.add_parser("ecflow-bridge", parents=[common],
-                                   help="set ecFlow events, meters, labels, variables or complete tasks "
-                                        "from notifications (resumes from its cursor)")
-    bridge.add_argument("bridge_config", metavar="CONFIG", help="YAML file with listeners: [{request:, actions:}]")
-    bridge.add_argument("--host", default="localhost", help="ecflow_server host (default localhost)")
-    bridge.add_argument("--port", type=int, required=True, help="ecflow_server port")
-    bridge.add_argument("--cursor", metavar="NAME", help="cursor name (default: from the config, else "
-                                                         "ecflow-bridge-PORT)")
-    bridge.set_defaults(run=run_bridge)
+                                   help="run a listener file of ecFlow triggers (events, meters, labels, "
+                                        "variables, complete) until stopped; resumes from its cursor")
+    bridge.add_argument("bridge_config", metavar="FILE", help="listener file whose triggers are {type: ecflow, ...}")
+    bridge.add_argument("--host", default="localhost", help="ecflow_server host of triggers that name none")
+    bridge.add_argument("--port", type=int, required=True, help="ecflow_server port of triggers that name none")
+    bridge.add_argument("--cursor", metavar="NAME", help="cursor name (default ecflow-bridge-PORT)")
+    bridge.add_argument("--from", dest="from_", metavar="TIME|REVISION",
+                        help="first start: from this UTC time or store revision (a saved cursor wins)")
+    bridge.add_argument("--dead-letters", choices=("list", "replay"),
+                        help="list the notifications whose triggers failed for good, or run them again")
+    bridge.add_argument("--dead-letter-file", metavar="FILE",
+                        help="where failed notifications go (default: STATE_DIR/dead-letters/CURSOR.jsonl)")
+    bridge.set_defaults(run=_run)
 
 
-def run_bridge(args: argparse.Namespace) -> int:
-    """Start the bridge and run it until SIGTERM/SIGINT."""
-    import ecflow
+def _run(args: argparse.Namespace) -> int:
+    from .bridge import run_bridge
 
-    from ..cli import store_from_args
-    from .bridge import Bridge, BridgeError, load_config, stop_on_signals
-
-    store = store_from_args(args)
-    config = load_config(store, args.bridge_config)
-    cursor = Cursor(args.cursor or config.cursor or f"ecflow-bridge-{args.port}")
-    client = ecflow.Client(args.host, str(args.port))
-    try:
-        client.ping()
-    except RuntimeError as error:
-        raise BridgeError(f"no ecFlow server answers at {args.host}:{args.port} ({_first_line(error)})") from None
-    bridge = Bridge(store, config, client, cursor, report=lambda line: print(line, flush=True))
-    stop_on_signals(bridge)
-    start = bridge.start_position()
-    print(f"ecflow-bridge: {len(config.listeners)} listener(s), ecFlow at {args.host}:{args.port}, "
-          f"resuming after revision {start.revision}" + (f" ({start.key})" if start.key else ""), flush=True)
-    handled = bridge.run()
-    print(f"ecflow-bridge: stopped after {handled} notification(s)", flush=True)
-    return 0
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
+    return run_bridge(args)

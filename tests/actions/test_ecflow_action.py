@@ -9,7 +9,7 @@ import pytest
 from actions_helpers import listen_file, mars, start_cursor, write_listeners
 
 from aviso_workflows import Store, ValidationError
-from aviso_workflows.actions import ecflow_action
+from aviso_workflows.ecflow.actions import ecflow_action
 from aviso_workflows.ecflow.server import EcflowServer
 
 pytestmark = pytest.mark.ecflow
@@ -49,8 +49,8 @@ def test_events_meters_variables_and_complete(store: Store, unique_date: str, tm
         "event": "mars", "request": mars(unique_date, step=[0, 6]),
         "triggers": [{**common, "event": "ready", "node": f"/{suite}/step_${{request.step}}"},
                      {**common, "meter": "step", "node": f"/{suite}/data", "value": "${request.step}"},
-                     {**common, "variable": "LAST_STEP", "node": f"/{suite}", "value": "{step}"},
-                     {**common, "complete": f"/{suite}/step_{{step}}"}]}])
+                     {**common, "variable": "LAST_STEP", "node": f"/{suite}", "value": "${request.step}"},
+                     {**common, "complete": f"/{suite}/step_${{request.step}}"}]}])
     start_cursor(store, "ecflow")
     store.notify("mars", mars(unique_date, step=0))
     assert listen_file(path, 1, "ecflow") == 0

@@ -58,20 +58,19 @@ def test_transient_failures_are_retried_with_the_same_event_id(store: Store, uni
     assert time.monotonic() - started >= 0.05 + 0.1  # backoff doubled between tries
 
 
-def test_given_up_after_retries_then_the_cursor_moves_on(store: Store, unique_date: str, tmp_path: Path,
-                                                         receiver: Receiver, caplog: pytest.LogCaptureFixture) -> None:
-    receiver.answer = lambda request: (500, {"detail": "down"}) if request.json()["data"]["request"]["step"] == "0" \
-        else (200, {})
-    path = write_listeners(tmp_path / "give-up.yaml", [post_listener(receiver, unique_date, retries=2, backoff=0.01)])
-    cursor = start_cursor(store, "give-up")
+def test_an_outage_is_waited_out_with_one_log_line_then_the_cursor_moves_on(
+        store: Store, unique_date: str, tmp_path: Path, receiver: Receiver, caplog: pytest.LogCaptureFixture) -> None:
+    answers = iter([500] * 4)
+    receiver.answer = lambda request: (next(answers, 200), {"detail": "down"})
+    path = write_listeners(tmp_path / "outage.yaml", [post_listener(receiver, unique_date, retries=2, backoff=0.01)])
+    cursor = start_cursor(store, "outage")
     store.notify("mars", mars(unique_date, step="0/6"))
     with caplog.at_level(logging.WARNING):
-        assert listen_file(path, 2, "give-up") == 0
+        assert listen_file(path, 2, "outage") == 0
     steps = [r.json()["data"]["request"]["step"] for r in receiver.received()]
-    assert steps == ["0", "0", "0", "6"]
-    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-    assert len(errors) == 1 and "gave up after 3 attempt(s)" in errors[0] and "down" in errors[0]
-    assert f"date={unique_date}" in errors[0] and "step=0" in errors[0]
+    assert steps == ["0"] * 5 + ["6"]
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("aviso_workflows")]
+    assert len(lines) == 2 and "position kept" in lines[0] and "down" in lines[0] and "works again" in lines[1]
     saved = cursor.load()
     assert saved is not None and saved.key.endswith("step=6")
 

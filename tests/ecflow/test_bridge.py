@@ -19,7 +19,8 @@ import yaml
 from ecflow_helpers import Watcher
 
 from aviso_workflows import Store, ValidationError
-from aviso_workflows.ecflow.actions import EcflowAction
+from aviso_workflows.actions import ActionFailed
+from aviso_workflows.ecflow.actions import EcflowChange
 from aviso_workflows.ecflow.deploy import play
 from aviso_workflows.ecflow.server import EcflowServer
 from aviso_workflows.store import Notification
@@ -44,20 +45,22 @@ def bridged_suite(home: Path) -> pf.Suite:
 
 
 def write_config(path: Path, date: str) -> Path:
-    config = {"cursor": "bridge-test", "listeners": [{
-        "request": {"event": "mars", **FORECAST, "date": date},
-        "actions": [{"event": "ready", "node": "/bridged/step_{step}"},
-                    {"meter": "step", "node": "/bridged/data", "value": "{step}"},
-                    {"label": "latest", "node": "/bridged/data", "value": "step {step} at {location}"},
-                    {"variable": "LAST_STEP", "node": "/bridged", "value": "{step}"},
-                    {"complete": "/bridged/done_{step}"}]}]}
+    config = {"listeners": [{
+        "event": "mars", "request": {**FORECAST, "date": date},
+        "triggers": [{"type": "ecflow", "event": "ready", "node": "/bridged/step_${request.step}"},
+                     {"type": "ecflow", "meter": "step", "node": "/bridged/data", "value": "${request.step}"},
+                     {"type": "ecflow", "label": "latest", "node": "/bridged/data",
+                      "value": "step ${request.step} at ${location}"},
+                     {"type": "ecflow", "variable": "LAST_STEP", "node": "/bridged", "value": "${request.step}"},
+                     {"type": "ecflow", "complete": "/bridged/done_${request.step}"}]}]}
     path.write_text(yaml.safe_dump(config))
     return path
 
 
 def start_bridge(server: EcflowServer, config: Path, output: Path) -> subprocess.Popen[bytes]:
     with open(output, "ab") as sink:
-        return subprocess.Popen([str(COMMAND), "ecflow-bridge", "--host", "localhost", "--port", str(server.port),
+        return subprocess.Popen([str(COMMAND), "ecflow-bridge", "--cursor", "bridge-test", "--host", "localhost",
+                                 "--port", str(server.port),
                                  str(config)], stdout=sink, stderr=subprocess.STDOUT, env=os.environ.copy())
 
 
@@ -75,7 +78,7 @@ def test_bridge_restarted_mid_stream_misses_nothing_and_applies_nothing_twice(
     play(bridged_suite(home), "localhost", ecflow_server.port, begin=True)
     config, output = write_config(tmp_path / "bridge.yaml", unique_date), tmp_path / "bridge.out"
     bridge = start_bridge(ecflow_server, config, output)
-    wait_for_line(output, "resuming after", 20)
+    wait_for_line(output, "listening after revision", 20)
 
     def produce() -> None:
         for step in range(STEPS):
@@ -99,8 +102,9 @@ def test_bridge_restarted_mid_stream_misses_nothing_and_applies_nothing_twice(
         producer.join(timeout=30)
 
     text = output.read_text()
-    assert text.count("resuming after") == 2 and "stopped after" in text
-    applied = collections.Counter(re.findall(r",step=(\d+): force complete /bridged/done_", text))
+    assert text.count("ecflow-bridge: stopped") == 2 and text.count("resuming after") == 1
+    assert text.count("listening after revision") == 2
+    applied = collections.Counter(re.findall(r",step=(\d+): ecflow: .*: force complete /bridged/done_", text))
     assert applied == {str(step): 1 for step in range(STEPS)}, f"each notification handled once: {applied}"
     server_log = _server_log(ecflow_server)
     for step in range(STEPS):
@@ -119,18 +123,32 @@ def _server_log(server: EcflowServer) -> str:
     return "".join(path.read_text() for path in logs)
 
 
-def test_actions_are_checked_before_use() -> None:
+def test_changes_are_checked_before_use() -> None:
     with pytest.raises(ValidationError, match="exactly one of"):
-        EcflowAction.from_config({"node": "/s/t"})
+        EcflowChange.from_spec({"node": "/s/t"})
     with pytest.raises(ValidationError, match="needs a 'value'"):
-        EcflowAction.from_config({"meter": "steps", "node": "/s/t"})
+        EcflowChange.from_spec({"meter": "steps", "node": "/s/t"})
     with pytest.raises(ValidationError, match="'set' or 'clear'"):
-        EcflowAction.from_config({"event": "ready", "node": "/s/t", "value": "maybe"})
+        EcflowChange.from_spec({"event": "ready", "node": "/s/t", "value": "maybe"})
+    with pytest.raises(ValidationError, match=re.escape("written ${request.step}, not {step:d}")):
+        EcflowChange.from_spec({"meter": "steps", "node": "/s/t", "value": "{step:d}"})
+    with pytest.raises(ValidationError, match="did you mean"):
+        EcflowChange.from_spec({"label": "l", "node": "/s/t", "value": "${locaton}"})
     notification = Notification("mars", {"step": "6", "date": "20261122"}, None, "/ec/mars/x", 7)
-    with pytest.raises(ValidationError, match="placeholder {colour}"):
-        EcflowAction.from_config({"label": "l", "node": "/s/{colour}", "value": "x"}).render(notification)
-    with pytest.raises(ValidationError, match="absolute ecFlow path"):
-        EcflowAction.from_config({"complete": "/s/t {step}"}).render(notification)
-    action = EcflowAction.from_config({"meter": "steps", "node": "/s/f_{date}", "value": "{step}"})
-    rendered = action.render(notification)
+    with pytest.raises(ActionFailed, match="absolute ecFlow path"):
+        EcflowChange.from_spec({"complete": "/s/t ${request.step}"}).render(notification)
+    change = EcflowChange.from_spec({"meter": "steps", "node": "/s/f_${request.date}", "value": "${request.step}"})
+    rendered = change.render(notification)
     assert (rendered.node, rendered.value) == ("/s/f_20261122", "6")
+
+
+def test_a_bridge_file_of_the_old_format_is_refused_naming_the_replacement(store: Store, tmp_path: Path) -> None:
+    from aviso_workflows.listeners import load_listener_file
+
+    old = tmp_path / "old.yaml"
+    old.write_text(yaml.safe_dump({"cursor": "c", "listeners": [{
+        "request": {"event": "mars", **FORECAST, "date": 20261122},
+        "actions": [{"meter": "step", "node": "/s/data", "value": "{step}"}]}]}))
+    with pytest.raises(ValidationError, match="type: ecflow") as refused:
+        load_listener_file(store, old)
+    assert str(old) in str(refused.value) and "\n" not in str(refused.value)

@@ -55,11 +55,11 @@ def restarted_suite(home: Path) -> pf.Suite:
 
 
 def write_config(path: Path, date: str) -> Path:
-    config = {"cursor": "bridge-restart", "listeners": [{
-        "request": {"event": "mars", **DATA, "date": date},
-        "actions": [{"event": "ready", "node": "/restarted/step_{step}"},
-                    {"meter": "applied", "node": "/restarted/data", "value": "{step}"},
-                    {"label": "latest", "node": "/restarted/data", "value": "{key}"}]}]}
+    config = {"listeners": [{
+        "event": "mars", "request": {**DATA, "date": date},
+        "triggers": [{"type": "ecflow", "event": "ready", "node": "/restarted/step_${request.step}"},
+                     {"type": "ecflow", "meter": "applied", "node": "/restarted/data", "value": "${request.step}"},
+                     {"type": "ecflow", "label": "latest", "node": "/restarted/data", "value": "${key}"}]}]}
     path.write_text(yaml.safe_dump(config))
     return path
 
@@ -78,9 +78,10 @@ class BridgeProcess:
         with open(self.output, "ab") as sink:
             self.process = subprocess.Popen(
                 [str(COMMAND), "ecflow-bridge", "--host", "localhost", "--port", str(self.server.port),
+                 "--cursor", "bridge-restart",
                  str(self.config)], stdout=sink, stderr=subprocess.STDOUT, env=os.environ.copy())
         self.starts += 1
-        self.wait_for("resuming after", count=self.starts)
+        self.wait_for("listening after revision", count=self.starts)
 
     def stop(self, signum: signal.Signals) -> int:
         assert self.process is not None
@@ -140,7 +141,8 @@ def test_bridge_stopped_three_times_mid_stream(ecflow_server: EcflowServer, watc
     statuses = []
     try:
         for step in STOP_AFTER:
-            bridge.wait_for(f",step={step}: event ready=set on /restarted/step_{step}")  # the rest is in hand
+            bridge.wait_for(f",step={step}: ecflow: ecFlow localhost:{ecflow_server.port}: event ready=set on "
+                            f"/restarted/step_{step}")  # the rest is in hand
             statuses.append(bridge.stop(signum))
             bridge.start()
         producer.join(timeout=60)
