@@ -1,5 +1,5 @@
 """A day at operational volume, compressed: dissemination to 4 destinations and the mars chain, posted
-with ``Store.notify`` while 1 000 waiters and 20 listeners (5 of them slow) follow, then replays of
+with ``Store.notify`` while 1 000 waiters and 20 listeners (4 of them slow) follow, then replays of
 the morning, noon and evening of the posting period.
 
 Run at two sizes in one run (each on an etcd of its own) to see how each figure grows with volume:
