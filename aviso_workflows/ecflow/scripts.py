@@ -180,7 +180,7 @@ def wait_lines(template: RequestTemplate, *, timeout: float | None = None, meter
     lines = [f"# Wait until the data is available: {template.display()}", ABORT_FUNCTION]
     lines += template.check_lines() + kill_lines()
     # In the background, so that the shell runs its kill trap at once instead of after the wait.
-    lines += ["aviso_status=0", _command(argv) + " &", 'wait "$!" || aviso_status=$?',
+    lines += ["aviso_status=0 aviso_started=$SECONDS", _command(argv) + " &", 'wait "$!" || aviso_status=$?',
               "trap - " + " ".join(KILL_SIGNALS)]
     lines += _failure_lines(template, timeout, label)
     return lines
@@ -212,18 +212,21 @@ def kill_lines() -> list[str]:
 
 
 def _failure_lines(template: RequestTemplate, timeout: float | None, label: str | None) -> list[str]:
-    deadline = f"the deadline ({timeout:g} s) passed" if timeout is not None else "the wait ended"
-    message = f"aviso-workflows: {deadline} before the data was available: {template}"
-    lines = [f'if [ "$aviso_status" -eq {EXIT_TIMEOUT} ]; then',
-             f"  echo {quote_with_references(message)} >&2"]
-    if label:
-        lines.append(f"  ecflow_client --label={shlex.quote(label)} {shlex.quote('timed out')} || true")
-    lines += [f"  aviso_abort {shlex.quote(deadline + ' before the data was available')}",
-              "fi",
-              'if [ "$aviso_status" -ne 0 ]; then',
-              '  aviso_abort "the wait failed (exit $aviso_status): bad request or store unusable, see the job output"',
-              "fi"]
-    return lines
+    lines = []
+    if timeout is not None:
+        # Exit 1 is a timeout only once the timeout has passed: a command that cannot even start (a broken
+        # installation) exits 1 too. Whole seconds of $SECONDS never count less than the time elapsed.
+        deadline = f"the deadline ({timeout:g} s) passed before the data was available"
+        lines += [f'if [ "$aviso_status" -eq {EXIT_TIMEOUT} ] && [ $((SECONDS - aviso_started)) -ge {int(timeout)} ]; '
+                  "then",
+                  f"  echo {quote_with_references(f'aviso-workflows: {deadline}: {template}')} >&2"]
+        if label:
+            lines.append(f"  ecflow_client --label={shlex.quote(label)} {shlex.quote('timed out')} || true")
+        lines += [f"  aviso_abort {shlex.quote(deadline)}", "fi"]
+    return lines + ['if [ "$aviso_status" -ne 0 ]; then',
+                    '  aviso_abort "the wait failed (exit $aviso_status): bad request, store unusable or the command '
+                    'broken, see the job output"',
+                    "fi"]
 
 
 def notify_line(template: RequestTemplate, *, location: str | None = None, ttl: int | None = None,

@@ -43,19 +43,20 @@ aviso_check_value() {
 # many keys costs a few ecflow_client calls). After TIMEOUT seconds the task aborts with the reason.
 # The wait runs in the background so that a kill is handled at once (see aviso_end_children).
 aviso_wait() {
-  local request=$1 timeout=${2:-} meter=${3:-steps} label=${4:-latest} status=0
+  local request=$1 timeout=${2:-} meter=${3:-steps} label=${4:-latest} status=0 started=$SECONDS
   aviso-workflows wait "$request" ${timeout:+--timeout "$timeout"} \
     --progress-command "ecflow_client --meter=$meter {found}" \
     --progress-command "ecflow_client --label=$label \"{found}/{total} latest step={step}\"" &
   aviso_wait_pid=$!
   wait "$aviso_wait_pid" || status=$?
   aviso_wait_pid=
-  if [ "$status" -eq 1 ]; then
+  # Exit 1 is a timeout only once the timeout has passed (a command that cannot start exits 1 too).
+  if [ "$status" -eq 1 ] && [ -n "$timeout" ] && [ $((SECONDS - started)) -ge "${timeout%%.*}" ]; then
     AVISO_ABORT_REASON="the deadline (${timeout} s) passed before the data was available"
     echo "aviso-workflows: the deadline (${timeout} s) passed before the data was available: $request" >&2
     ecflow_client --label="$label" "timed out" || true
   elif [ "$status" -ne 0 ]; then
-    AVISO_ABORT_REASON="the wait failed (exit $status): bad request or store unusable, see the job output"
+    AVISO_ABORT_REASON="the wait failed (exit $status): bad request, store unusable or the command broken, see the job output"
   fi
   return "$status"
 }

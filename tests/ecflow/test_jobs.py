@@ -160,3 +160,12 @@ def test_the_meter_follows_each_post_within_a_fraction_of_a_second(
     print("post to meter: " + ", ".join(f"{delay * 1000:.0f} ms" for delay in delays))
     watcher.until(lambda d: node_state(d, "/live") == "complete", 10, "the wait completing")
     assert max(delays) < 1.0
+
+
+def test_a_command_that_fails_at_once_is_not_taken_for_a_deadline(
+        ecflow_server: EcflowServer, watcher: Watcher, home: Path, etcd_url: str, unique_date: str) -> None:
+    with suite("broken", home, YMD=unique_date, ECF_TRIES="1") as s:  # e.g. a broken installation: exit 1 at once
+        WaitTask("wait", "mars", {**FORECAST, "date": "%YMD%", "step": 0}, timeout=30, command="false")
+    play(s, "localhost", ecflow_server.port)
+    watcher.until(lambda d: node_state(d, "/broken/wait") == "aborted", 30, "the task aborting")
+    assert aborted_reason(watcher, "/broken/wait").startswith("the wait failed (exit 1)")
