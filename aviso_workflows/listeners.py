@@ -163,6 +163,11 @@ class DeadLetters:
         self.path = path
 
     def add(self, listener: int, trigger: int, kind: str, error: str, notification: Notification) -> None:
+        """Append one entry, unless this trigger's failure on this notification is there already (a listener
+        killed before its position was saved meets the notification again)."""
+        if any((e["listener"], e["trigger"], e["notification"].get("key"), e["notification"].get("revision"))
+               == (listener, trigger, notification.key, notification.revision) for e in self.entries()):
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         entry = {"time": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "listener": listener,
                  "trigger": trigger, "type": kind, "error": error, "notification": notification.to_dict()}

@@ -62,6 +62,10 @@ class ActionTypes(Mapping[str, ActionFactory]):
         """Add an action type in this process (tests, embedding programs); entry points do it for packages."""
         self._added[name] = factory
 
+    def unregister(self, name: str) -> None:
+        """Remove a type added with :meth:`register`."""
+        self._added.pop(name, None)
+
     def __getitem__(self, name: str) -> ActionFactory:
         if name in self._added:
             return self._added[name]

@@ -34,6 +34,8 @@ def run_bridge(args: argparse.Namespace) -> int:
     for name, default in (("to", None), ("count", None), ("json", False), ("dry_run", False),
                           ("dead_letters", None), ("dead_letter_file", None), ("request_file", None)):
         setattr(args, name, getattr(args, name, default))
+    if args.dead_letters:
+        return cmd_listen(args)
     args.report_actions = True
     saved = Cursor(args.cursor).load()
     where = f"resuming after revision {saved.revision}" if saved else "first start"
