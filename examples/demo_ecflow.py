@@ -17,7 +17,7 @@ from typing import Any
 import pyflow as pf
 
 from aviso_workflows import Store
-from aviso_workflows.ecflow import LoopbackHost, WaitTask
+from aviso_workflows.ecflow import LiteralTask, LoopbackHost, WaitTask
 from aviso_workflows.ecflow import server as ecflow_server
 from aviso_workflows.ecflow.deploy import play
 
@@ -40,8 +40,8 @@ def build(home: Path, date: str, store_url: str) -> Any:
     with pf.Suite("demo", host=LoopbackHost(), files=str(home / "files"), home=str(home / "out"), YMD=date) as suite:
         wait = WaitTask("wait", "mars", {**FORECAST, "date": "%YMD%", "step": "0/to/24/by/6"}, timeout=40,
                         endpoints=[store_url])
-        pf.Task("first_half", script="echo steps 0-12 of $YMD are in").triggers = wait.steps >= 3
-        pf.Task("products", script="echo every step of $YMD is in").triggers = wait.complete
+        LiteralTask("first_half", script="echo steps 0-12 of $YMD are in").triggers = wait.steps >= 3
+        LiteralTask("products", script="echo every step of $YMD is in").triggers = wait.complete
     return suite
 
 
