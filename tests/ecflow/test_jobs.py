@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -48,6 +51,22 @@ def test_a_kill_ends_the_wait_at_once_and_aborts_with_the_reason(
     assert aborted_reason(watcher, "/killed/wait") == "killed by SIGTERM while waiting for the data"
     assert len(log_lines(ecflow_server, " aborted: /killed/wait", "/killed/wait")) == 1
     assert not log_lines(ecflow_server, "zombie", "/killed/wait")
+
+
+def test_a_sigterm_to_every_process_of_the_job_aborts_it_with_the_reason(
+        ecflow_server: EcflowServer, watcher: Watcher, home: Path, etcd_url: str, unique_date: str) -> None:
+    """What a batch system's cancel does: SIGTERM to the job shell, the wait and everything else of the job."""
+    with suite("cancelled", home, YMD=unique_date, ECF_TRIES="1") as s:
+        WaitTask("wait", "mars", {**FORECAST, "date": "%YMD%", "step": "0/6"}, timeout=120, endpoints=[etcd_url])
+    play(s, "localhost", ecflow_server.port)
+    until(lambda: waiting(ecflow_server, "/cancelled/wait"), 30, "the wait starting")
+
+    for process in job_processes(ecflow_server, "/cancelled/wait"):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(process.split(":", 1)[0]), signal.SIGTERM)
+    watcher.until(lambda d: node_state(d, "/cancelled/wait") == "aborted", 2, "the cancelled task aborting")
+    until(lambda: not job_processes(ecflow_server, "/cancelled/wait"), 2, "every process of the job ending")
+    assert aborted_reason(watcher, "/cancelled/wait") == "killed by SIGTERM while waiting for the data"
 
 
 def test_a_deadline_aborts_once_with_the_reason_and_the_retry_completes(
