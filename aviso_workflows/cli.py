@@ -24,6 +24,7 @@ import yaml
 
 from . import __version__, server
 from .config import resolve_config, state_dir
+from .documents import read_document
 from .errors import AvisoWorkflowsError, ValidationError, WaitTimeout
 from .listen import Cursor, Position, listen, start_position
 from .listeners import DeadLetters, Listener, Runtime, Stopped, dispatch, load_listener_file
@@ -58,18 +59,7 @@ def request_from_args(store: Store, args: argparse.Namespace) -> tuple[Request, 
 
 def read_request_file(path: str) -> dict[str, Any]:
     """A request from YAML: ``event: mars`` plus fields, or ``{event: ..., request: {...}}``."""
-    try:
-        document = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as error:
-        raise ValidationError("request-file", path, f"cannot be read ({error.strerror})") from None
-    except UnicodeDecodeError as error:
-        raise ValidationError("request-file", path, f"is not UTF-8 text ({error.reason})") from None
-    except ValueError as error:  # a path with a NUL character
-        raise ValidationError("request-file", path, f"cannot be read ({error})") from None
-    except yaml.YAMLError as error:
-        raise ValidationError("request-file", path, f"is not valid YAML ({_first_line(error)})") from None
-    except RecursionError:
-        raise ValidationError("request-file", path, "is nested too deeply to be a request") from None
+    document = read_document(path, "request-file")
     if not isinstance(document, dict):
         raise ValidationError("request-file", path, "expected a mapping such as 'event: mars' and the fields")
     nested = document.pop("request", None)
@@ -598,10 +588,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return EXIT_OK
-
-
-def _first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 if __name__ == "__main__":

@@ -193,3 +193,33 @@ def test_listener_paths(fuzz_store: Store, scratch: Path, name: str) -> None:
     """A path that names no readable file: a clear error naming the path."""
     error = outcome(load_listener_file, fuzz_store, scratch / name if name else scratch)
     assert isinstance(error, ValidationError) and error.field == "listener file", error
+
+
+# Pieces of bash scripts, hostile to the placeholder rewriting: quotes, comments, substitutions, tests,
+# arithmetic, here-documents, commands that evaluate. None runs ``touch`` itself; only a value could.
+SCRIPT_PIECES = ["printf '%s' ", "${location}", "${request.step}", " ", "'", '"', "#", "\n", ";", "|", "&&",
+                 "$(", ")", "`", "[[ ", " ]]", "$((", "((", "<<EOF\n", "\nEOF\n", "\\", "eval ", "bash -c ",
+                 "let ", "x", "=", "$HOME", "${HOME}", "> out", "[", "]", "{", "}", "if ", "then ", "fi", "-gt 1 "]
+
+
+@FUZZ
+@given(st.lists(st.sampled_from(SCRIPT_PIECES), min_size=1, max_size=12))
+def test_a_script_with_placeholders_is_refused_or_never_runs_a_value(pieces: list[str]) -> None:
+    from aviso_workflows.actions import command_action
+    from aviso_workflows.store import Notification
+
+    script = "".join(pieces)
+    try:
+        action = command_action({"type": "command", "command": script, "timeout": 5})
+    except ValidationError:
+        return
+    with tempfile.TemporaryDirectory() as work:
+        for location in ("$(touch PWNED)", "`touch PWNED`", "a[$(touch${IFS}PWNED)]", "'; touch PWNED; '"):
+            request = {"class": "od", "expver": "0001", "domain": "g", "date": "20261122", "time": "00",
+                       "stream": "oper", "step": "6"}
+            action.working_dir = work
+            try:
+                action(Notification("mars", request, location, "/ec/mars/x", 1))
+            except Exception:  # noqa: BLE001, S110 - a script may fail; it must not run the value
+                pass
+            assert not (Path(work) / "PWNED").exists(), f"{script!r} ran the location {location!r}"
