@@ -184,15 +184,38 @@ class _SignInBusy(Exception):
         self.response = response
 
 
+#: The environment variables that decide a request's proxies and CA bundle (requests reads them on each request).
+_ENVIRONMENT_VARIABLES = tuple(name for base in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+                               for name in (base, base.upper())) + ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+#: Distinct (endpoint, environment) answers a session keeps; past it, they are worked out afresh.
+_ENVIRONMENT_CACHE_SIZE = 64
+
+
 class _Session(requests.Session):
     """A session whose own CA file wins over ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` in the environment
     (requests lets those replace a session's ``verify``, so a private CA would be ignored).
+
+    requests works out proxies and CA bundle by scanning the whole environment on every request, about a
+    third of the cost of a small request; the answer is kept per endpoint while those variables stay the same.
     """
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._environment_settings: dict[tuple[Any, ...], dict[str, Any]] = {}
+
     def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any) -> Any:
-        settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        plain = not proxies and verify is None and cert is None
+        key = (str(url).split("/v3/", 1)[0], stream, tuple(os.environ.get(n) for n in _ENVIRONMENT_VARIABLES))
+        cached = self._environment_settings.get(key) if plain else None
+        if cached is not None:
+            return {**cached, "proxies": dict(cached.get("proxies") or {})}
+        settings: dict[str, Any] = dict(super().merge_environment_settings(url, proxies, stream, verify, cert))
         if verify is None and isinstance(self.verify, str):
             settings["verify"] = self.verify
+        if plain:
+            if len(self._environment_settings) >= _ENVIRONMENT_CACHE_SIZE:
+                self._environment_settings.clear()
+            self._environment_settings[key] = {**settings, "proxies": dict(settings.get("proxies") or {})}
         return settings
 
 
