@@ -1,10 +1,11 @@
-"""pyflow building blocks: a data-wait task, a notify task, a catch-up family and a loopback host.
+"""pyflow building blocks: a data-wait task, a notify task, a catch-up family, a task whose variables reach
+its job as text, and a loopback host.
 
     with pf.Suite("consumer", host=LoopbackHost(), files=..., home=...) as suite:
         with pf.Family("fc", YMD="20261122"):
             wait = WaitTask("wait", "mars", {"class": "od", "expver": 1, "domain": "g", "date": "%YMD%",
                                              "time": 0, "stream": "oper", "step": "0/to/24"}, timeout=3600)
-            pf.Task("early", script="...").triggers = wait.steps >= 7
+            LiteralTask("early", script="...").triggers = wait.steps >= 7
 """
 
 from __future__ import annotations
