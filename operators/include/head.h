@@ -5,13 +5,22 @@ set -e  # stop the shell on the first error
 set -u  # fail when using an undefined variable
 set -x  # echo script lines as they are executed
 
+# Variables a user sets are read through quoted here-documents: the shell never expands their values.
+# How jobs reach the server (set ECF_CLIENT_HOST for remote jobs):
+ECF_HOST=$(cat <<'AVISO_VALUE'
+%ECF_CLIENT_HOST:localhost%
+AVISO_VALUE
+)
+AVISO_BIN=$(cat <<'AVISO_VALUE'
+%AVISO_BIN:/usr/local/bin%
+AVISO_VALUE
+)
+export ECF_HOST PATH="$AVISO_BIN:/usr/bin:/bin:$PATH"
 export ECF_PORT=%ECF_PORT%
-export ECF_HOST=%ECF_CLIENT_HOST:localhost%   # how jobs reach the server (set ECF_CLIENT_HOST for remote jobs)
 export ECF_NAME=%ECF_NAME%
 export ECF_PASS=%ECF_PASS%
 export ECF_TRYNO=%ECF_TRYNO%
 export ECF_RID=$$
-export PATH=%AVISO_BIN:/usr/local/bin%:/usr/bin:/bin:$PATH
 
 ecflow_client --init=$$
 

@@ -67,7 +67,7 @@ def test_the_hand_written_suite_loads_and_runs(ecflow_server: EcflowServer, watc
     values = store.value("mars", {**FORECAST, "date": unique_date, "step": "0/6/12"})
     assert sorted(str(v) for v in values.values()) == [f"file:///data/{unique_date}/step_{s}.grib" for s in (0, 12, 6)]
     job = (home / "aviso_example" / "consumer" / "wait.job1").read_text()
-    assert "export ECF_HOST=localhost" in job and f"\n{unique_date}\nAVISO_VALUE" in job
+    assert "ECF_HOST=$(cat <<'AVISO_VALUE'\nlocalhost\nAVISO_VALUE" in job and f"\n{unique_date}\nAVISO_VALUE" in job
 
 
 def test_a_killed_wait_aborts_at_once_with_the_reason(ecflow_server: EcflowServer, watcher: Watcher, home: Path,
@@ -99,3 +99,21 @@ def test_a_deadline_aborts_once_and_the_retry_completes(ecflow_server: EcflowSer
     assert len(aborts) == 1 and aborts[0].endswith("the deadline (3 s) passed before the data was available")
     assert not [line for line in log_lines(ecflow_server, "", WAIT, mark) if "ECF_JOB_CMD" in line or "zombie" in line]
     assert watcher.meter(WAIT, "steps") == 3
+
+
+def test_the_templates_take_variables_as_text(ecflow_server: EcflowServer, watcher: Watcher, home: Path,
+                                              etcd_url: str, unique_date: str, tmp_path: Path) -> None:
+    marker = tmp_path / "FILE"
+    hostile = f"x[$(touch {marker})]`touch {marker}`"
+    example = load_example(home, unique_date, etcd_url, producer=False, ECF_TRIES="1")
+    example.find_suite("aviso_example").delete_variable("AVISO_TIMEOUT")
+    example.find_suite("aviso_example").add_variable("AVISO_TIMEOUT", hostile)
+    example.find_abs_node("/aviso_example/consumer/process").add_variable("YMD", hostile)
+    begin(ecflow_server, example)
+    watcher.until(lambda d: node_state(d, WAIT) == "aborted", 30, "the wait refusing its timeout")
+    ecflow_server.client().run("/aviso_example/consumer/process", True)
+    watcher.until(lambda d: node_state(d, "/aviso_example/consumer/process") == "complete", 30, "process running")
+
+    assert not marker.exists()
+    assert str(watcher.defs().find_abs_node(WAIT).get_aborted_reason()).startswith("the wait failed (exit 2)")
+    assert f"processing the first steps of {hostile}\n" in (home / "aviso_example/consumer/process.1").read_text()
