@@ -195,8 +195,9 @@ class Runtime:
 
     def __init__(self, listeners: list[Listener], dead_letters: DeadLetters | None = None,
                  stop: threading.Event | None = None, max_backoff: float = MAX_BACKOFF,
-                 report: Callable[[str], None] | None = None) -> None:
+                 report: Callable[[str], None] | None = None, transient_tries: int | None = None) -> None:
         self.listeners = listeners
+        self.transient_tries = transient_tries
         self.report = report
         self.dead_letters = dead_letters
         self.stop = stop or threading.Event()
@@ -226,6 +227,8 @@ class Runtime:
             try:
                 action(notification)
             except TransientFailure as error:
+                if attempt == self.transient_tries:
+                    return str(error)
                 if attempt == 1:
                     log.warning("%s: %s; trying again with backoff (position kept)", what, error)
                 if self.stop.wait(pause):
@@ -292,9 +295,13 @@ def _not_canonical(request: Request, notification: Notification) -> str | None:
 
 
 def dispatch(listeners: list[Listener], notification: Notification, *, dry_run: bool = False) -> int:
-    """Run the actions of every listener whose request matches; returns how many failed (no dead letters)."""
+    """Run the actions of every listener whose request matches; returns how many failed.
+
+    Each trigger is tried once (a transient failure counts as failed): waiting out outages and keeping
+    dead letters is the :class:`Runtime`'s, which ``aviso-workflows listen`` uses.
+    """
     if not dry_run:
-        return Runtime(listeners).handle(notification)
+        return Runtime(listeners, transient_tries=1).handle(notification)
     for listener in listeners:
         if listener.request.event == notification.event and listener.request.matches(notification.request):
             for kind, action in listener.actions:

@@ -65,3 +65,40 @@ def test_from_is_ignored_once_the_cursor_was_saved(store: Store, unique_date: st
     assert listen_file(path, 2, "from-once", "--from", str(first)) == 0
     steps = [json.loads(line)["request"]["step"] for line in capsys.readouterr().out.splitlines()]
     assert steps == ["1", "2", "3"]
+
+
+def test_from_a_time_starts_at_the_first_post_after_it(store: Store, unique_date: str, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    import datetime as dt
+    import time
+
+    path = write_listeners(tmp_path / "echo.yaml", [{"event": "mars", "request": mars(unique_date, step=[1, 2]),
+                                                     "triggers": [{"type": "echo"}]}])
+    store.notify("mars", mars(unique_date, step=1))
+    time.sleep(1.1)
+    since = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    store.notify("mars", mars(unique_date, step=2))
+    assert listen_file(path, 1, "from-time", "--from", since) == 0
+    assert [json.loads(line)["request"]["step"] for line in capsys.readouterr().out.splitlines()] == ["2"]
+
+
+def test_dispatch_tries_a_transient_failure_once(store: Store, unique_date: str) -> None:
+    from aviso_workflows.actions import TransientFailure
+    from aviso_workflows.listeners import Listener, dispatch
+
+    def down(notification: object) -> None:
+        raise TransientFailure("receiver down")
+
+    listener = Listener(store.request("mars", mars(unique_date)), [("function", down)])
+    posted = store.notify("mars", mars(unique_date))
+    (found,) = store.read(listener.request)[1]
+    assert posted.keys == [found.key] and dispatch([listener], found) == 1
+
+
+@pytest.mark.parametrize("name", ["listeners.yaml", "bridge.yaml"])
+def test_the_example_listener_files_load(store: Store, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from aviso_workflows.listeners import load_listener_file
+
+    monkeypatch.setenv("ECF_PORT", "3141")
+    listeners = load_listener_file(store, Path(__file__).resolve().parents[2] / "examples" / name)
+    assert listeners and all(listener.actions for listener in listeners)
