@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from etcd_helpers import running_etcd
 from tcp_proxy import TcpProxy
 
 from aviso_workflows import Store, server
@@ -18,10 +19,8 @@ _unique = itertools.count()
 @pytest.fixture(scope="session")
 def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[server.ServerInfo]:
     """One embedded etcd for the whole session; stopped by its pid at the end."""
-    data_dir = tmp_path_factory.mktemp("etcd")
-    info = server.start(data_dir, port=server.free_port())
-    yield info
-    server.stop(data_dir)
+    with running_etcd(tmp_path_factory.mktemp("etcd")) as info:
+        yield info
 
 
 @pytest.fixture(scope="session")

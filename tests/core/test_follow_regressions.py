@@ -20,6 +20,7 @@ from typing import Any, cast
 import pytest
 import requests
 from core_helpers import destination_for, diss, joined
+from etcd_helpers import running_etcd
 from tcp_proxy import TcpProxy
 from threads import run_in_thread
 
@@ -102,12 +103,8 @@ def listen_until(store: Store, requests_: list[Request], until: int, **options: 
 def own_etcd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[server.ServerInfo]:
     """An etcd of the test's own (stopped and started at will) that reports progress every second."""
     monkeypatch.setattr(server, "PROGRESS_INTERVAL", "1s")
-    data_dir = tmp_path / "own-etcd"
-    info = server.start(data_dir, port=server.free_port())
-    try:
+    with running_etcd(tmp_path / "own-etcd") as info:
         yield info
-    finally:
-        server.stop(data_dir)
 
 
 def store_on(url: str, **settings: Any) -> Store:

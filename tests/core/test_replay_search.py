@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from etcd_helpers import running_etcd
 
-from aviso_workflows import Store, server
+from aviso_workflows import Store
 from aviso_workflows.etcd import put_op
 from aviso_workflows.status_chain import STATUS_TIME_FORMAT, replay, revision_window
 
@@ -31,10 +32,8 @@ _destinations = itertools.count()
 @pytest.fixture(scope="module")
 def private_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """An etcd of this module's own: compacting its history touches no other test."""
-    data_dir = tmp_path_factory.mktemp("etcd-replay")
-    info = server.start(data_dir, port=server.free_port())
-    yield info.client_url
-    server.stop(data_dir)
+    with running_etcd(tmp_path_factory.mktemp("etcd-replay")) as info:
+        yield info.client_url
 
 
 @pytest.fixture

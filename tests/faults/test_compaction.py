@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 import requests
+from etcd_helpers import running_etcd
 
-from aviso_workflows import Store, server
+from aviso_workflows import Store
 from aviso_workflows.listen import Cursor, Position, listen, wait
 from aviso_workflows.store import Notification
 
@@ -28,10 +29,8 @@ DATE = "20240301"
 
 @pytest.fixture(scope="module")
 def own_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    data_dir = tmp_path_factory.mktemp("etcd-compaction")
-    info = server.start(data_dir, port=server.free_port())
-    yield info.client_url
-    server.stop(data_dir)
+    with running_etcd(tmp_path_factory.mktemp("etcd-compaction")) as info:
+        yield info.client_url
 
 
 @pytest.fixture

@@ -15,9 +15,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from etcd_helpers import running_etcd
 from slow_proxy import SlowTxnProxy, slow_proxy_fixture  # noqa: F401 - the slow_proxy fixture
 
-from aviso_workflows import Store, server
+from aviso_workflows import Store
 from aviso_workflows import store as store_module
 from aviso_workflows.etcd import KeyValue
 
@@ -170,10 +171,8 @@ def test_two_concurrent_notifiers_on_one_status_key_both_get_written(
 @pytest.fixture(scope="module")
 def own_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Compaction affects the whole store: an etcd of these tests' own."""
-    data_dir = tmp_path_factory.mktemp("etcd-notify-retry")
-    info = server.start(data_dir, port=server.free_port())
-    yield info.client_url
-    server.stop(data_dir)
+    with running_etcd(tmp_path_factory.mktemp("etcd-notify-retry")) as info:
+        yield info.client_url
 
 
 def unverifiable(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:

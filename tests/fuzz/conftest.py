@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from etcd_helpers import running_etcd
 
 from aviso_workflows import Store, server
 
@@ -13,10 +14,8 @@ from aviso_workflows import Store, server
 @pytest.fixture(scope="package")
 def fuzz_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[server.ServerInfo]:
     """An embedded etcd that only the fuzz tests write to; stopped by its pid at the end."""
-    data_dir = tmp_path_factory.mktemp("fuzz-etcd")
-    info = server.start(data_dir, port=server.free_port())
-    yield info
-    server.stop(data_dir)
+    with running_etcd(tmp_path_factory.mktemp("fuzz-etcd")) as info:
+        yield info
 
 
 @pytest.fixture(scope="package")
