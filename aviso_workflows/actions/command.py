@@ -58,6 +58,10 @@ EVALUATING = frozenset({"eval", "let", "declare", "typeset", "local", "readonly"
                         "perl", "ruby", "node", "awk", "gawk", "mawk", "sed"})
 #: Words that come before the command of a simple command.
 RESERVED = frozenset({"if", "then", "else", "elif", "do", "while", "until", "!", "{", "}"})
+#: Builtins that evaluate variables' values as arithmetic or code: refused anywhere in a script with placeholders,
+#: since a variable set from a placeholder earlier would be evaluated there.
+EVALUATING_BUILTINS = frozenset({"eval", "let", "declare", "typeset", "local", "readonly", "source", ".", "trap",
+                                 "alias", "enable"})
 SHELLS = frozenset({"sh", "bash", "dash", "ksh", "mksh", "zsh"})
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 #: Outside quotes a plain script holds only these characters (besides quotes, ``$VAR``, comments, placeholders).
@@ -124,6 +128,8 @@ class _Rewriter:
             raise _Refused("a here-document (<<)")
         elif text.startswith("[[", self.index):
             raise _Refused("a [[ test (it evaluates values as arithmetic)")
+        elif char == "[" and re.fullmatch(_NAME, self.word):
+            raise _Refused("an array subscript (bash evaluates it as arithmetic)")
         elif _PLAIN.match(char):
             self.emit(char, None, False, word=char)
         else:
@@ -187,6 +193,8 @@ class _Rewriter:
         self.words = []
         while words and (words[0] in RESERVED or re.match(_NAME + "=", words[0])):  # the command comes after
             words.pop(0)
+        if words and words[0] in EVALUATING_BUILTINS:
+            raise _Refused(f"'{words[0]}', which evaluates values as code or arithmetic")
         if not words or not any("\0" in word for word in words):
             return
         if "\0" in words[0]:

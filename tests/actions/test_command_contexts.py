@@ -79,6 +79,10 @@ REFUSED = {
     "after if": "if ${location}; then echo; fi",
     "a shell's script": "bash -c ${location}",
     "a backslash": "echo \\$x ${location}",
+    "an array subscript": "a[${request.step}]=1",
+    "an array subscript of a variable": "y=${location}; a[y]=1",
+    "let of a variable": "y=${location}; let z=y+1",
+    "declare -i of a variable": "y=${location}; declare -i z=y",
 }
 
 

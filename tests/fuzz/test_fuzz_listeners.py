@@ -199,7 +199,8 @@ def test_listener_paths(fuzz_store: Store, scratch: Path, name: str) -> None:
 # arithmetic, here-documents, commands that evaluate. None runs ``touch`` itself; only a value could.
 SCRIPT_PIECES = ["printf '%s' ", "${location}", "${request.step}", " ", "'", '"', "#", "\n", ";", "|", "&&",
                  "$(", ")", "`", "[[ ", " ]]", "$((", "((", "<<EOF\n", "\nEOF\n", "\\", "eval ", "bash -c ",
-                 "let ", "x", "=", "$HOME", "${HOME}", "> out", "[", "]", "{", "}", "if ", "then ", "fi", "-gt 1 "]
+                 "let ", "x", "=", "$HOME", "${HOME}", "> out", "[", "]", "{", "}", "if ", "then ", "fi", "-gt 1 ",
+                 "a[", "y=", "y", "$y", "declare -i ", "test ", "-eq 1", "printf %d "]
 
 
 @FUZZ
