@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from actions_helpers import BOUND, Receiver, listen_file, mars, start_cursor, write_listeners
 
-from aviso_workflows import Store, ValidationError
+from aviso_workflows import Store, ValidationError, cli
 from aviso_workflows.actions import post_action
 
 
@@ -120,3 +120,22 @@ def test_post_specs_are_checked_when_loaded() -> None:
                      "retries": -1})
 
 
+
+
+def test_urls_are_logged_without_user_information(store: Store, unique_date: str, tmp_path: Path,
+                                                  receiver: Receiver, caplog: pytest.LogCaptureFixture,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    receiver.answer = lambda request: (400, {"detail": "refused"})
+    listener = post_listener(receiver, unique_date)
+    protocol = listener["triggers"][0]["protocol"]
+    protocol["url"] = protocol["url"].replace("http://", "http://hook-user:hook-s3cret@")
+    path = write_listeners(tmp_path / "secret.yaml", [listener])
+    start_cursor(store, "secret")
+    revision = store.notify("mars", mars(unique_date, step=0)).revisions[0]
+    with caplog.at_level(logging.DEBUG):
+        assert listen_file(path, 1, "secret") == 0
+        assert cli.main(["listen", str(path), "--dry-run", "--from", str(revision), "--count", "1"]) == 0
+    assert receiver.received()[0].headers["authorization"].startswith("Basic ")  # the credentials were used
+    shown = caplog.text + capsys.readouterr().out
+    assert "refused" in shown and f"{receiver.url}/events" in shown
+    assert "hook-s3cret" not in shown and "hook-user" not in shown
