@@ -196,3 +196,11 @@ def test_a_failure_raises_its_error_and_unknown_feeds_are_refused() -> None:
         follow.feed(Feed("failure", 0, error=StoreUnavailable("gone")))
     with pytest.raises(ValueError, match="unknown feed kind"):
         follow.feed(Feed("rumour", 1))
+
+
+def test_a_finite_follow_resumed_inside_its_last_revision_is_not_finished_before_the_rest() -> None:
+    follow = follower(Position(12, mars_key(DATE, 0)), until=12)
+    assert not follow.finished, "the rest of revision 12 is still to come"
+    follow.feed(Feed("events", 12, [put(12, s) for s in (0, 6, 12)]))
+    assert steps(take_all(follow)) == [(12, "6"), (12, "12")]
+    assert follow.finished

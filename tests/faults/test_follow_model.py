@@ -4,12 +4,18 @@ every post after the listener's start position is delivered, in write order, and
 notification in hand at a stop may come twice.
 
 Hypothesis interleaves posts (single keys, one transaction of several keys, more than 128 keys in two
-transactions, overwrites, re-runs of the same post), runs of a cursor listener stopped at a random point
-(also in the middle of one transaction's keys), compactions and etcd restarts while it is stopped, and
-changes of the latency between the listener and etcd. The model is the list of posts in write order;
-each run of the listener must deliver exactly the posts after its cursor's position. Where history was
-compacted past that position, the engine delivers the state at the compaction revision (a key posted
-several times there comes once, with its latest post up to the compaction) and says so in a WARNING.
+transactions, overwrites, re-runs of the same post), compactions and etcd restarts, and changes of the
+latency between the listener and etcd. After each of them the listener, which reads through a delaying
+proxy, either stays stopped or runs from its cursor and is stopped at a random point: after k
+notifications (also in the middle of one transaction's keys), by closing its generator with the last
+one in hand or by its stop flag. Every rule may run the listener, not only ``run_listener`` (which
+resumes with nothing new): Hypothesis turns a random part of the rules off in each example (swarm
+testing), and a listener that ran only in a rule of its own would often not run before the end.
+
+The model is the list of posts in write order; each run must deliver exactly the posts after its
+cursor's position. Where history was compacted past that position, the engine delivers the state at
+the compaction revision (a key posted several times there comes once, with its latest post up to the
+compaction) and says so in a WARNING.
 
 ``AVISO_MODEL_EXAMPLES`` sets how many interleavings are tried (default 25).
 """
@@ -64,6 +70,31 @@ class Post:
     @classmethod
     def of(cls, notification: Notification) -> Post:
         return cls(notification.revision, int(notification.request["step"]), str(notification.location))
+
+
+@dataclass(frozen=True)
+class Stop:
+    """A run of the listener: it stops after ``after`` notifications, or ``short_of`` notifications before
+    the last one due (None for both: once it delivered everything up to now), by closing the generator
+    with the last one in hand (``close``: it may come again), or by setting its stop flag and asking for
+    the next one, so that the last one was handled (``flag``)."""
+
+    after: int | None
+    how: str
+    short_of: int | None = None
+
+    def count(self, due: int) -> int | None:
+        """How many notifications to take when ``due`` are expected (None: all of them)."""
+        return max(1, due - self.short_of) if self.short_of is not None else self.after
+
+
+HOWS = st.sampled_from(["close", "flag"])
+STOPS = st.one_of(st.builds(Stop, st.none() | st.integers(1, 12) | st.integers(13, 250), HOWS),
+                  # just before the end: inside the last transaction, with nothing posted after it
+                  st.builds(Stop, st.none(), HOWS, st.integers(1, 12)))
+#: After each rule's action the listener runs for a while from its cursor, or (2 times in 3, so that posts
+#: and faults pile up while it is stopped) stays stopped.
+RUNS = st.one_of(st.none(), st.none(), STOPS)
 
 
 @dataclass
@@ -172,7 +203,7 @@ class FollowModel(RuleBasedStateMachine):
             self.cursor.save(Position(revision))
             self.position = self.start = (revision, math.inf)
 
-    # -- posts -----------------------------------------------------------------------------------
+    # -- posts: each rule then lets the listener run for a while, or not -----------------------------
     def _notify(self, step: str, location: str | None = None) -> list[Post]:
         """Post ``step`` (one key or a list) and add its keys to the model, with the revision each got."""
         location = location or f"/data/{self.date}/{next(self.locations)}"
@@ -184,60 +215,91 @@ class FollowModel(RuleBasedStateMachine):
         self.posts += posted
         return posted
 
-    def _latest(self, step: int) -> Post:
-        return [post for post in self.posts if post.step == step][-1]
+    def _posted_step(self, data: st.DataObject) -> int:
+        return data.draw(st.sampled_from(sorted({post.step for post in self.posts})), label="step")
 
-    @rule(step=STEPS)
-    def notify_one_key(self, step: int) -> None:
+    @rule(step=STEPS, then_listen=RUNS)
+    def notify_one_key(self, step: int, then_listen: Stop | None) -> None:
         self._notify(str(step))
+        self._listen(then_listen)
 
-    @rule(steps=st.lists(STEPS, min_size=2, max_size=12, unique=True))
-    def notify_one_transaction(self, steps: list[int]) -> None:
+    @rule(steps=st.lists(STEPS, min_size=2, max_size=12, unique=True), then_listen=RUNS)
+    def notify_one_transaction(self, steps: list[int], then_listen: Stop | None) -> None:
         """Several keys in one revision, listed in any order: they must come out by step."""
         posted = self._notify("/".join(map(str, steps)))
         assert len({post.revision for post in posted}) == 1
+        self._listen(then_listen)
 
-    @rule(first=st.integers(0, 50), count=st.integers(129, 200))
-    def notify_two_transactions(self, first: int, count: int) -> None:
+    @rule(first=st.integers(0, 50), count=st.integers(129, 200), then_listen=RUNS)
+    def notify_two_transactions(self, first: int, count: int, then_listen: Stop | None) -> None:
         """More than 128 keys: one transaction holds at most 127 of them and the status key."""
         posted = self._notify(f"{first}/to/{first + count - 1}/by/1")
         assert len({post.revision for post in posted}) == 2
+        self._listen(then_listen)
 
     @precondition(lambda self: bool(self.posts))
-    @rule(data=st.data())
-    def overwrite(self, data: st.DataObject) -> None:
+    @rule(data=st.data(), then_listen=RUNS)
+    def overwrite(self, data: st.DataObject, then_listen: Stop | None) -> None:
         """An existing key with a new location."""
-        self._notify(str(data.draw(st.sampled_from(sorted({p.step for p in self.posts})), label="step")))
+        self._notify(str(self._posted_step(data)))
+        self._listen(then_listen)
 
     @precondition(lambda self: bool(self.posts))
-    @rule(data=st.data())
-    def rerun(self, data: st.DataObject) -> None:
+    @rule(data=st.data(), then_listen=RUNS)
+    def rerun(self, data: st.DataObject, then_listen: Stop | None) -> None:
         """The same key with the same location again (a re-run): a new post, delivered again."""
-        step = data.draw(st.sampled_from(sorted({p.step for p in self.posts})), label="step")
-        self._notify(str(step), self._latest(step).location)
+        step = self._posted_step(data)
+        self._notify(str(step), [post for post in self.posts if post.step == step][-1].location)
+        self._listen(then_listen)
+
+    # -- faults while the listener is stopped ------------------------------------------------------
+    @rule(then_listen=RUNS)
+    def compact(self, then_listen: Stop | None) -> None:
+        """Compact all history up to now (etcd refuses the same revision twice: then nothing happens)."""
+        revision = self.writer.current_revision()
+        if revision > self.etcd.compacted:
+            self.writer.gateway.compact(revision)
+            self.etcd.compacted = self.compacted = revision
+        self._listen(then_listen)
+
+    @precondition(lambda self: self.restarts < MAX_RESTARTS)
+    @rule(then_listen=RUNS)
+    def restart_etcd(self, then_listen: Stop | None) -> None:
+        self.etcd.restart()
+        self.restarts += 1
+        self._listen(then_listen)
+
+    @rule(delay=st.sampled_from(DELAYS), then_listen=RUNS)
+    def set_delay(self, delay: float, then_listen: Stop | None) -> None:
+        """Latency between the listener and etcd: answers and watch events come late."""
+        assert self.etcd.proxy is not None
+        self.etcd.proxy.set_delay(delay)
+        self._listen(then_listen)
 
     # -- the listener ------------------------------------------------------------------------------
-    @rule(stop_after=st.none() | st.integers(1, 12) | st.integers(13, 250), how=st.sampled_from(["close", "stop"]))
-    def run_listener(self, stop_after: int | None, how: str) -> None:
-        """Listen from the cursor up to now, stopping after ``stop_after`` notifications: ``close`` ends the
-        generator with the last one in hand (it may come again); ``stop`` sets the stop flag and asks for
-        the next one, so the last one was handled."""
-        self._listen(stop_after, how)
+    @rule(run=STOPS)
+    def run_listener(self, run: Stop) -> None:
+        """A run with nothing new since the last one: it resumes exactly where that one stopped."""
+        self._listen(run)
 
-    def _listen(self, stop_after: int | None, how: str) -> None:
+    def _listen(self, run: Stop | None) -> None:
+        """Run the listener from its cursor up to now, stopped as ``run`` says, and check what it delivered."""
+        if run is None:  # it stays stopped for now
+            return
         until = self.writer.current_revision()
         if self.position is None:  # the first start of a never-saved cursor: it starts now
             self.position = self.start = (until, math.inf)
         expected = compacted_view(self.posts, self.position, self.compacted)
         warned = len(self.warnings.records)
-        delivered, in_hand = self._consume(until, stop_after, how)
+        after = run.count(len(expected))
+        delivered, in_hand = self._consume(until, after, run.how)
         self.runs.append(Run(delivered, in_hand))
-        handled = self._check(expected, delivered, stop_after, in_hand)
+        handled = self._check(expected, delivered, after, in_hand)
         if expected != compacted_view(self.posts, self.position, 0):  # the compaction cost posts: said once
             assert any("compacted" in r.getMessage() for r in self.warnings.records[warned:]), "no WARNING"
         self._move(expected, handled, delivered[-1] if in_hand else None, until)
 
-    def _consume(self, until: int, stop_after: int | None, how: str) -> tuple[list[Post], bool]:
+    def _consume(self, until: int, after: int | None, how: str) -> tuple[list[Post], bool]:
         """One run of the listener in a thread, bounded in time; returns what it delivered and whether
         it stopped with the last one in hand."""
         stop = threading.Event()
@@ -249,7 +311,7 @@ class FollowModel(RuleBasedStateMachine):
             try:
                 for notification in notifications:
                     got.append(Post.of(notification))
-                    if len(got) == stop_after:
+                    if len(got) == after:
                         break
                 else:
                     return got, False  # history reached ``until``: everything was handled
@@ -268,13 +330,13 @@ class FollowModel(RuleBasedStateMachine):
             stop.set()  # a run that overran ends at its next look at the flag
         return result
 
-    def _check(self, expected: list[Post], delivered: list[Post], stop_after: int | None, in_hand: bool) -> int:
+    def _check(self, expected: list[Post], delivered: list[Post], after: int | None, in_hand: bool) -> int:
         """Delivered must be the expected posts from the cursor on, in write order: all of them, or the first
-        ``stop_after``. Only the notification in hand at the last stop may be left out (it was delivered
+        ``after``. Only the notification in hand at the last stop may be left out (it was delivered
         already). Returns how many of ``expected`` the listener has handled now."""
-        skip = 1 if self.in_hand is not None and expected[:1] == [self.in_hand] and \
-            delivered[:1] != expected[:1] else 0
-        due = expected[skip:] if stop_after is None else expected[skip:skip + stop_after]
+        again = self.in_hand is not None and expected[:1] == [self.in_hand]
+        skip = 1 if again and delivered[:1] != expected[:1] else 0
+        due = expected[skip:] if after is None else expected[skip:skip + after]
         assert delivered == due, self._explain(expected, delivered)
         return skip + len(delivered) - (1 if in_hand else 0)
 
@@ -291,33 +353,13 @@ class FollowModel(RuleBasedStateMachine):
         return (f"date {self.date}, cursor at {self.position}, in hand {self.in_hand}, compacted at "
                 f"{self.compacted}:\n expected  {_short(expected)}\n delivered {_short(delivered)}")
 
-    # -- faults while the listener is stopped ------------------------------------------------------
-    @rule()
-    def compact(self) -> None:
-        """Compact all history up to now (etcd refuses the same revision twice: then nothing happens)."""
-        revision = self.writer.current_revision()
-        if revision > self.etcd.compacted:
-            self.writer.gateway.compact(revision)
-            self.etcd.compacted = self.compacted = revision
-
-    @precondition(lambda self: self.restarts < MAX_RESTARTS)
-    @rule()
-    def restart_etcd(self) -> None:
-        self.etcd.restart()
-        self.restarts += 1
-
-    @rule(delay=st.sampled_from(DELAYS))
-    def set_delay(self, delay: float) -> None:
-        assert self.etcd.proxy is not None
-        self.etcd.proxy.set_delay(delay)
-
     # -- the end -----------------------------------------------------------------------------------
     def teardown(self) -> None:
         """Listen up to now once more; then every run together must be every post after the start, less
         the repeats allowed at stops (and, after compactions, less what they took)."""
         if sys.exc_info()[1] is not None:  # a rule failed already: that is the report
             return
-        self._listen(None, "close")
+        self._listen(Stop(None, "close"))
         joined_runs = without_stop_repeats(self.runs)
         assert self.start is not None
         due = [post for post in self.posts if post.place > self.start]
