@@ -36,6 +36,10 @@ CLOUDEVENTS_CONTENT_TYPE = "application/cloudevents+json; charset=utf-8"
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
+#: Environment variables that triggers read secrets from (``password_env`` and the like): commands never see them.
+SECRET_VARIABLES: set[str] = set()
+
+
 class ActionFailed(AvisoWorkflowsError):
     """An action did not do its work (the message says why)."""
 

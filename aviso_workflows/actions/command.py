@@ -14,7 +14,8 @@ Values reach a command only as data, never as part of the text a shell parses:
   replacement to write: the variable reference.
 
 Commands run without the credential variables of aviso-workflows (``AVISO_WORKFLOWS_PASSWORD``,
-``_TOKEN``, ``_KEY`` ...): a script cannot leak what it never had.
+``_TOKEN``, ``_KEY`` ...) and without the variables other triggers read secrets from (``password_env``):
+a script cannot leak what it never had.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from ..store import Notification
 from .base import (
     COMMAND_TIMEOUT,
     PLACEHOLDER,
+    SECRET_VARIABLES,
     ActionFailed,
     _check_keys,
     _number,
@@ -272,7 +274,8 @@ class CommandAction:
     def child_environment(self, notification: Notification, jsonpath: str = "") -> dict[str, str]:
         """The process environment without secrets, the notification as AVISO_* variables, then ``environment``."""
         values = placeholder_values(notification, jsonpath)
-        inherited = {name: value for name, value in os.environ.items() if not SECRET_VARIABLE.match(name)}
+        inherited = {name: value for name, value in os.environ.items()
+                     if not SECRET_VARIABLE.match(name) and name not in SECRET_VARIABLES}
         environment = {**inherited, **{variable_name(name): value for name, value in values.items()}}
         environment.update({name: fill_text(text, values) for name, text in self.environment.items()})
         return environment

@@ -24,6 +24,7 @@ from .base import (
     CLOUDEVENTS_CONTENT_TYPE,
     CLOUDEVENTS_SOURCE,
     CLOUDEVENTS_TYPE,
+    SECRET_VARIABLES,
     ActionFailed,
     Retry,
     TransientFailure,
@@ -199,6 +200,7 @@ def airflow_action(spec: Mapping[str, Any]) -> AirflowAction:
             if variable not in os.environ:
                 raise ValidationError(f"airflow.{name}_env", variable, "this environment variable is not set")
             credentials[name] = os.environ[variable]
+            SECRET_VARIABLES.add(variable)
     return AirflowAction(_url("airflow.url", spec["url"]), dag_id, credentials,
                          _number("airflow.timeout", spec.get("timeout"), 30.0), Retry.from_spec("airflow", spec))
 

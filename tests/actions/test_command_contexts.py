@@ -13,7 +13,7 @@ import pytest
 from actions_helpers import listen_file, mars, start_cursor, write_listeners
 
 from aviso_workflows import Store, ValidationError
-from aviso_workflows.actions import command_action
+from aviso_workflows.actions import airflow_action, command_action
 from aviso_workflows.etcd import put_op
 from aviso_workflows.listeners import load_listener_file
 from aviso_workflows.store import Notification
@@ -131,9 +131,13 @@ def test_commands_run_without_the_projects_secrets(tmp_path: Path, monkeypatch: 
     for name in ("AVISO_WORKFLOWS_PASSWORD", "AVISO_WORKFLOWS_TOKEN", "AVISO_WORKFLOWS_KEY"):
         monkeypatch.setenv(name, "s3cret")
     monkeypatch.setenv("AVISO_WORKFLOWS_ENDPOINTS", "http://127.0.0.1:1")
+    monkeypatch.setenv("HOOK_PASSWORD", "airflow-s3cret")
+    airflow_action({"type": "airflow", "url": "http://127.0.0.1:9", "dag_id": "d", "username": "u",
+                    "password_env": "HOOK_PASSWORD"})  # a file that gives a trigger a secret by variable name
     command_action({"type": "command", "command": "env > env.txt", "working_dir": str(tmp_path)})(notification("x"))
     seen = (tmp_path / "env.txt").read_text()
-    assert "s3cret" not in seen and "AVISO_WORKFLOWS_ENDPOINTS=http://127.0.0.1:1" in seen
+    assert "s3cret" not in seen and "HOOK_PASSWORD" not in seen
+    assert "AVISO_WORKFLOWS_ENDPOINTS=http://127.0.0.1:1" in seen
 
 
 def test_a_key_with_a_non_canonical_field_never_reaches_a_command(store: Store, unique_date: str,
