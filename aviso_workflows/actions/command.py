@@ -64,6 +64,9 @@ RESERVED = frozenset({"if", "then", "else", "elif", "do", "while", "until", "!",
 #: since a variable set from a placeholder earlier would be evaluated there.
 EVALUATING_BUILTINS = frozenset({"eval", "let", "declare", "typeset", "local", "readonly", "source", ".", "trap",
                                  "alias", "enable"})
+#: Builtins that take a variable's name (``read`` as arguments, the others after the option): a name holding
+#: a subscript is evaluated as arithmetic, so like EVALUATING_BUILTINS they are refused anywhere.
+NAME_TAKING = {"read": "", "printf": "-v", "test": "-v", "[": "-v"}
 SHELLS = frozenset({"sh", "bash", "dash", "ksh", "mksh", "zsh"})
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 #: Outside quotes a plain script holds only these characters (besides quotes, ``$VAR``, comments, placeholders).
@@ -197,12 +200,16 @@ class _Rewriter:
             words.pop(0)
         if words and words[0] in EVALUATING_BUILTINS:
             raise _Refused(f"'{words[0]}', which evaluates values as code or arithmetic")
+        option = NAME_TAKING.get(words[0]) if words else None
+        if option is not None and (not option or option in words or "-R" in words):
+            raise _Refused(f"'{' '.join([words[0], option]).strip()}', which takes a variable's name")
         if not words or not any("\0" in word for word in words):
             return
         if "\0" in words[0]:
             raise _Refused("a placeholder as the command to run")
         if os.path.basename(words[0]) in EVALUATING:
             raise _Refused(f"'{words[0]}', which runs its arguments as code")
+
 
 
 # -- argument lists ------------------------------------------------------------------------------

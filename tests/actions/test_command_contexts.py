@@ -83,6 +83,11 @@ REFUSED = {
     "an array subscript of a variable": "y=${location}; a[y]=1",
     "let of a variable": "y=${location}; let z=y+1",
     "declare -i of a variable": "y=${location}; declare -i z=y",
+    "printf -v": "printf -v ${location} %s 1",
+    "test -v": "test -v ${location}",
+    "[ -v ]": "[ -v ${location} ]",
+    "read into a name": "echo 1 | read ${location}",
+    "printf -v of a variable": "y=${location}; printf -v \"$y\" %s 1",
 }
 
 

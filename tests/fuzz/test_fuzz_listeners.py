@@ -200,7 +200,7 @@ def test_listener_paths(fuzz_store: Store, scratch: Path, name: str) -> None:
 SCRIPT_PIECES = ["printf '%s' ", "${location}", "${request.step}", " ", "'", '"', "#", "\n", ";", "|", "&&",
                  "$(", ")", "`", "[[ ", " ]]", "$((", "((", "<<EOF\n", "\nEOF\n", "\\", "eval ", "bash -c ",
                  "let ", "x", "=", "$HOME", "${HOME}", "> out", "[", "]", "{", "}", "if ", "then ", "fi", "-gt 1 ",
-                 "a[", "y=", "y", "$y", "declare -i ", "test ", "-eq 1", "printf %d "]
+                 "a[", "y=", "y", "$y", "declare -i ", "test ", "-eq 1", "printf %d ", "printf -v ", "read ", "-v "]
 
 
 @FUZZ
