@@ -68,6 +68,12 @@ EVALUATING_BUILTINS = frozenset({"eval", "let", "declare", "typeset", "local", "
 #: a subscript is evaluated as arithmetic, so like EVALUATING_BUILTINS they are refused anywhere.
 NAME_TAKING = {"read": "", "printf": "-v", "test": "-v", "[": "-v"}
 SHELLS = frozenset({"sh", "bash", "dash", "ksh", "mksh", "zsh"})
+#: Programs whose first non-option argument is code and later ones data (a list's placeholders go there).
+INTERPRETERS = SHELLS | {"python", "python3", "perl", "ruby", "node", "awk", "gawk", "mawk", "sed", "jq"}
+#: Programs that run other programs from their arguments: no placeholder among them in a list.
+LAUNCHERS = frozenset({"env", "sudo", "su", "doas", "runuser", "xargs", "nohup", "time", "timeout", "nice",
+                       "ionice", "stdbuf", "setsid", "chroot", "flock", "watch", "parallel", "ssh", "busybox",
+                       "strace", "exec", "eval", "command", "builtin"})
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 #: Outside quotes a plain script holds only these characters (besides quotes, ``$VAR``, comments, placeholders).
 _PLAIN = re.compile(r"[A-Za-z0-9 \t\n_\-./:=,+@%^~*?!;|&<>\[\]{}]")
@@ -214,22 +220,31 @@ class _Rewriter:
 
 # -- argument lists ------------------------------------------------------------------------------
 def check_arguments(argv: Sequence[str]) -> None:
-    """Refuse placeholders where a program would run them: as the program, or in a shell's script."""
-    def uses(text: str) -> bool:
-        return any(is_placeholder(name) for name in PLACEHOLDER.findall(text))
-
-    if uses(argv[0]):
+    """Refuse placeholders where a program would run them: as the program, as an argument of a program that
+    runs another (``env``, ``xargs``), or in an interpreter's options and script (``bash -c``, ``python -c``)."""
+    program = os.path.basename(argv[0])
+    if _uses(argv[0]):
         raise ValidationError("command.command[0]", argv[0], "the program to run cannot be a placeholder")
-    if os.path.basename(argv[0]) not in SHELLS:
+    if program in LAUNCHERS:
+        for number, argument in enumerate(argv[1:], 1):
+            if _uses(argument):
+                raise ValidationError(f"command.command[{number}]", argument, f"'{program}' runs its arguments as "
+                                      "a command; a placeholder cannot be one of them")
+    if program not in INTERPRETERS:
         return
     for number, argument in enumerate(argv[1:], 1):
-        if uses(argument):
+        if _uses(argument):
             first = PLACEHOLDER.search(argument)
             name = first.group(1) if first else "location"
-            raise ValidationError(f"command.command[{number}]", argument, "a placeholder cannot be part of a "
-                                  f"shell's options or script; write \"${variable_name(name)}\" in the script")
+            raise ValidationError(f"command.command[{number}]", argument, "a placeholder cannot be part of an "
+                                  f"interpreter's options or script; write \"${variable_name(name)}\" in a shell "
+                                  "script, or pass the value as a later argument")
         if not argument.startswith(("-", "+")):
             return  # the script: later arguments are its positional parameters, which are data
+
+
+def _uses(text: str) -> bool:
+    return any(is_placeholder(name) for name in PLACEHOLDER.findall(text))
 
 
 # -- the action ----------------------------------------------------------------------------------

@@ -100,8 +100,13 @@ def test_placeholders_where_they_could_run_are_refused_naming_the_variable(conte
 def test_argument_lists_refuse_placeholders_that_would_run() -> None:
     with pytest.raises(ValidationError, match="program to run"):
         command_action({"type": "command", "command": ["${location}", "x"]})
-    with pytest.raises(ValidationError, match="shell's options or script"):
+    with pytest.raises(ValidationError, match="interpreter's options or script"):
         command_action({"type": "command", "command": ["sh", "-c", "echo ${location}"]})
+    with pytest.raises(ValidationError, match="interpreter's options or script"):
+        command_action({"type": "command", "command": ["python3", "-c", "print('${location}')"]})
+    for launcher in (["env", "${location}"], ["xargs", "-I{}", "${location}"], ["timeout", "5", "${location}"]):
+        with pytest.raises(ValidationError, match="runs its arguments as a command"):
+            command_action({"type": "command", "command": launcher})
 
 
 def test_a_refusal_names_file_listener_trigger_and_placeholder(store: Store, tmp_path: Path) -> None:

@@ -224,3 +224,30 @@ def test_a_script_with_placeholders_is_refused_or_never_runs_a_value(pieces: lis
             except Exception:  # noqa: BLE001, S110 - a script may fail; it must not run the value
                 pass
             assert not (Path(work) / "PWNED").exists(), f"{script!r} ran the location {location!r}"
+
+
+PROGRAMS = ["printf", "echo", "bash", "sh", "python3", "env", "xargs", "timeout", "nice", "/bin/echo"]
+ARGUMENTS = ["-c", "-e", "%s", "${location}", "${request.step}", 'echo "$1"', "_", "5", "-I{}", "--",
+             "import sys; print(sys.argv)", "x${location}y", "-n"]
+
+
+@FUZZ
+@given(st.sampled_from(PROGRAMS), st.lists(st.sampled_from(ARGUMENTS), max_size=6))
+def test_an_argument_list_is_refused_or_never_runs_a_value(program: str, arguments: list[str]) -> None:
+    from aviso_workflows.actions import command_action
+    from aviso_workflows.store import Notification
+
+    try:
+        action = command_action({"type": "command", "command": [program, *arguments], "timeout": 5})
+    except ValidationError:
+        return
+    with tempfile.TemporaryDirectory() as work:
+        action.working_dir = work
+        for location in ("touch PWNED", "$(touch PWNED)", "`touch PWNED`", "a[$(touch${IFS}PWNED)]"):
+            request = {"class": "od", "expver": "0001", "domain": "g", "date": "20261122", "time": "00",
+                       "stream": "oper", "step": "6"}
+            try:
+                action(Notification("mars", request, location, "/ec/mars/x", 1))
+            except Exception:  # noqa: BLE001, S110 - a command may fail; it must not run the value
+                pass
+            assert not (Path(work) / "PWNED").exists(), f"{[program, *arguments]!r} ran {location!r}"
