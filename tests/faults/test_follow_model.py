@@ -17,7 +17,7 @@ cursor's position. Where history was compacted past that position, the engine de
 the compaction revision (a key posted several times there comes once, with its latest post up to the
 compaction) and says so in a WARNING.
 
-``AVISO_MODEL_EXAMPLES`` sets how many interleavings are tried (default 25).
+``AVISO_MODEL_EXAMPLES`` sets how many interleavings are tried (default 50).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from threads import joined, run_in_thread
 from aviso_workflows import Notification, Store, server
 from aviso_workflows.listen import Cursor, Position, listen
 
-EXAMPLES = int(os.environ.get("AVISO_MODEL_EXAMPLES", "25"))
+EXAMPLES = int(os.environ.get("AVISO_MODEL_EXAMPLES", "50"))
 BOUND = 60.0  # seconds one run of the listener may take: generous for two busy cores and 0.2 s of latency
 DELAYS = (0.0, 0.05, 0.2)
 MAX_RESTARTS = 1  # per example: an etcd restart costs over a second, the budget of the whole run is ~2 minutes
