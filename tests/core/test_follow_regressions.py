@@ -460,18 +460,22 @@ async def test_listen_async_by_polling_delivers_reposts_of_a_key(store: Store, e
 
 
 # -- 7. bounded memory -------------------------------------------------------------------------------------------
-def test_a_slow_listener_with_a_small_capacity_gets_a_burst_in_order(store: Store, unique_date: str,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    most_queued: list[int] = [0]
+@pytest.fixture
+def most_queued(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many notifications the listeners' followers held at most, in its only item."""
+    most: list[int] = [0]
 
     class Watched(Follower):
-        """The listener's follower, watched: how many notifications it queued at most."""
-
         def pop(self) -> Notification | None:
-            most_queued[0] = max(most_queued[0], self.pending)
+            most[0] = max(most[0], self.pending)
             return super().pop()
 
     monkeypatch.setattr(listen_module, "Follower", Watched)
+    return most
+
+
+def test_a_slow_listener_with_a_small_capacity_gets_a_burst_in_order(store: Store, unique_date: str,
+                                                                      most_queued: list[int]) -> None:
     destination = destination_for(unique_date, "C")
     request = store.request(diss(unique_date, destination=destination, step=None))
     start = Position(store.current_revision())
@@ -498,17 +502,9 @@ def test_a_slow_listener_with_a_small_capacity_gets_a_burst_in_order(store: Stor
 
 
 def test_a_listener_far_behind_with_a_small_capacity_gets_all_of_history_in_order(
-        store: Store, unique_date: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        store: Store, unique_date: str, most_queued: list[int]) -> None:
     """etcd answers a watch far behind with hundreds of revisions at once: the follower queues ``capacity``
     of them and holds the rest of the answer, never more."""
-    most_queued: list[int] = [0]
-
-    class Watched(Follower):
-        def pop(self) -> Notification | None:
-            most_queued[0] = max(most_queued[0], self.pending)
-            return super().pop()
-
-    monkeypatch.setattr(listen_module, "Follower", Watched)
     destination = destination_for(unique_date, "F")
     start = Position(store.current_revision())
     for date in days_from(unique_date, 60):  # 60 transactions of 127 keys: one answer of etcd
