@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import sys
 import threading
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from threads import joined as join_within
@@ -70,3 +73,14 @@ def status_of(kv: KeyValue | None) -> dict[str, Any]:
 def joined(thread: threading.Thread, outcome: dict[str, Any], bound: float = WAIT_BOUND) -> Any:
     """Join within ``bound`` seconds (10 by default) and return the result (re-raising the thread's error)."""
     return join_within(thread, outcome, bound)
+
+
+def security_helpers() -> ModuleType:
+    """The security tests' helpers: their ``AuthProxy`` forwards only ``POST /v3/kv/range``, as Aviso's
+    read proxy does (a store behind it finds its watch refused and polls)."""
+    folder = str(Path(__file__).resolve().parent.parent / "security")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    import security_helpers as helpers
+
+    return helpers

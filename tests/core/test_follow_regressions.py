@@ -13,13 +13,11 @@ import datetime as dt
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
-import requests
-from core_helpers import destination_for, diss, joined
+from core_helpers import destination_for, diss, joined, security_helpers
 from etcd_helpers import running_etcd
 from tcp_proxy import TcpProxy
 from threads import run_in_thread
@@ -395,54 +393,12 @@ def test_a_join_racing_with_the_last_leave_never_gets_a_watch_that_is_stopped(st
 
 
 # -- 6. listen_async by polling delivers re-posts ----------------------------------------------------------
-class RangeOnlyProxy:
-    """Forwards only ``POST /v3/kv/range`` to etcd (as Aviso's read proxy); any other path gets a plain 403."""
-
-    def __init__(self, upstream: str) -> None:
-        self.refused: list[str] = []
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *_: Any) -> None:  # keep the test output clean
-                pass
-
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if self.path == "/v3/kv/range":
-                    answer = requests.post(upstream + self.path, data=body, timeout=30,
-                                           headers={"Content-Type": "application/json"})
-                    status, payload, kind = answer.status_code, answer.content, "application/json"
-                else:
-                    proxy.refused.append(self.path)
-                    status, payload, kind = 403, b"Forbidden: only reads are allowed", "text/plain"
-                self.send_response(status)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
-                                        daemon=True)
-
-    def __enter__(self) -> RangeOnlyProxy:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=BOUND)
-
-
 async def test_listen_async_by_polling_delivers_reposts_of_a_key(store: Store, etcd_url: str,
                                                                  unique_date: str) -> None:
     destination = destination_for(unique_date, "A")
     raw = diss(unique_date, destination=destination, step=0)
-    with RangeOnlyProxy(etcd_url) as proxy:
-        reader = store_on(proxy.url, poll_interval=0.1)
+    with security_helpers().AuthProxy(etcd_url, tokens=["reader"]) as proxy:
+        reader = store_on(proxy.url, poll_interval=0.1, token="reader")
         start = Position(await asyncio.to_thread(store.current_revision))
         stream = listen_async(reader, [reader.request(diss(unique_date, destination=destination, step=None))],
                               after=start)
@@ -456,7 +412,7 @@ async def test_listen_async_by_polling_delivers_reposts_of_a_key(store: Store, e
             await stream.aclose()
     assert [n.location for n in heard] == ["file:///a", "file:///b", "file:///c"]
     assert [n.revision for n in heard] == sorted({n.revision for n in heard})
-    assert "/v3/watch" in proxy.refused, "the listener polled because the watch was refused"
+    assert "/v3/watch" in proxy.paths(403), "the listener polled because the watch was refused"
 
 
 # -- 7. bounded memory -------------------------------------------------------------------------------------------

@@ -11,15 +11,13 @@ watches (as Aviso's authenticating proxy does).
 from __future__ import annotations
 
 import asyncio
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from core_helpers import mars, mars_key
+from core_helpers import mars, mars_key, security_helpers
 
 from aviso_workflows import Store
 from aviso_workflows.config import StoreConfig
@@ -70,12 +68,7 @@ class Probe:
 def polling_store(etcd_url: str) -> Iterator[Store]:
     """A store behind the security tests' proxy: it forwards only ``POST /v3/kv/range``, so waiters
     find their watch refused and read every POLL seconds instead."""
-    helpers = str(Path(__file__).resolve().parent.parent / "security")
-    if helpers not in sys.path:
-        sys.path.insert(0, helpers)
-    from security_helpers import AuthProxy
-
-    with AuthProxy(etcd_url, tokens=[TOKEN]) as proxy:
+    with security_helpers().AuthProxy(etcd_url, tokens=[TOKEN]) as proxy:
         yield Store(config=StoreConfig(endpoints=(proxy.url,), poll_interval=POLL, token=TOKEN))
 
 
