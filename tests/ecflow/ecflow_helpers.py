@@ -100,6 +100,15 @@ def job_processes(server: EcflowServer, path: str) -> list[str]:
     return found
 
 
+def no_job_processes_within(server: EcflowServer, path: str, timeout: float, what: str) -> None:
+    """Wait until no process of task ``path`` runs; fail naming the ones still running after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while remaining := job_processes(server, path):
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} did not happen within {timeout:g} s; still running: {remaining}")
+        time.sleep(0.05)
+
+
 def until(condition: Callable[[], bool], timeout: float, what: str) -> float:
     """Poll every 0.05 s until ``condition()``; the seconds it took, or fail after ``timeout`` s."""
     start = time.monotonic()

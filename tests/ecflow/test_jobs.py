@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pyflow as pf
 import pytest
-from ecflow_helpers import Watcher, job_output, job_processes, log_lines, node_state, until
+from ecflow_helpers import Watcher, job_output, job_processes, log_lines, no_job_processes_within, node_state, until
 
 from aviso_workflows import Store
 from aviso_workflows.ecflow import LiteralTask, LoopbackHost, NotifyTask, WaitTask, notify_command
@@ -45,7 +45,7 @@ def test_a_kill_ends_the_wait_at_once_and_aborts_with_the_reason(
     ecflow_server.client().kill("/killed/wait")  # pyflow's ECF_KILL_CMD: SIGTERM to the job shell
     watcher.until(lambda d: node_state(d, "/killed/wait") == "aborted", 2, "the killed task aborting")
     took = time.monotonic() - start
-    until(lambda: not job_processes(ecflow_server, "/killed/wait"), 2, "every process of the job ending")
+    no_job_processes_within(ecflow_server, "/killed/wait", 2, "every process of the job ending")
 
     print(f"kill to aborted: {took:.2f} s")
     assert aborted_reason(watcher, "/killed/wait") == "killed by SIGTERM while waiting for the data"
@@ -65,7 +65,7 @@ def test_a_sigterm_to_every_process_of_the_job_aborts_it_with_the_reason(
         with contextlib.suppress(ProcessLookupError):
             os.kill(int(process.split(":", 1)[0]), signal.SIGTERM)
     watcher.until(lambda d: node_state(d, "/cancelled/wait") == "aborted", 2, "the cancelled task aborting")
-    until(lambda: not job_processes(ecflow_server, "/cancelled/wait"), 2, "every process of the job ending")
+    no_job_processes_within(ecflow_server, "/cancelled/wait", 2, "every process of the job ending")
     assert aborted_reason(watcher, "/cancelled/wait") == "killed by SIGTERM while waiting for the data"
 
 
@@ -85,7 +85,7 @@ def test_a_deadline_aborts_once_with_the_reason_and_the_retry_completes(
         in aborts[0], aborts
     assert "the deadline (3 s) passed" in job_output(home, "/retried/wait", 1)
     assert not log_lines(ecflow_server, "zombie", "/retried/wait")
-    until(lambda: not job_processes(ecflow_server, "/retried/wait"), 5, "every process of both tries ending")
+    no_job_processes_within(ecflow_server, "/retried/wait", 15, "every process of both tries ending")
 
 
 def test_a_bad_variable_value_aborts_with_the_reason(ecflow_server: EcflowServer, watcher: Watcher, home: Path,

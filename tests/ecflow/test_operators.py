@@ -9,7 +9,7 @@ from pathlib import Path
 
 import ecflow
 import pytest
-from ecflow_helpers import Watcher, job_processes, log_lines, node_state, server_log, until
+from ecflow_helpers import Watcher, job_processes, log_lines, no_job_processes_within, node_state, server_log, until
 
 from aviso_workflows import Store
 from aviso_workflows.ecflow.server import EcflowServer
@@ -80,7 +80,7 @@ def test_a_killed_wait_aborts_at_once_with_the_reason(ecflow_server: EcflowServe
     ecflow_server.client().kill(WAIT)  # the server's default ECF_KILL_CMD: kill -15 of the job shell
     watcher.until(lambda d: node_state(d, WAIT) == "aborted", 2, "the killed task aborting")
     print(f"operators kill to aborted: {time.monotonic() - start:.2f} s")
-    until(lambda: not job_processes(ecflow_server, WAIT), 2, "every process of the job ending")
+    no_job_processes_within(ecflow_server, WAIT, 2, "every process of the job ending")
     assert str(watcher.defs().find_abs_node(WAIT).get_aborted_reason()) == "killed by SIGTERM"
     assert len(log_lines(ecflow_server, "chd:abort", WAIT, mark)) == 1
     assert not log_lines(ecflow_server, "zombie", WAIT, mark)
