@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs what the project needs, only what is missing: the .venv (Python 3.11) with the project,
 # Airflow, pyflow and the test tools; Debian's ecFlow 5.9 packages (linked into the venv); Debian's
-# etcd 3.4 (etcd-server, binary only, for the cluster fault tests); and pyaviso 1.0.2 in its own venv (.venv-pyaviso) for the interoperability tests.
+# etcd 3.4 (etcd-server, binary only, for the cluster fault tests); pyaviso 1.0.2 in its own venv (.venv-pyaviso)
+# and pyaviso 2.4.2 (the Aviso 2 HTTP client) in another (.venv-pyaviso2) for the interoperability tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3.11}
 VENV=.venv
 PYAVISO_VENV=.venv-pyaviso
+PYAVISO2_VENV=.venv-pyaviso2
 STAMP=$VENV/.installed
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
@@ -101,4 +103,10 @@ if [ ! -x "$PYAVISO_VENV/bin/aviso" ]; then
   say "installing pyaviso 1.0.2 in $PYAVISO_VENV (its own venv: it pins an old protobuf)"
   "$PYTHON" -m venv "$PYAVISO_VENV"
   pip_install "$PYAVISO_VENV" "pyaviso==1.0.2"
+fi
+
+if [ ! -x "$PYAVISO2_VENV/bin/aviso" ]; then
+  say "installing pyaviso 2.4.2 in $PYAVISO2_VENV (the Aviso 2 client owns the same aviso command as 1.0.2)"
+  "$PYTHON" -m venv "$PYAVISO2_VENV"
+  pip_install "$PYAVISO2_VENV" "pyaviso==2.4.2"
 fi
