@@ -7,6 +7,7 @@ Exit codes: 0 done (released), 1 timed out, 2 bad input or the store could not b
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -32,6 +33,9 @@ from .request import Request, check_timeout, parse_pairs
 from .schema import to_pyaviso_document
 from .status_chain import replay, revision_window
 from .store import Notification, Store
+from .wait import WaitResult, describe_missing
+from .wait import wait as wait_for_keys
+from .waiters import format_waiter, list_waiters, parse_filters, register
 
 log = logging.getLogger("aviso_workflows")
 EXIT_OK, EXIT_TIMEOUT, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -268,18 +272,41 @@ def cmd_wait(args: argparse.Namespace) -> int:
         request.require_complete("wait (without --any)")
     timeout = check_timeout(args.timeout)
     progress = _Progress(args.progress_command or [], show=sys.stderr.isatty() and not args.quiet)
+    partial_commands = [_command_line(command) for command in args.partial_command or []]
+    if partial_commands and args.min_found is None:
+        raise ValidationError("partial-command", args.partial_command[0], "runs only with --min-found")
     _end_on_sigterm(progress)
     try:
-        found = store.wait(request, mode=mode, timeout=timeout, on_progress=progress)
+        found = wait_for_keys(store, request, mode=mode, timeout=timeout, on_progress=progress,
+                              min_found=args.min_found, who={"kind": "cli", **who_of(args)})
     except WaitTimeout as timeout:
         progress.close()
         print(f"aviso-workflows: {timeout}", file=sys.stderr)
         _print_notifications(timeout.found, args.json)
         return EXIT_TIMEOUT
     progress.close()
+    if found.partial:
+        _released_short(request, found, partial_commands)
     if not args.quiet:
         _print_notifications(found, args.json)
     return EXIT_OK
+
+
+def who_of(args: argparse.Namespace) -> dict[str, str]:
+    """The ``--who NAME=VALUE`` fields that say who waits (a scheduler's ids: an ecFlow path, a job id)."""
+    return parse_filters(getattr(args, "who", None) or [])
+
+
+def _released_short(request: Request, found: WaitResult, commands: list[list[str]]) -> None:
+    """Run the --partial-command hooks with the missing keys (the wait's WARNING has named them)."""
+    values = {"found": len(found), "total": request.count, "missing": describe_missing(request, found.missing),
+              "missing_keys": " ".join(found.missing)}
+    for argv in commands:
+        try:
+            subprocess.run([_fill(argument, values) for argument in argv], stdout=subprocess.DEVNULL, check=False,
+                           timeout=PROGRESS_COMMAND_SECONDS)
+        except (OSError, subprocess.TimeoutExpired) as error:
+            print(f"aviso-workflows: partial command {argv[0]} failed: {error}", file=sys.stderr)
 
 
 def _end_on_sigterm(progress: _Progress) -> None:
@@ -381,7 +408,32 @@ def cmd_listen(args: argparse.Namespace) -> int:
         after = start_position(store, after, cursor)
     if runtime.report is not None:
         runtime.report(f"listening after revision {after.revision if after else store.current_revision()}")
-    return _follow(store, requests, after, cursor, runtime, handle, args.count)
+    with _registered(store, requests, args):
+        return _follow(store, requests, after, cursor, runtime, handle, args.count)
+
+
+def _who_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--who", action="append", metavar="NAME=VALUE",
+                        help="say who waits, in the list of waiters (repeatable): a job id, an ecFlow path ...")
+
+
+def cmd_waiting(args: argparse.Namespace) -> int:
+    store = store_from_args(args)
+    for waiter in list_waiters(store, parse_filters(args.filters)):
+        print(json.dumps(waiter.to_dict()) if args.json else format_waiter(waiter), flush=True)
+    return EXIT_OK
+
+
+def _registered(store: Store, requests: list[Request], args: argparse.Namespace) -> contextlib.ExitStack:
+    """Each request of a listener among the registered waiters while it listens."""
+    who = {"kind": "listener", "cursor": args.cursor, **who_of(args)}
+    source = args.pairs if args.pairs and "=" not in args.pairs else None
+    if source:
+        who.setdefault("file", source)
+    stack = contextlib.ExitStack()
+    for request in requests:
+        stack.enter_context(register(store, request, who=who, mode="any", found=None, total=None))
+    return stack
 
 
 def _check_listen_options(args: argparse.Namespace, start: dt.datetime | int | None, end: dt.datetime | None) -> None:
@@ -519,6 +571,13 @@ def build_parser() -> argparse.ArgumentParser:
     wait.add_argument("--timeout", type=float, metavar="SECONDS", help="give up after this long (exit 1)")
     wait.add_argument("--json", action="store_true", help="print notifications as JSON lines")
     wait.add_argument("--quiet", action="store_true", help="print nothing when released")
+    wait.add_argument("--min-found", type=int, metavar="K",
+                      help="at the timeout, release (exit 0, WARNING naming the missing keys) if at least K keys "
+                           "exist; fewer: time out as usual")
+    wait.add_argument("--partial-command", action="append", metavar="CMD",
+                      help="with --min-found: run CMD (no shell) when released with part of the keys; placeholders "
+                           "{missing} (such as 'step=3 step=5'), {missing_keys}, {found}, {total}")
+    _who_argument(wait)
     wait.add_argument("--progress-command", action="append", metavar="CMD",
                       help="run CMD (no shell) as keys are found, for the newest count (a slow CMD is not run "
                            "for every key, and runs once more for the final count); placeholders {found} {total} "
@@ -538,7 +597,15 @@ def build_parser() -> argparse.ArgumentParser:
                                help="list the notifications whose triggers failed for good, or run them again")
     listen_parser.add_argument("--dead-letter-file", metavar="FILE",
                                help="where failed notifications go (default: STATE_DIR/dead-letters/CURSOR.jsonl)")
+    _who_argument(listen_parser)
     listen_parser.set_defaults(run=cmd_listen)
+
+    waiting = commands.add_parser("waiting", parents=[common], help="list who waits for what now")
+    waiting.add_argument("filters", nargs="*", metavar="NAME=VALUE",
+                         help="only waiters matching: a request field (step=3: waits for step 3), a field of who "
+                              "waits (dag_id=..., ecflow_path=..., kind=cli), host or pid")
+    waiting.add_argument("--json", action="store_true", help="one JSON object per waiter")
+    waiting.set_defaults(run=cmd_waiting)
 
     for name, function, text in (("key", cmd_key, "show the keys of a request"),
                                  ("value", cmd_value, "show the stored values of a request's keys")):

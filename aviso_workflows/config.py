@@ -39,9 +39,18 @@ def state_dir() -> Path:
     return Path(os.environ.get(STATE_VARIABLE) or os.path.join(base, "aviso-workflows"))
 
 
+#: Endpoint schemes of an aviso-server (Aviso 2, HTTP and server-sent events) instead of etcd.
+AVISO_SCHEMES = {"aviso+http": 80, "aviso+https": 443}
+_ENDPOINT_FORMS = ("expected http://HOST:PORT, https://HOST:PORT or HOST:PORT (etcd), or aviso+http://HOST:PORT or "
+                   "aviso+https://HOST[:PORT][/PATH] (an aviso-server)")
+
+
 def normalise_endpoint(endpoint: str) -> str:
-    """``host:port`` or a URL → ``scheme://host:port`` (loopback names kept as given)."""
+    """``host:port`` or a URL → ``scheme://host:port`` (loopback names kept as given); an aviso-server's
+    ``aviso+http(s)://host[:port][/path]`` keeps its path (a server behind a reverse proxy's prefix)."""
     text = str(endpoint).strip()
+    if text.lower().split("://", 1)[0] in AVISO_SCHEMES:
+        return _normalise_aviso(endpoint, text)
     if "://" not in text:
         text = "http://" + text
     try:
@@ -49,7 +58,7 @@ def normalise_endpoint(endpoint: str) -> str:
     except ValueError:  # an unclosed [IPv6 address
         parts = urlsplit("")
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValidationError("endpoint", endpoint, "expected http://HOST:PORT, https://HOST:PORT or HOST:PORT")
+        raise ValidationError("endpoint", endpoint, _ENDPOINT_FORMS)
     try:
         port = DEFAULT_PORT if parts.port is None else parts.port
     except ValueError:
@@ -58,6 +67,26 @@ def normalise_endpoint(endpoint: str) -> str:
         raise ValidationError("endpoint", endpoint, "the port must be a number from 1 to 65535")
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     return f"{parts.scheme}://{host}:{port}"
+
+
+def _normalise_aviso(endpoint: str, text: str) -> str:
+    try:
+        parts = urlsplit(text)
+        port = AVISO_SCHEMES[parts.scheme.lower()] if parts.port is None else parts.port
+    except ValueError:
+        parts, port = urlsplit(""), 0
+    if not parts.hostname or parts.query or parts.fragment or parts.username or parts.password:
+        raise ValidationError("endpoint", endpoint, _ENDPOINT_FORMS + "; credentials go in username/password "
+                              "or token, not in the URL")
+    if not 0 < port < 65536:
+        raise ValidationError("endpoint", endpoint, "the port must be a number from 1 to 65535")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{parts.scheme.lower()}://{host}:{port}{parts.path.rstrip('/')}"
+
+
+def is_aviso(endpoint: str) -> bool:
+    """True for an aviso-server endpoint (``aviso+http://``, ``aviso+https://``)."""
+    return str(endpoint).strip().lower().split("://", 1)[0] in AVISO_SCHEMES
 
 
 @dataclass(frozen=True)
@@ -82,11 +111,19 @@ class StoreConfig:
     client_key: str | None = None
     schema_files: tuple[str, ...] = ()
     max_txn_ops: int = 128
+    #: aviso-server only: hours before a request's earliest date that a wait's replay starts (0: that date, 00:00 UTC).
+    replay_lookback_hours: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.endpoints:
             raise ValidationError("endpoints", list(self.endpoints), "at least one etcd endpoint is needed")
         object.__setattr__(self, "endpoints", tuple(normalise_endpoint(e) for e in self.endpoints))
+        if len({is_aviso(e) for e in self.endpoints}) > 1:
+            raise ValidationError("endpoints", list(self.endpoints), "one store is either etcd (http/https) or an "
+                                  "aviso-server (aviso+http/aviso+https), not both")
+        lookback = self.replay_lookback_hours
+        if not (isinstance(lookback, (int, float)) and not isinstance(lookback, bool) and 0 <= lookback <= 24 * 366):
+            raise ValidationError("replay_lookback_hours", lookback, "expected a number of hours from 0 to 8784")
         if not (isinstance(self.timeout, (int, float)) and self.timeout > 0):
             raise ValidationError("timeout", self.timeout, "expected a positive number of seconds")
         if not (isinstance(self.max_txn_ops, int) and self.max_txn_ops >= 3):
@@ -104,6 +141,11 @@ class StoreConfig:
         if self.headers:
             shown["headers"] = {k: _SECRET for k in self.headers}
         return "StoreConfig(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
+
+    @property
+    def is_aviso(self) -> bool:
+        """True when the store is an aviso-server (Aviso 2) rather than etcd."""
+        return is_aviso(self.endpoints[0])
 
     @property
     def identity(self) -> tuple[Any, ...]:

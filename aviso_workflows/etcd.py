@@ -85,6 +85,8 @@ class WatchBatch:
     puts: list[KeyValue]
     revision: int
     kind: str = "events"
+    #: Keys deleted (or expired with their lease) in this response, for readers of records that come and go.
+    deleted: tuple[str, ...] = ()
 
     @property
     def is_progress(self) -> bool:
@@ -395,6 +397,23 @@ class EtcdGateway:
         """A lease that expires after ``ttl`` seconds; returns its id."""
         return str(self.call("lease/grant", {"TTL": ttl, "ID": 0})["ID"])
 
+    def keep_lease_alive(self, lease: str) -> int:
+        """Renew a lease once; returns its new TTL in seconds (0: the lease has expired or was revoked)."""
+        answer = self.call("lease/keepalive", {"ID": lease})
+        return int(answer.get("result", answer).get("TTL", 0))
+
+    def revoke_lease(self, lease: str) -> None:
+        """End a lease now: the keys put with it are deleted (a lease already gone is no error)."""
+        try:
+            self.call("kv/lease/revoke", {"ID": lease})
+        except StoreError as error:
+            if "not found" not in str(error):
+                raise
+
+    def delete(self, key: str) -> int:
+        """Delete one key; returns the store's revision after it."""
+        return int(self.call("kv/deleterange", {"key": b64(key)})["header"]["revision"])
+
     def compact(self, revision: int, physical: bool = True) -> None:
         """Compact history up to ``revision``."""
         self.call("kv/compaction", {"revision": revision, "physical": physical})
@@ -491,7 +510,8 @@ class WatchStream:
         if not events:
             return WatchBatch([], revision, "progress")
         puts = [KeyValue.from_json(e["kv"]) for e in events if e.get("type", "PUT") == "PUT"]
-        return WatchBatch(puts, max(int(e["kv"].get("mod_revision", 0)) for e in events))
+        deleted = tuple(unb64(e["kv"].get("key")) for e in events if e.get("type") == "DELETE")
+        return WatchBatch(puts, max(int(e["kv"].get("mod_revision", 0)) for e in events), deleted=deleted)
 
 
 def _short(error: Exception) -> str:

@@ -16,6 +16,7 @@ from collections.abc import AsyncGenerator, Iterable, Iterator
 from functools import partial
 from typing import TYPE_CHECKING
 
+from . import aviso2
 from .errors import HistoryCompacted, ValidationError
 from .etcd import KeyValue
 from .follow import DEFAULT_CAPACITY, Feed, Follower
@@ -41,7 +42,7 @@ def start_position(store: Store, after: Position | None, cursor: Cursor | None) 
     notification resumes from its first start, not from the time of its next start.
     """
     saved = cursor.load() if cursor is not None else None
-    position = after or saved or Position(store.current_revision())
+    position = after or saved or store.now()
     if cursor is not None and saved is None:
         cursor.save(position)
     return position
@@ -53,8 +54,8 @@ def last_post(store: Store, requests: list[Request], revision: int | None) -> in
     Every notify writes its status key in the same transaction as its data keys, so a listener has
     seen everything up to ``revision`` once it has seen that one (or anything later).
     """
-    if revision is None:
-        return None
+    if revision is None or store.aviso is not None:  # a sequence holds one post: it is its own last post
+        return revision
     try:
         found = [store.gateway.get(key, revision=revision)[1] for key in status_prefixes(requests)]
     except HistoryCompacted:
@@ -74,7 +75,9 @@ def _read_state(store: Store, prefix: str, since: int, revision: int) -> tuple[i
     return store.read_prefixes([prefix], min_revision=since, revision=revision)
 
 
-def _source(store: Store, follower: Follower, channel: Channel) -> HistorySource:
+def _source(store: Store, follower: Follower, channel: Channel) -> HistorySource | aviso2.AvisoSource:
+    if store.aviso is not None:  # the server's /watch from the position: replay, then live
+        return aviso2.AvisoSource(store.aviso, follower.requests, follower.frontier, channel, follower.label)
     prefix = covering_prefix(status_prefixes(follower.requests))
     return HistorySource(store.config, prefix, follower.frontier.resume_revision, channel,
                          f"{follower.label} (history of {prefix})", partial(_read_state, store))
@@ -120,7 +123,7 @@ async def listen_async(store: Store, requests: list[Request], *, after: Position
     after ``after`` (or now). The watch runs in its own thread and reads there; nothing blocks the loop.
     The caller keeps its own durable position.
     """
-    start = after or Position(await asyncio.to_thread(store.current_revision))
+    start: Position = after if after is not None else await asyncio.to_thread(store.now)
     follower = await asyncio.to_thread(_follower, store, requests, start, None, capacity)
     source = _source(store, follower, Channel(loop=asyncio.get_running_loop()))
     source.start()

@@ -15,11 +15,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import aviso2
 from .config import StoreConfig, resolve_config
-from .errors import HistoryCompacted, NotForwarded, PermissionDenied, StoreError
+from .errors import HistoryCompacted, NotForwarded, PermissionDenied, StoreError, ValidationError
 from .etcd import EtcdGateway, KeyValue, first_kv_of_failure, put_op, range_op, unchanged_since
 from .listen import listen
 from .notification import NO_PAYLOAD, Notification, in_order, notification_from_kv
+from .position import Position
 from .request import Request, check_location, check_timeout, check_ttl, split_event
 from .schema import EventSchema, SchemaRegistry
 from .status_chain import STATUS_TIME_FORMAT, StatusChainTooLong, new_status, status_after, status_record
@@ -66,6 +68,8 @@ class Store:
         for path in self.config.schema_files:
             self.schemas.add_file(path)
         self.gateway = EtcdGateway(self.config)
+        #: The aviso-server's client when the endpoints are ``aviso+http(s)://`` (then etcd is not used).
+        self.aviso = aviso2.AvisoClient(self.config) if self.config.is_aviso else None
         self._reads_in_txn = True
         #: The status each status key got from this store's last notify: the next notify compares against it
         #: instead of reading it first (one round trip); if another writer moved it, the failed transaction
@@ -102,6 +106,8 @@ class Store:
         """
         request, location, ttl = self._posting(event, raw, location, ttl)
         request.require_complete("notify")
+        if self.aviso is not None:
+            return self._notify_aviso(self.aviso, request, location, ttl)
         value = location if location is not None else NO_PAYLOAD
         batches = self._batches(request, value)
         lease = self.gateway.grant_lease(ttl) if ttl else None
@@ -109,6 +115,21 @@ class Store:
         for batch in batches:
             result.revisions.append(self._commit(batch, lease, message))
             result.keys.extend(key for key, _ in batch.puts)
+        return result
+
+    @staticmethod
+    def _notify_aviso(client: aviso2.AvisoClient, request: Request, location: str | None,
+                      ttl: int | None) -> NotifyResult:
+        """One POST per key (the server takes one identifier at a time): not atomic across keys."""
+        if ttl:
+            raise ValidationError("ttl", ttl, "an aviso-server keeps notifications for its own retention; "
+                                  "leave ttl out")
+        result = NotifyResult(keys=[])
+        for values in request.concrete():
+            answer = client.notify(request.event, values, location)
+            result.keys.append(request.schema.format_key(values))
+            if isinstance(answer.get("sequence"), int):
+                result.revisions.append(answer["sequence"])
         return result
 
     def _posting(self, event: str | Request | Mapping[str, Any], raw: Mapping[str, Any] | None,
@@ -209,11 +230,18 @@ class Store:
         Returns the revision read and the notifications in store order. Ranges are read 128 per
         transaction, every one pinned to the revision of the first: one consistent snapshot.
         """
+        if self.aviso is not None:
+            start = Position(max(min_revision - 1, 0)) if min_revision else \
+                aviso2.wait_start(request, self.config.replay_lookback_hours)
+            last, kvs = aviso2.replay(self.aviso, request, start)
+            return last, aviso2.latest(request, kvs)
         return self.read_many([request], min_revision=min_revision)[0]
 
     def read_many(self, requests: Sequence[Request], *,
                   min_revision: int = 0) -> list[tuple[int, list[Notification]]]:
         """:meth:`read` of several requests at once: their ranges share transactions (for many waiters)."""
+        if self.aviso is not None:
+            return [self.read(request, min_revision=min_revision) for request in requests]
         prefixes = list(dict.fromkeys(p for request in requests for p in request.read_prefixes()))
         revision, kvs = self.read_prefixes(prefixes, min_revision=min_revision)
         by_key = {kv.key: kv for kv in kvs}
@@ -283,8 +311,18 @@ class Store:
         return {key: existing[key].value if key in existing else None for key in request.keys()}
 
     def current_revision(self) -> int:
-        """The store's revision now."""
+        """The store's revision now (an aviso-server has none: see :meth:`now`)."""
+        if self.aviso is not None:
+            raise StoreError("an aviso-server has no store revision to ask for; positions there are sequences "
+                             "of notifications, and a listener starting now starts at the current time")
         return self.gateway.current_revision()
+
+    def now(self) -> Position:
+        """The position of now: a listener starting here gets every post after this call (on an
+        aviso-server, every post from the current second on)."""
+        if self.aviso is not None:
+            return aviso2.now_position()
+        return Position(self.gateway.current_revision())
 
     # -- waiting and listening (see listen.py) ---------------------------------------------------
     def wait(self, event: str | Request | Mapping[str, Any], raw: Mapping[str, Any] | None = None, *,

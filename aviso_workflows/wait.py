@@ -15,11 +15,11 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from . import shared_reads
+from . import shared_reads, waiters
 from .errors import StoreUnavailable, TlsRefused, ValidationError, WaitTimeout
 from .etcd import KeyValue
 from .follow import Feed, Follower
@@ -41,6 +41,84 @@ MAX_READ_ATTEMPTS = 1_300_000
 
 Read = tuple[int, list[Notification]]
 RESYNC = Feed("resync", 0)
+
+
+class WaitResult(list[Notification]):
+    """The notifications a wait found, in history order: a list, which also says what is ``missing`` when
+    the wait was released at its deadline with only part of its keys (``min_found``)."""
+
+    def __init__(self, found: Iterable[Notification] = (), missing: Iterable[str] = ()) -> None:
+        super().__init__(found)
+        self.missing = list(missing)
+
+    @property
+    def partial(self) -> bool:
+        """Released at the deadline with keys still missing."""
+        return bool(self.missing)
+
+
+def check_min_found(min_found: Any, request: Request, mode: str = "all") -> int | None:
+    """``min_found`` if it can release a wait for ``request`` at its deadline: 1 to the number of keys."""
+    if min_found is None:
+        return None
+    if mode != "all":
+        raise ValidationError("min_found", min_found, "only a wait for all keys can be released with part of them")
+    total = request.count if request.is_complete else 0
+    if isinstance(min_found, bool) or not isinstance(min_found, int) or not 1 <= min_found <= total:
+        raise ValidationError("min_found", min_found, f"expected a whole number of keys from 1 to {total}")
+    return min_found
+
+
+def describe_missing(request: Request, keys: Sequence[str], shown: int = 20) -> str:
+    """Missing keys by the fields that tell them apart (``step=3 step=5``), the first ``shown`` of them."""
+    varying = [name for name in request.schema.key_fields if len(request.values.get(name, ())) > 1]
+    words = []
+    for key in keys[:shown]:
+        fields = request.schema.parse_key(key) or {}
+        words.append(",".join(f"{name}={fields.get(name, '?')}" for name in varying) or key)
+    more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+    return " ".join(words) + more
+
+
+class _Tracker:
+    """What every wait does besides waiting: its entry among the registered waiters (with ``who``), which
+    follows the found count, and the release with part of the keys at the deadline (``min_found``)."""
+
+    def __init__(self, store: Store, request: Request, mode: str, timeout: float | None, known: list[Notification],
+                 on_progress: Callable[[int, int, Notification], None] | None, min_found: int | None,
+                 who: Mapping[str, Any] | None) -> None:
+        self.request = request
+        self.min_found = check_min_found(min_found, request, mode)
+        self.progress = on_progress
+        self.registration = None if who is None else waiters.register(
+            store, request, who=who, mode=mode, found=len({n.key for n in known}), timeout=timeout)
+
+    def on_progress(self, found: int, total: int, notification: Notification) -> None:
+        if self.registration is not None:
+            self.registration.progress(found)
+        if self.progress is not None:
+            self.progress(found, total, notification)
+
+    def released_short(self, timed_out: WaitTimeout) -> WaitResult:
+        """At the deadline: what was found if that is at least ``min_found`` keys, else the timeout."""
+        if self.min_found is None:
+            raise timed_out
+        have = {n.key for n in timed_out.found}
+        if len(have) < self.min_found:
+            raise WaitTimeout(f"{timed_out}; at least {self.min_found} are needed to release with part of them",
+                              timed_out.found) from None
+        missing = [key for key in self.request.keys() if key not in have]
+        log.warning("released at the deadline with %d/%d keys of %s (min_found=%d); missing: %s", len(have),
+                    self.request.count, self.request, self.min_found, describe_missing(self.request, missing))
+        return WaitResult(timed_out.found, missing)
+
+    def close(self, block: bool) -> None:
+        """Remove the entry; ``block``: wait (bounded) for the removal if it is the process's last waiter."""
+        if self.registration is not None:
+            if block:
+                self.registration.__exit__()
+            else:
+                self.registration.close()
 
 
 class _Found:
@@ -237,7 +315,29 @@ def _until_ready(watch: PrefixWatch, deadline: _Deadline, found: _Found, patienc
 
 def wait(store: Store, request: Request, *, mode: str = "all", timeout: float | None = None,
          known: Iterable[Notification] = (),
-         on_progress: Callable[[int, int, Notification], None] | None = None) -> list[Notification]:
+         on_progress: Callable[[int, int, Notification], None] | None = None,
+         min_found: int | None = None, who: Mapping[str, Any] | None = None) -> WaitResult:
+    """Block until every key of ``request`` exists (``mode="any"``: at least one matching key).
+
+    Returns the notifications found, in history order. Raises WaitTimeout (with ``found``) after
+    ``timeout`` seconds, unless ``min_found`` keys were found by then: the result then names the
+    ``missing`` keys (and a WARNING says so). With ``who`` (fields saying who waits), the wait is listed
+    among the registered waiters (waiters.py) while it waits.
+    """
+    known = list(known)
+    tracker = _Tracker(store, request, mode, timeout, known, on_progress, min_found, who)
+    try:
+        return WaitResult(_wait(store, request, mode=mode, timeout=timeout, known=known,
+                                on_progress=tracker.on_progress))
+    except WaitTimeout as timed_out:
+        return tracker.released_short(timed_out)
+    finally:
+        tracker.close(block=True)
+
+
+def _wait(store: Store, request: Request, *, mode: str = "all", timeout: float | None = None,
+          known: Iterable[Notification] = (),
+          on_progress: Callable[[int, int, Notification], None] | None = None) -> list[Notification]:
     """Block until every key of ``request`` exists (``mode="any"``: at least one matching key).
 
     Returns the notifications found, in history order. Keys already posted are found at once; the
@@ -349,7 +449,24 @@ async def _until_ready_async(watch: PrefixWatch, deadline: _Deadline, found: _Fo
 
 async def wait_async(store: Store, request: Request, *, mode: str = "all", timeout: float | None = None,
                      known: Iterable[Notification] = (),
-                     on_progress: Callable[[int, int, Notification], None] | None = None) -> list[Notification]:
+                     on_progress: Callable[[int, int, Notification], None] | None = None,
+                     min_found: int | None = None, who: Mapping[str, Any] | None = None) -> WaitResult:
+    """:func:`wait` in an asyncio loop (``min_found`` and ``who`` as there): registering never blocks the
+    loop, the process's keeper thread writes the entry."""
+    known = list(known)
+    tracker = _Tracker(store, request, mode, timeout, known, on_progress, min_found, who)
+    try:
+        return WaitResult(await _wait_async(store, request, mode=mode, timeout=timeout, known=known,
+                                            on_progress=tracker.on_progress))
+    except WaitTimeout as timed_out:
+        return tracker.released_short(timed_out)
+    finally:
+        tracker.close(block=False)
+
+
+async def _wait_async(store: Store, request: Request, *, mode: str = "all", timeout: float | None = None,
+                      known: Iterable[Notification] = (),
+                      on_progress: Callable[[int, int, Notification], None] | None = None) -> list[Notification]:
     """The asyncio form of :func:`wait`, for triggers: the shared watch feeds an asyncio queue, and
     the reads of waiters starting together share transactions in a worker thread, so thousands of
     waiters need no thread of their own and open no connection of their own.
@@ -376,4 +493,4 @@ async def wait_async(store: Store, request: Request, *, mode: str = "all", timeo
             await asyncio.get_running_loop().run_in_executor(_WATCH_KEEPERS, ended.stop)
 
 
-__all__ = ["wait", "wait_async"]
+__all__ = ["WaitResult", "check_min_found", "describe_missing", "wait", "wait_async"]

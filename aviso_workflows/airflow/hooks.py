@@ -3,7 +3,9 @@
 Connection fields: host and port (default 2379), or ``endpoints`` in the extras (a list or
 comma-separated text, for a cluster); TLS with ``use_tls`` (or ``https://`` endpoints) and
 ``ca_cert``/``client_cert``/``client_key`` paths; ``timeout`` in seconds and ``schema_files`` for
-custom events; ``headers`` (a JSON object) sent with every request.
+custom events; ``headers`` (a JSON object) sent with every request. A host (or ``endpoints``) written
+``aviso+http://HOST:PORT`` or ``aviso+https://HOST`` names an aviso-server (Aviso 2) instead of etcd;
+login and password are then sent as Basic credentials, a token as Bearer.
 
 Login and password depend on the extra ``auth_type``:
 
@@ -34,6 +36,7 @@ from ..config import (
     StoreConfig,
     _read_config_file,
     default_config_path,
+    is_aviso,
     resolve_config,
 )
 from ..errors import ValidationError
@@ -87,7 +90,11 @@ class AvisoHook(BaseHook):
     def test_connection(self) -> tuple[bool, str]:
         """Reach the store and report its revision (used by the UI's "Test" button)."""
         try:
-            revision = self.get_conn().current_revision()
+            store = self.get_conn()
+            if store.aviso is not None:
+                store.aviso.health()
+                return True, f"reached the aviso-server at {store.aviso.base}"
+            revision = store.current_revision()
         except Exception as error:  # noqa: BLE001 - the UI shows any failure as text
             return False, str(error)
         return True, f"reached etcd at revision {revision}"
@@ -178,8 +185,11 @@ def _host_url(conn: Connection, host: str) -> str:
         port = parts.port or conn.port or DEFAULT_PORT
     except ValueError:
         parts, port = None, None
+    if parts is not None and is_aviso(host) and parts.hostname:  # an aviso-server: the URL as typed
+        return host if parts.port or not conn.port else f"{parts.scheme}://{parts.netloc}:{conn.port}{parts.path}"
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
-        raise ValidationError("host", host, "expected a host name, or a URL http(s)://HOST[:PORT]")
+        raise ValidationError("host", host, "expected a host name, or a URL http(s)://HOST[:PORT] (etcd) or "
+                              "aviso+http(s)://HOST[:PORT] (an aviso-server)")
     hostname = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     return f"{parts.scheme}://{hostname}:{port}"
 

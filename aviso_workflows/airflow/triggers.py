@@ -196,7 +196,7 @@ async def _load_position(state_store: Any, store: Store) -> Position:
         log.info("asset watcher resumes after its saved position: revision %d, key %s", position.revision,
                  position.key)
         return position
-    position = Position(await _current_revision(store))
+    position = await asyncio.to_thread(store.now)
     log.info("asset watcher starts from now: revision %d (no saved position)", position.revision)
     await _save_position(state_store, position)
     return position
@@ -206,6 +206,3 @@ async def _save_position(state_store: Any, position: Position) -> None:
     if state_store is not None:
         await state_store.aset(CURSOR_KEY, {"revision": position.revision, "key": position.key})
 
-
-async def _current_revision(store: Store) -> int:
-    return await asyncio.to_thread(store.current_revision)

@@ -1,0 +1,589 @@
+"""The Aviso 2 source: an aviso-server (HTTP + server-sent events) as the store, instead of etcd.
+
+A store whose endpoints are ``aviso+http://HOST:PORT`` or ``aviso+https://HOST`` talks to an aviso-server:
+notify posts to ``/api/v1/notification``; waits and listeners open ``/api/v1/watch`` with ``from_id`` or
+``from_date`` (the server replays history, then goes on live in the same stream, so nothing falls between
+the two); reads are finite ``/api/v1/replay`` streams.
+
+Each notification the server sends (a CloudEvent with ``id`` ``<event>@<sequence>``, ``data.identifier``
+and ``data.payload``) is turned into the key our layout gives its identifier, at revision = the server's
+sequence, and handed to the same :class:`~aviso_workflows.follow.Follower` that follows etcd: matching,
+ordering, positions and cursors exist once. A position's revision is a sequence; resuming after sequence
+``s`` asks for ``from_id = s + 1`` (or ``s`` when the position is inside it; the follower drops what it has
+seen).
+
+A stream that ends (``max_duration_reached``, ``server_shutdown``, a dropped connection, or silence for
+longer than a few heartbeat intervals) is opened again after the last sequence seen, with a bounded
+pause. A replay cut short by the server's cap (``notification_replay_limit_reached``) is an error that
+says so: skipping the rest would be a silent gap.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import httpx
+from httpx_sse import SSEError, connect_sse
+
+from .errors import PermissionDenied, StoreError, StoreUnavailable, ValidationError
+from .etcd import KeyValue
+from .follow import Feed
+from .notification import NO_PAYLOAD, Notification, in_order, notification_from_kv
+from .position import Position
+from .request import Request
+from .watch import Channel, one_line
+
+if TYPE_CHECKING:
+    from .config import StoreConfig
+    from .store import Store
+
+log = logging.getLogger(__name__)
+
+#: Endpoint schemes that select an aviso-server, and the plain scheme each stands for.
+SCHEMES = {"aviso+http": "http", "aviso+https": "https"}
+API = "/api/v1"
+#: The server's default heartbeat period (``sse_heartbeat_interval_sec``) until a stream shows its own.
+DEFAULT_HEARTBEAT_SECONDS = 30.0
+#: A stream silent for this many heartbeat periods is taken as cut and opened again.
+SILENT_HEARTBEATS = 3
+#: Pauses before opening a stream again after a failure (the last one repeats): bounded backoff.
+RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
+#: Tries of a notify whose connection could not be opened (nothing was sent, so a retry cannot post twice).
+NOTIFY_CONNECT_TRIES = 4
+#: The key of a position that stands for "every post from this UTC time on" (before the first sequence).
+SINCE_MARK = "@from_date="
+DATE_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+# -- errors ----------------------------------------------------------------------------------------
+class AvisoServerError(StoreError):
+    """The aviso-server refused a request: carries its ``code`` and ``status``."""
+
+    def __init__(self, message: str, code: str = "", status: int = 0) -> None:
+        self.code = code
+        self.status = status
+        super().__init__(message)
+
+
+class AvisoUnavailable(AvisoServerError, StoreUnavailable):
+    """The aviso-server could not be reached or failed (5xx): waits and listeners try again."""
+
+
+class AvisoRefused(AvisoServerError, PermissionDenied):
+    """The aviso-server refused the credentials (401) or the user's roles (403)."""
+
+
+class ReplayLimitReached(StoreError):
+    """The server stopped a replay at its cap: later history exists that was not delivered."""
+
+
+# -- endpoints and positions ---------------------------------------------------------------------------
+def is_aviso_endpoint(endpoint: str) -> bool:
+    """True for ``aviso+http://...`` and ``aviso+https://...``."""
+    return str(endpoint).strip().lower().split("://", 1)[0] in SCHEMES
+
+
+def http_url(endpoint: str) -> str:
+    """``aviso+https://host/prefix`` → ``https://host/prefix`` (the base of the API's paths)."""
+    scheme, rest = endpoint.split("://", 1)
+    return f"{SCHEMES[scheme.lower()]}://{rest}".rstrip("/")
+
+
+def since(moment: dt.datetime) -> Position:
+    """The position of "every post from ``moment`` (UTC) on", before any sequence."""
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(dt.UTC).replace(tzinfo=None)
+    return Position(0, SINCE_MARK + moment.strftime(DATE_FORMAT))
+
+
+def since_of(position: Position) -> str | None:
+    """The ``from_date`` of a position made by :func:`since`, else None."""
+    if position.revision == 0 and position.key.startswith(SINCE_MARK):
+        return position.key[len(SINCE_MARK):]
+    return None
+
+
+def now_position() -> Position:
+    """Now, for a listener that starts now: the current second (the server's ``from_date`` has seconds).
+
+    Posts of that same second before the start may be delivered too; client and server clocks should
+    agree (NTP).
+    """
+    return since(dt.datetime.now(dt.UTC))
+
+
+def start_of(position: Position) -> dict[str, str]:
+    """The ``from_id``/``from_date`` of a stream that delivers every post after ``position``."""
+    date = since_of(position)
+    if date is not None:
+        return {"from_date": date}
+    return {"from_id": str(max(position.resume_revision, 1))}
+
+
+def wait_start(request: Request, lookback_hours: float) -> Position:
+    """Where a wait's replay starts: the earliest date of the request at 00:00 UTC (a notification for a
+    date is posted on or after it) less ``lookback_hours``, never later than now; without a date field,
+    the start of the server's retained history."""
+    dates = [value for name, values in request.values.items() if request.schema.field(name).kind == "date"
+             for value in values]
+    if not dates:
+        return Position(0)
+    earliest = dt.datetime.strptime(min(dates), "%Y%m%d") - dt.timedelta(hours=lookback_hours)
+    return since(min(earliest, dt.datetime.now(dt.UTC).replace(tzinfo=None)))
+
+
+# -- requests to the server --------------------------------------------------------------------------
+def identifier_filter(requests: Sequence[Request]) -> tuple[str, dict[str, Any]]:
+    """The event and one ``identifier`` that covers every request (the follower matches exactly).
+
+    A field every request constrains is filtered by the server (one value as such, several as ``{"in":
+    [...]}``, a whole run of integers as ``{"between": [first, last]}``); a field some request leaves open
+    is left open.
+    """
+    events = sorted({request.event for request in requests})
+    if len(events) != 1:
+        raise ValidationError("request", events, "an aviso-server listener follows one event's sequence; "
+                              "run one listener per event")
+    schema = requests[0].schema
+    identifier: dict[str, Any] = {}
+    for name in schema.key_fields:
+        if any(name not in request.values for request in requests):
+            continue
+        values = sorted({v for request in requests for v in request.values[name]},
+                        key=lambda v: (len(v), v) if v.isdigit() else (0, v))
+        identifier[name] = _constraint(schema.field(name).kind, values)
+    return events[0], identifier
+
+
+def _constraint(kind: str, values: list[str]) -> Any:
+    if len(values) == 1:
+        return values[0]
+    if kind == "int" and len(values) > 2:
+        numbers = sorted(int(v) for v in values)
+        if numbers == list(range(numbers[0], numbers[-1] + 1)):
+            return {"between": [numbers[0], numbers[-1]]}
+    return {"in": values}
+
+
+@dataclass(frozen=True)
+class Received:
+    """One notification as the server sent it."""
+
+    sequence: int
+    event: str
+    identifier: Mapping[str, Any]
+    payload: Any
+    time: str | None
+
+
+def received(data: Mapping[str, Any]) -> Received:
+    """A CloudEvent's sequence (from ``id`` ``<event>@<sequence>``, or its ``sequence``), event and data."""
+    text = str(data.get("id", ""))
+    event, _, number = text.rpartition("@")
+    sequence = data.get("sequence", number)
+    body = data.get("data") or {}
+    kind = str(data.get("type", ""))
+    return Received(int(sequence), event or kind.rsplit(".", 1)[-1], dict(body.get("identifier") or {}),
+                    body.get("payload"), data.get("time"))
+
+
+def key_value(request: Request, notice: Received) -> KeyValue | None:
+    """The key our layout gives the notification (at revision = its sequence), or None if its identifier
+    does not fit the event's schema (a WARNING says so)."""
+    schema = request.schema
+    try:
+        values = {name: schema.field(name).canonical(notice.identifier[name]) for name in schema.key_fields}
+    except (KeyError, ValidationError) as error:
+        log.warning("skipping %s@%d: its identifier %s does not fit event %r (%s)", notice.event, notice.sequence,
+                    json.dumps(dict(notice.identifier))[:300], schema.name, one_line(error))
+        return None
+    payload = notice.payload
+    value = NO_PAYLOAD if payload is None else payload if isinstance(payload, str) else json.dumps(payload)
+    return KeyValue(schema.format_key(values), value, notice.sequence, version=1)
+
+
+def _refusal(response: httpx.Response, what: str) -> AvisoServerError:
+    """The server's error answer as our error, with its code and message (never the request's headers)."""
+    try:
+        body = json.loads(response.read() or b"{}")
+    except (ValueError, httpx.HTTPError):
+        body = {}
+    if not isinstance(body, dict):
+        body = {}
+    code = str(body.get("code") or f"HTTP {response.status_code}")
+    message = str(body.get("message") or response.reason_phrase or "no message")
+    details = body.get("details")
+    text = f"aviso-server refused {what}: {code}: {message}"
+    if details and details != message:
+        text += f" ({details})"
+    if body.get("request_id"):
+        text += f" [request {body['request_id']}]"
+    kind = AvisoRefused if response.status_code in (401, 403) else \
+        AvisoUnavailable if response.status_code >= 500 or response.status_code == 429 else AvisoServerError
+    return kind(text, code, response.status_code)
+
+
+class AvisoClient:
+    """The HTTP side of one store's aviso-server: base URL, credentials, TLS, timeouts."""
+
+    def __init__(self, config: StoreConfig) -> None:
+        self.config = config
+        self.bases = [http_url(endpoint) for endpoint in config.endpoints]
+        self._next = 0
+        self._local = threading.local()
+
+    @property
+    def base(self) -> str:
+        """The endpoint in use (the next one after a failure to connect)."""
+        return self.bases[self._next % len(self.bases)]
+
+    def failed_over(self) -> None:
+        """Use the next endpoint from now on."""
+        self._next += 1
+
+    def headers(self) -> dict[str, str]:
+        """Headers of every request: the configured ones and the credentials (Basic or Bearer)."""
+        config = self.config
+        headers = dict(config.headers)
+        if config.username:
+            pair = f"{config.username}:{config.password or ''}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
+        elif config.token is not None:
+            headers["Authorization"] = f"Bearer {config.token}"
+        else:
+            headers.update(self.config.auth_headers)
+        return headers
+
+    def client(self) -> httpx.Client:
+        """This thread's HTTP client (connections kept alive between requests)."""
+        client: httpx.Client | None = getattr(self._local, "client", None)
+        if client is None:
+            config = self.config
+            cert: str | tuple[str, str] | None = config.client_cert
+            if config.client_cert and config.client_key:
+                cert = (config.client_cert, config.client_key)
+            client = httpx.Client(headers=self.headers(), verify=config.ca_cert or True, cert=cert,
+                                  timeout=config.timeout, trust_env=True)
+            self._local.client = client
+        return client
+
+    def health(self) -> None:
+        """Reach the server's ``/health`` (raises AvisoUnavailable or the server's refusal)."""
+        try:
+            response = self.client().get(f"{self.base}/health")
+        except httpx.HTTPError as error:
+            raise AvisoUnavailable(f"aviso-server at {self.base} cannot be reached: {one_line(error)}") from None
+        if response.status_code >= 400:
+            raise _refusal(response, "health")
+
+    # -- notify ------------------------------------------------------------------------------
+    def notify(self, event: str, identifier: Mapping[str, str], payload: str | None) -> dict[str, Any]:
+        """POST one notification; returns the server's answer. Only a connection that could not be opened
+        is tried again (nothing was sent)."""
+        body = {"event_type": event, "identifier": dict(identifier), "payload": payload}
+        for attempt in range(NOTIFY_CONNECT_TRIES):
+            try:
+                response = self.client().post(f"{self.base}{API}/notification", json=body)
+                break
+            except httpx.ConnectError as error:
+                if attempt + 1 == NOTIFY_CONNECT_TRIES:
+                    raise AvisoUnavailable(f"aviso-server at {self.base} cannot be reached: {one_line(error)}") \
+                        from None
+                self.failed_over()
+                time.sleep(RETRY_DELAYS[attempt])
+            except httpx.HTTPError as error:  # sent, answer lost: trying again could post twice
+                raise AvisoUnavailable(f"notify to {self.base} failed, it may or may not have been posted: "
+                                       f"{one_line(error)}") from None
+        if response.status_code >= 400:
+            raise _refusal(response, f"notification {event} {dict(identifier)}")
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = {}
+        return answer if isinstance(answer, dict) else {}
+
+    # -- streams -------------------------------------------------------------------------------
+    def events(self, path: str, body: Mapping[str, Any], silence: float,
+               opened: list[httpx.Response] | None = None) -> Iterator[tuple[str, Any]]:
+        """The events of one SSE stream as ``(event, data)``; ``silence`` seconds without a byte raise
+        ``httpx.ReadTimeout``. ``opened`` receives the response, so another thread can close it."""
+        timeout = httpx.Timeout(self.config.timeout, read=silence)
+        with connect_sse(self.client(), "POST", f"{self.base}{API}/{path}", json=dict(body),
+                         timeout=timeout) as source:
+            response = source.response
+            if response.status_code >= 400:
+                raise _refusal(response, f"{path} {json.dumps(dict(body))[:300]}")
+            if opened is not None:
+                opened.append(response)
+            for sse in source.iter_sse():
+                try:
+                    data = json.loads(sse.data) if sse.data else {}
+                except ValueError:
+                    log.warning("aviso-server sent a %s event that is not JSON: %.200s", sse.event, sse.data)
+                    continue
+                yield sse.event, data
+
+
+# -- following a stream -------------------------------------------------------------------------------
+class StreamState:
+    """Where one followed stream stands: what to ask for when it is opened again, and how long silence lasts."""
+
+    def __init__(self, start: Position) -> None:
+        self.start = start
+        self.last_sequence: int | None = None
+        self.heartbeat = DEFAULT_HEARTBEAT_SECONDS
+        self._last_beat: float | None = None
+
+    def body_start(self) -> dict[str, str]:
+        if self.last_sequence is not None:
+            return {"from_id": str(self.last_sequence + 1)}
+        return start_of(self.start)
+
+    @property
+    def silence(self) -> float:
+        """Seconds without a byte after which the stream is taken as cut."""
+        return SILENT_HEARTBEATS * self.heartbeat + 1.0
+
+    def beat(self) -> None:
+        """A heartbeat came: learn the server's period (the longest gap seen between two)."""
+        now = time.monotonic()
+        if self._last_beat is not None:
+            gap = now - self._last_beat
+            self.heartbeat = gap if self.heartbeat == DEFAULT_HEARTBEAT_SECONDS else max(self.heartbeat, gap)
+        self._last_beat = now
+
+    def opened(self) -> None:
+        self._last_beat = None
+
+
+class AvisoSource:
+    """Follows one ``/watch`` stream in a thread of its own and hands what comes as feeds to a channel.
+
+    The same driver loops as an etcd :class:`~aviso_workflows.watch.HistorySource` read it (``channel``,
+    ``start``, ``stop``, context manager).
+    """
+
+    def __init__(self, client: AvisoClient, requests: Sequence[Request], start: Position, channel: Channel,
+                 label: str) -> None:
+        self.client = client
+        self.requests = list(requests)
+        self.event, self.identifier = identifier_filter(self.requests)
+        self.schema_request = self.requests[0]
+        self.state = StreamState(start)
+        self.channel = channel
+        self.label = label
+        self.connections_opened = 0
+        #: Why the last attempt failed (None while the stream works).
+        self.last_error: Exception | None = None
+        self._failures = 0
+        self._stop = threading.Event()
+        self._responses: list[httpx.Response] = []
+        self._thread = threading.Thread(target=self._run, name=f"aviso2 {self.event}", daemon=True)
+
+    # -- life ------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for response in list(self._responses):
+            try:
+                response.close()
+            except Exception:  # noqa: BLE001,S110 - closing from another thread only has to wake the reader
+                pass
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    def __enter__(self) -> AvisoSource:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _emit(self, feed: Feed) -> None:
+        self.channel.put(feed, lambda: self.stopped)
+
+    # -- the loop --------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._follow_once()
+            except (ReplayLimitReached, AvisoRefused) as error:
+                self._emit(Feed("failure", 0, error=error))
+                return
+            except AvisoServerError as error:
+                if not isinstance(error, AvisoUnavailable):  # a request the server will never take
+                    self._emit(Feed("failure", 0, error=error))
+                    return
+                self._interrupted(error)
+            except (httpx.HTTPError, SSEError, OSError, ValueError) as error:
+                if not self._stop.is_set():
+                    self._interrupted(error)
+
+    def _follow_once(self) -> None:
+        body = {"event_type": self.event, "identifier": self.identifier, **self.state.body_start()}
+        self._responses.clear()
+        self.state.opened()
+        self.connections_opened += 1
+        for kind, data in self.client.events("watch", body, self.state.silence, self._responses):
+            if self._stop.is_set():
+                return
+            if self._handle(kind, data):
+                return
+        if not self._stop.is_set():
+            raise httpx.RemoteProtocolError("the stream ended without connection-closing")
+
+    def _handle(self, kind: str, data: Any) -> bool:
+        """Take one event of the stream; True when the stream is over (open it again)."""
+        if not isinstance(data, dict):
+            return False
+        if kind in ("live-notification", "replay") and "type" not in data:
+            self._connected()
+            self._notification(data)
+        elif kind == "live-notification" or kind == "replay-control":
+            self._connected()
+            self._control(data)
+        elif kind == "heartbeat":
+            self.state.beat()
+        elif kind == "error":
+            self._stream_error(data)
+        elif kind == "connection-closing":
+            reason = data.get("reason")
+            level = logging.INFO if reason == "server_shutdown" else logging.DEBUG
+            log.log(level, "%s: server closed the stream (%s); resuming after sequence %s", self.label, reason,
+                    self.state.last_sequence)
+            return True
+        return False
+
+    def _notification(self, data: Mapping[str, Any]) -> None:
+        notice = received(data)
+        kv = key_value(self.schema_request, notice)
+        self._emit(Feed("events", notice.sequence, [kv] if kv is not None else []))
+        self.state.last_sequence = max(self.state.last_sequence or 0, notice.sequence)
+
+    def _control(self, data: Mapping[str, Any]) -> None:
+        if data.get("type") == "notification_replay_limit_reached":
+            raise ReplayLimitReached(
+                f"{self.label}: the aviso-server stopped the replay at its cap of {data.get('max_allowed')} "
+                f"notifications after sequence {self.state.last_sequence}; later posts were not delivered "
+                f"(resume with a later start, or raise the server's max_historical_notifications)")
+
+    def _stream_error(self, data: Mapping[str, Any]) -> None:
+        sequence = data.get("sequence")
+        if isinstance(sequence, int):  # the server could not render this one notification: say so, go past it
+            log.warning("%s: aviso-server could not send notification %s@%d (%s); it is skipped", self.label,
+                        self.event, sequence, data.get("message"))
+            self._emit(Feed("events", sequence, []))
+            self.state.last_sequence = max(self.state.last_sequence or 0, sequence)
+            return
+        raise AvisoUnavailable(f"aviso-server stream failed: {data.get('error')}: {data.get('message')}")
+
+    def _interrupted(self, error: Exception) -> None:
+        self.last_error = error
+        after = self.state.last_sequence
+        where = f"from sequence {after + 1}" if after is not None else f"from {self.state.body_start()}"
+        if not self._failures:
+            log.warning("%s interrupted (%s); reopening %s", self.label, one_line(error), where)
+        else:
+            log.debug("%s still interrupted (%s)", self.label, one_line(error))
+        if isinstance(error, (httpx.ConnectError, httpx.ConnectTimeout)):
+            self.client.failed_over()
+        self._stop.wait(RETRY_DELAYS[min(self._failures, len(RETRY_DELAYS) - 1)])
+        self._failures += 1
+
+    def _connected(self) -> None:
+        self.last_error = None
+        if self._failures:
+            log.info("%s resumed after sequence %s", self.label, self.state.last_sequence)
+            self._failures = 0
+
+
+# -- finite reads ---------------------------------------------------------------------------------------
+def replay(client: AvisoClient, request: Request, start: Position,
+           before: dt.datetime | None = None) -> tuple[int, list[KeyValue]]:
+    """Every post the request matches from ``start`` on (posted before ``before``, UTC, if given), as keys
+    at their sequences, through a finite ``/replay`` (reopened after a cut from the last sequence seen);
+    and the last sequence seen (0 if none)."""
+    event, identifier = identifier_filter([request])
+    state = StreamState(start)
+    kvs: list[KeyValue] = []
+    for attempt in range(len(RETRY_DELAYS) + 1):
+        body = {"event_type": event, "identifier": identifier, **state.body_start()}
+        try:
+            for kind, data in client.events("replay", body, state.silence):
+                if kind in ("replay", "live-notification") and isinstance(data, dict) and "type" not in data:
+                    notice = received(data)
+                    kv = key_value(request, notice)
+                    if kv is not None and (before is None or not _posted_at_or_after(notice, before)):
+                        kvs.append(kv)
+                    state.last_sequence = notice.sequence
+                elif kind == "replay-control" and data.get("type") == "notification_replay_limit_reached":
+                    raise ReplayLimitReached(
+                        f"reading {request}: the aviso-server stopped the replay at its cap of "
+                        f"{data.get('max_allowed')} notifications; the rest of history was not read")
+                elif kind == "connection-closing":
+                    return state.last_sequence or 0, kvs
+            raise httpx.RemoteProtocolError("the replay ended without connection-closing")
+        except (AvisoUnavailable, httpx.HTTPError, SSEError, OSError) as error:
+            if attempt == len(RETRY_DELAYS):
+                raise AvisoUnavailable(f"aviso-server at {client.base} could not be read: {one_line(error)}") \
+                    from None
+            if isinstance(error, (httpx.ConnectError, httpx.ConnectTimeout)):
+                client.failed_over()
+            time.sleep(RETRY_DELAYS[attempt])
+    raise AssertionError("unreachable")
+
+
+def _posted_at_or_after(notice: Received, moment: dt.datetime) -> bool:
+    if not notice.time:
+        return False
+    try:
+        posted = dt.datetime.fromisoformat(str(notice.time).replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    if posted.tzinfo is not None:
+        posted = posted.astimezone(dt.UTC).replace(tzinfo=None)
+    return posted >= moment
+
+
+def replay_window(store: Store, requests: Sequence[Request], start: dt.datetime,
+                  end: dt.datetime | None) -> list[Notification]:
+    """Every post between ``start`` and ``end`` (UTC, naive) that the requests match, in sequence order
+    (``listen --from TIME --to TIME`` on an aviso-server)."""
+    assert store.aviso is not None
+    posts: dict[tuple[int, str], Notification] = {}
+    for request in requests:
+        _, kvs = replay(store.aviso, request, since(start), end)
+        for kv in kvs:
+            notification = notification_from_kv(request, kv)
+            if notification is not None:
+                posts.setdefault((kv.mod_revision, kv.key), notification)
+    return in_order(list(posts.values()))
+
+
+def latest(request: Request, kvs: Iterable[KeyValue]) -> list[Notification]:
+    """The latest post of each key among ``kvs`` that the request matches, in history order."""
+    newest: dict[str, KeyValue] = {}
+    for kv in kvs:
+        if kv.key not in newest or newest[kv.key].mod_revision < kv.mod_revision:
+            newest[kv.key] = kv
+    found = (notification_from_kv(request, kv) for kv in newest.values())
+    return in_order([n for n in found if n is not None])
+
+
+__all__ = ["SCHEMES", "AvisoClient", "AvisoRefused", "AvisoServerError", "AvisoSource", "AvisoUnavailable",
+           "ReplayLimitReached", "identifier_filter", "is_aviso_endpoint", "now_position", "replay", "replay_window",
+           "since", "since_of", "start_of", "wait_start"]
