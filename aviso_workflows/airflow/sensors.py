@@ -18,7 +18,7 @@ from airflow.sdk.exceptions import (
 from ..errors import StoreUnavailable, TlsRefused, ValidationError, WaitTimeout
 from ..request import Request
 from ..store import Notification, Store
-from ..wait import wait
+from ..wait import WaitResult, check_min_found, describe_missing, wait
 from ..watch import one_line
 from . import _requests
 from .hooks import AvisoHook
@@ -31,6 +31,17 @@ RESCHEDULE_MIN_POKE_INTERVAL = 60.0
 #: How much longer Airflow's own defer timeout is than the trigger's, so the trigger's message (which
 #: names the missing keys) is the one users see.
 DEFER_GRACE_SECONDS = 60.0
+
+
+def who_waits(context: Context | Mapping[str, Any], kind: str) -> dict[str, Any]:
+    """Who waits, for the list of waiters: the task instance's DAG, task, run, map index and try."""
+    ti = context.get("ti") or context.get("task_instance")
+    who: dict[str, Any] = {"kind": kind}
+    for name in ("dag_id", "task_id", "run_id", "map_index", "try_number"):
+        value = getattr(ti, name, None)
+        if value is not None and not (name == "map_index" and value == -1):
+            who[name] = value
+    return who
 
 
 class AvisoSensor(BaseSensorOperator):
@@ -47,6 +58,9 @@ class AvisoSensor(BaseSensorOperator):
     - ``mode="reschedule"``: looks every ``poke_interval`` seconds (at least 60), freeing its slot between.
 
     In every mode an etcd outage is ridden out until ``timeout``, whose message names the missing keys.
+    With ``min_found=K`` the sensor succeeds at ``timeout`` if at least K keys exist: the missing keys go to
+    XCom under ``missing`` (and a WARNING names them). While it waits (poke or deferred), the sensor is
+    listed by ``aviso-workflows waiting`` with its DAG, task and run ids.
     """
 
     template_fields: Sequence[str] = ("event", "request")
@@ -55,12 +69,16 @@ class AvisoSensor(BaseSensorOperator):
     def __init__(self, *, event: str, request: Mapping[str, Any], wait_for: str = "all",
                  aviso_conn_id: str = AvisoHook.default_conn_name,
                  deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
-                 **kwargs: Any) -> None:
+                 min_found: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         _requests.check_static(event, request, wait_for, complete=wait_for == "all")
         _requests.check_conn_id(aviso_conn_id)
         if not isinstance(deferrable, bool):
             raise ValidationError("deferrable", deferrable, "expected True or False")
+        if min_found is not None and (wait_for != "all" or isinstance(min_found, bool)
+                                      or not isinstance(min_found, int) or min_found < 1):
+            raise ValidationError("min_found", min_found, "expected a whole number of keys of at least 1, with "
+                                  "wait_for='all'")
         if self.reschedule and not deferrable and self.poke_interval < RESCHEDULE_MIN_POKE_INTERVAL:
             raise ValidationError("poke_interval", self.poke_interval,
                                   f"reschedule mode needs at least {RESCHEDULE_MIN_POKE_INTERVAL:g} s (shorter "
@@ -71,6 +89,7 @@ class AvisoSensor(BaseSensorOperator):
         self.wait_for = wait_for
         self.aviso_conn_id = aviso_conn_id
         self.deferrable = deferrable
+        self.min_found = min_found
         self._missing = ""
 
     def _resolve(self, context: Context) -> tuple[Store, Request]:
@@ -79,6 +98,7 @@ class AvisoSensor(BaseSensorOperator):
             request = _requests.resolve(store, self.event, self.request, context)
             if self.wait_for == "all":
                 request.require_complete("waiting for all keys")
+            check_min_found(self.min_found, request, self.wait_for)
         except ValidationError as error:
             raise AirflowFailException(f"task {self.task_id}: {error}") from error
         return store, request
@@ -111,17 +131,38 @@ class AvisoSensor(BaseSensorOperator):
         try:
             return super().execute(context)
         except AirflowSensorTimeout as error:  # Airflow's message says how long, ours what is missing
+            released = self._last_look(context) if self.min_found is not None else None
+            if released is not None:
+                return released
             raise AirflowSensorTimeout(f"{error}; {self._missing}") from error
+
+    def _last_look(self, context: Context) -> list[dict[str, Any]] | None:
+        """Reschedule mode at the timeout: release with what exists if that is at least ``min_found`` keys."""
+        store, request = self._resolve(context)
+        found, _ = self._look(store, request)
+        if len(found) < (self.min_found or 0):
+            return None
+        have = {n.key for n in found}
+        return self._partial(context, request, WaitResult(found, [k for k in request.keys() if k not in have]))
+
+    def _partial(self, context: Context, request: Request, found: WaitResult) -> list[dict[str, Any]]:
+        """The result of a release with part of the keys: the missing ones to XCom ``missing``, and a WARNING."""
+        if found.partial:
+            self.log.warning("released at the timeout with %d/%d keys (min_found=%d); missing: %s", len(found),
+                             request.count, self.min_found, describe_missing(request, found.missing))
+            context["ti"].xcom_push(key="missing", value=found.missing)
+        return [n.to_dict() for n in found]
 
     def _execute_following(self, context: Context) -> list[dict[str, Any]]:
         """Poke mode: the core's wait reads what exists, then follows the watch until the timeout."""
         store, request = self._resolve(context)
         try:
-            found = wait(store, request, mode=self.wait_for, timeout=self.timeout, on_progress=self._progress)
+            found = wait(store, request, mode=self.wait_for, timeout=self.timeout, on_progress=self._progress,
+                         min_found=self.min_found, who=who_waits(context, "airflow-sensor"))
         except WaitTimeout as error:
             missing = _requests.missing_keys(request, (n.key for n in error.found), self.wait_for)
             self._fail_timeout(f"task {self.task_id}: timed out after {self.timeout:g} s; {missing}")
-        return [n.to_dict() for n in found]
+        return self._partial(context, request, found)
 
     def _execute_deferrable(self, context: Context) -> list[dict[str, Any]]:
         store, request = self._resolve(context)
@@ -131,7 +172,8 @@ class AvisoSensor(BaseSensorOperator):
         self.defer(
             trigger=AvisoTrigger(event=request.event, request=request.as_dict(), aviso_conn_id=self.aviso_conn_id,
                                  wait_for=self.wait_for, known=[n.to_dict() for n in found],
-                                 deadline=time.time() + self.timeout),
+                                 deadline=time.time() + self.timeout, min_found=self.min_found,
+                                 who=who_waits(context, "airflow-trigger")),
             method_name="execute_complete",
             timeout=timedelta(seconds=self.timeout + DEFER_GRACE_SECONDS),
         )
@@ -150,6 +192,11 @@ class AvisoSensor(BaseSensorOperator):
         if event.get("status") == "success":
             notifications: list[dict[str, Any]] = event["notifications"]
             self.log.info("released by %d notification(s)", len(notifications))
+            if event.get("missing"):
+                self.log.warning("released at the timeout with %d key(s) (min_found=%s); %d missing: %s",
+                                 len(notifications), self.min_found, len(event["missing"]),
+                                 ", ".join(event["missing"][:20]))
+                context["ti"].xcom_push(key="missing", value=event["missing"])
             return notifications
         message = f"task {self.task_id}: {event.get('message', event)}"
         if event.get("reason") == "timeout":

@@ -41,12 +41,15 @@ class AvisoTrigger(BaseTrigger):
     notifications found before deferring, as dicts; ``deadline`` (seconds since the epoch) is when the
     wait gives up. The event's payload is ``{"status": "success", "notifications": [...]}`` or
     ``{"status": "error", "message": ...}`` (with ``"reason": "timeout"`` once the deadline passes; the
-    message names the keys still missing).
+    message names the keys still missing). With ``min_found``, a deadline that finds at least that many keys
+    is a success whose payload also holds ``missing`` (the keys not found). ``who`` says who waits, for the
+    list of waiters (``aviso-workflows waiting``).
     """
 
     def __init__(self, *, event: str, request: dict[str, Any], aviso_conn_id: str = AvisoHook.default_conn_name,
                  wait_for: str = "all", known: list[dict[str, Any]] | None = None,
-                 deadline: float | None = None) -> None:
+                 deadline: float | None = None, min_found: int | None = None,
+                 who: dict[str, Any] | None = None) -> None:
         super().__init__()
         _requests.check_static(event, request, wait_for, templates=False)
         _requests.check_conn_id(aviso_conn_id)
@@ -56,11 +59,14 @@ class AvisoTrigger(BaseTrigger):
         self.wait_for = wait_for
         self.known = list(known or [])
         self.deadline = deadline
+        self.min_found = min_found
+        self.who = dict(who) if who is not None else {"kind": "airflow-trigger"}
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return f"{type(self).__module__}.{type(self).__qualname__}", {
             "event": self.event, "request": self.request, "aviso_conn_id": self.aviso_conn_id,
             "wait_for": self.wait_for, "known": self.known, "deadline": self.deadline,
+            "min_found": self.min_found, "who": self.who,
         }
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
@@ -70,7 +76,7 @@ class AvisoTrigger(BaseTrigger):
             request = store.request(self.event, self.request)
             found = await wait_async(store, request, mode=self.wait_for, timeout=timeout,
                                      known=[Notification.from_dict(n) for n in self.known],
-                                     on_progress=self._progress)
+                                     on_progress=self._progress, min_found=self.min_found, who=self.who)
         except WaitTimeout as error:
             missing = _requests.missing_keys(request, (n.key for n in error.found), self.wait_for)
             yield TriggerEvent({"status": "error", "reason": "timeout",
@@ -79,7 +85,8 @@ class AvisoTrigger(BaseTrigger):
         except AvisoWorkflowsError as error:
             yield TriggerEvent({"status": "error", "message": str(error)})
             return
-        yield TriggerEvent({"status": "success", "notifications": [n.to_dict() for n in found]})
+        yield TriggerEvent({"status": "success", "notifications": [n.to_dict() for n in found],
+                            **({"missing": found.missing} if found.partial else {})})
 
     def _progress(self, count: int, total: int, notification: Notification) -> None:
         if total > 1:  # a wait for one key says it all when it fires; thousands of them log nothing extra

@@ -166,9 +166,22 @@ def _command(words: Iterable[str]) -> str:
 
 def wait_lines(template: RequestTemplate, *, timeout: float | None = None, meter: str | None = None,
                label: str | None = None, label_field: str | None = None, endpoints: Sequence[str] | str | None = None,
-               command: str | None = None, any_key: bool = False) -> list[str]:
-    """Lines that wait for ``template``; a meter and a label follow progress; a deadline or a kill aborts."""
+               command: str | None = None, any_key: bool = False, min_found: int | None = None,
+               missing_label: str | None = None) -> list[str]:
+    """Lines that wait for ``template``; a meter and a label follow progress; a deadline or a kill aborts.
+
+    With ``min_found``, a deadline that finds at least that many keys completes the task, the missing ones
+    shown in ``missing_label``. The wait is listed by ``aviso-workflows waiting`` with the task's path.
+    """
     argv = [shlex.quote(command or command_path()), "wait", template.shell_word()]
+    argv += ["--who", "kind=ecflow-task", "--who", '"ecflow_path=${ECF_NAME:-}"']
+    if min_found is not None:
+        if isinstance(min_found, bool) or not isinstance(min_found, int) or min_found < 1:
+            raise ValidationError("min_found", min_found, "expected a whole number of keys of at least 1")
+        argv += ["--min-found", str(min_found)]
+        if missing_label:
+            argv += ["--partial-command",
+                     shlex.quote(f'ecflow_client --label={ecflow_name(missing_label)} "missing {{missing}}"')]
     argv += [shlex.quote(a) for a in endpoint_arguments(endpoints)]
     if any_key:
         argv.append("--any")

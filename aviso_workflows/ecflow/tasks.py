@@ -23,6 +23,7 @@ from .scripts import RequestTemplate, check_variable_value, notify_lines, wait_l
 
 METER = "steps"
 LABEL = "latest"
+MISSING_LABEL = "missing"
 LITERAL_PREFIX = "AVISO_VAR_"
 
 
@@ -131,24 +132,34 @@ class WaitTask(_RequestTask):
     ``wait.steps >= n``; they move within a few hundred milliseconds of a post, and a catch-up of many
     keys costs a few ``ecflow_client`` calls, not two per key. After ``timeout`` seconds the task aborts
     with the reason; a kill ends the wait at once and aborts the task with "killed by SIGTERM ...".
+    With ``min_found=K`` the task completes at the deadline if at least K keys exist, and label ``missing``
+    names the keys still missing (``step=3 step=5``). While it waits, ``aviso-workflows waiting`` lists it
+    with its ecFlow path.
     """
 
     def __init__(self, name: str, event: str, request: Mapping[str, Any], *, timeout: float | None = None,
                  meter: str | None = METER, label: str | None = LABEL, label_field: str | None = None,
                  endpoints: Sequence[str] | str | None = None, command: str | None = None, any_key: bool = False,
-                 registry: SchemaRegistry | None = None, **kwargs: Any) -> None:
+                 registry: SchemaRegistry | None = None, min_found: int | None = None, **kwargs: Any) -> None:
         super().__init__(name, **kwargs)
         self.request_template = _template(self, event, request, registry)
         total = self._total()
+        if min_found is not None and (any_key or isinstance(min_found, bool) or not isinstance(min_found, int)
+                                      or min_found < 1):  # the job checks it against the keys of its request
+            raise ValidationError("min_found", min_found, "expected a whole number of keys of at least 1, without "
+                                  "any_key")
         with self:
             if meter:
                 pf.Meter(meter, 0, max(total, 1))
             if label:
                 pf.Label(label, "")
+            if min_found is not None:
+                pf.Label(MISSING_LABEL, "")
         fields = (registry or SchemaRegistry())[event].key_fields
         shown = label_field or ("step" if "step" in fields else None)
         self.script = wait_lines(self.request_template, timeout=timeout, meter=meter, label=label,
-                                 label_field=shown, endpoints=endpoints, command=command, any_key=any_key)
+                                 label_field=shown, endpoints=endpoints, command=command, any_key=any_key,
+                                 min_found=min_found, missing_label=MISSING_LABEL)
 
     def _total(self) -> int:
         """Keys the request stands for, with the variables' build-time values (1 when unknown)."""
