@@ -5,11 +5,12 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from dataclasses import field as dataclass_field
 from functools import cached_property
 from typing import Any
 
-from .errors import ValidationError
+from .errors import ValidationError, shown
 from .schema import BUILTIN_SCHEMAS, EventSchema, SchemaRegistry
 
 #: The most concrete keys one request may stand for (and the most combinations of the values it gives).
@@ -22,6 +23,32 @@ MAX_TTL_SECONDS = 9_000_000_000
 MAX_TIMEOUT_SECONDS = 315_360_000
 #: Entries of a pyaviso-style request that are not key fields.
 NON_KEY_ENTRIES = ("event", "location", "ttl")
+#: Operators of a constraint object (one per object), named as Aviso 2's watch and replay name them.
+CONSTRAINT_OPERATORS = ("eq", "in", "gt", "gte", "lt", "lte", "between")
+#: Kinds of field whose values compare as numbers (``step``, ``time``).
+NUMERIC_KINDS = ("int", "time")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A numeric condition on one field's canonical value: ``Comparison("gte", (6,))`` is ``>= 6``;
+    ``between`` holds two inclusive bounds."""
+
+    operator: str
+    bounds: tuple[int, ...]
+
+    def holds(self, value: str | None) -> bool:
+        """True when ``value`` (a canonical key value) satisfies the condition."""
+        try:
+            number = int(value) if value is not None else None
+        except ValueError:
+            return False
+        if number is None:
+            return False
+        low = self.bounds[0]
+        if self.operator == "between":
+            return low <= number <= self.bounds[1]
+        return {"gt": number > low, "gte": number >= low, "lt": number < low, "lte": number <= low}[self.operator]
 
 
 @dataclass(frozen=True)
@@ -30,6 +57,8 @@ class Request:
 
     schema: EventSchema
     values: Mapping[str, tuple[str, ...]]
+    #: Numeric conditions on fields left open in ``values`` (from constraint objects of a watch).
+    comparisons: Mapping[str, Comparison] = dataclass_field(default_factory=dict)
 
     @classmethod
     def build(cls, event: str | EventSchema, raw: Mapping[str, Any],
@@ -53,6 +82,32 @@ class Request:
             raise ValidationError("request", request.count,
                                   f"at most {MAX_KEYS_PER_REQUEST} keys (combinations of key-field values) per request")
         return request
+
+    @classmethod
+    def build_filter(cls, event: str | EventSchema, raw: Mapping[str, Any],
+                     registry: SchemaRegistry | None = None) -> Request:
+        """Like :meth:`build`, for reading and watching: a value may also be a constraint object with one
+        operator, ``{"eq": v}``, ``{"in": [...]}``, or on numeric fields ``{"gt"|"gte"|"lt"|"lte": n}``
+        and ``{"between": [low, high]}`` (inclusive)."""
+        schema = event if isinstance(event, EventSchema) else (registry or SchemaRegistry())[event]
+        plain: dict[Any, Any] = {}
+        comparisons: dict[str, Comparison] = {}
+        for name, value in check_fields(raw).items():
+            if not isinstance(value, Mapping):
+                plain[name] = value
+                continue
+            operator, operand = _one_operator(name, value)
+            if operator == "eq" and not isinstance(operand, (list, tuple, Mapping)):
+                plain[name] = operand
+            elif operator == "in" and isinstance(operand, (list, tuple)) and operand:
+                plain[name] = list(operand)
+            elif operator in ("eq", "in"):
+                what = "a single value" if operator == "eq" else "a non-empty list of values"
+                raise ValidationError(name, value, f"operator {operator!r} expects {what}")
+            else:
+                comparisons[name] = _comparison(schema, name, operator, operand)
+        request = cls.build(schema, plain)
+        return replace(request, comparisons=comparisons) if comparisons else request
 
     @property
     def event(self) -> str:
@@ -96,7 +151,9 @@ class Request:
 
     def matches(self, fields: Mapping[str, str]) -> bool:
         """True when a parsed key's fields satisfy every constraint of the request."""
-        return all(fields.get(name) in allowed for name, allowed in self._allowed_values)
+        if not all(fields.get(name) in allowed for name, allowed in self._allowed_values):
+            return False
+        return all(comparison.holds(fields.get(name)) for name, comparison in self.comparisons.items())
 
     @cached_property
     def _allowed_values(self) -> tuple[tuple[str, frozenset[str]], ...]:
@@ -141,6 +198,34 @@ class Request:
     def __str__(self) -> str:
         parts = [f"event={self.event}"] + [f"{n}={'/'.join(v)}" for n, v in self.values.items()]
         return ",".join(parts)
+
+
+def _one_operator(name: str, constraint: Mapping[Any, Any]) -> tuple[str, Any]:
+    """The operator and operand of a constraint object, which holds exactly one known operator."""
+    valid = "a constraint object holds exactly one operator: " + ", ".join(CONSTRAINT_OPERATORS)
+    if len(constraint) != 1:
+        raise ValidationError(name, dict(constraint), valid)
+    operator, operand = next(iter(constraint.items()))
+    if operator not in CONSTRAINT_OPERATORS:
+        raise ValidationError(name, dict(constraint), f"unknown operator {shown(operator)}; {valid}")
+    return str(operator), operand
+
+
+def _comparison(schema: EventSchema, name: str, operator: str, operand: Any) -> Comparison:
+    """A numeric comparison on a key field of ``schema``; operands are checked like values of the field."""
+    field = schema.field(name)
+    if field.kind not in NUMERIC_KINDS or name not in schema.key_fields:
+        raise ValidationError(name, {operator: operand}, f"operator {operator!r} compares numbers; field {name!r} "
+                              f"of event {schema.name!r} is not numeric (use a value, a list or 'in')")
+    operands = operand if operator == "between" else [operand]
+    if not isinstance(operands, (list, tuple)) or len(operands) != (2 if operator == "between" else 1) \
+            or any(isinstance(o, (list, tuple, Mapping, bool)) for o in operands):
+        what = "[low, high]" if operator == "between" else "one number"
+        raise ValidationError(name, {operator: operand}, f"operator {operator!r} expects {what}")
+    bounds = tuple(int(field.canonical(o)) for o in operands)
+    if operator == "between" and bounds[0] > bounds[1]:
+        raise ValidationError(name, {operator: operand}, "'between' expects [low, high] with low <= high")
+    return Comparison(operator, bounds)
 
 
 def parse_pairs(text: str) -> dict[str, str]:
@@ -216,4 +301,5 @@ def check_timeout(timeout: Any) -> float | None:
                           "years), or None to wait without limit")
 
 
-__all__ = ["Request", "parse_pairs", "check_fields", "split_event", "check_location", "check_ttl", "check_timeout"]
+__all__ = ["Comparison", "Request", "parse_pairs", "check_fields", "split_event", "check_location", "check_ttl",
+           "check_timeout"]

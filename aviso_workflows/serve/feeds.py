@@ -1,0 +1,190 @@
+"""Where streams get history from: one shared live watch per store identity, and a private replay source.
+
+Every live stream of a process that reaches etcd as the same client shares one etcd watch over the
+notification prefix (the prefix covering every event's keys). Its thread hands each feed to the
+asyncio loop, which numbers the notification keys once (:func:`protocol.annotate`) and offers the
+feed to every subscriber's bounded queue. Dispatching and subscribing both run on the loop, so a
+subscriber knows exactly the revision after which its queue holds everything: the hand-over point of
+a replay that turns live. A subscriber whose queue is full is cut (it gets :data:`CUT`), never waited
+for. Replays read history through a watch of their own from their start revision (see streams.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from ..errors import HistoryCompacted
+from ..etcd import KeyValue, range_op
+from ..follow import Feed
+from ..schema import EventSchema
+from ..watch import Channel, HistorySource, covering_prefix
+from .protocol import EMPTY_ANNOTATIONS, Annotations, annotate
+
+if TYPE_CHECKING:
+    from ..store import Store
+
+log = logging.getLogger(__name__)
+#: Handed to a subscriber whose queue overflowed: it is cut off (a slow client never holds others back).
+CUT = object()
+Item = tuple[Feed, Annotations]
+
+
+def notification_prefix(schemas: list[EventSchema]) -> str:
+    """The prefix covering every event's keys (``/ec/`` for the built-in events)."""
+    return covering_prefix([schema.key_prefix({}) for schema in schemas])
+
+
+def read_state(store: Store, prefix: str, since: int, revision: int) -> tuple[int, list[KeyValue]]:
+    """The keys under ``prefix`` modified since ``since`` as held at ``revision`` (after a compaction)."""
+    return store.read_prefixes([prefix], min_revision=since, revision=revision)
+
+
+def last_change(store: Store, prefix: str, revision: int) -> int:
+    """The revision of the newest put under ``prefix`` at or before ``revision`` (0: none).
+
+    A replay up to ``revision`` has seen everything once it has seen that one: no watch event need be
+    waited for (etcd says nothing more until the next post or progress notification).
+    """
+    body = range_op(prefix, prefix_of=prefix, limit=1, revision=revision, sort="MOD:DESCEND")
+    body["keys_only"] = True
+    try:
+        answer = store.gateway.range(body)
+    except HistoryCompacted:  # that state is gone: what exists now bounds it
+        body.pop("revision")
+        answer = store.gateway.range(body)
+    kvs = answer.get("kvs", [])
+    return min(int(kvs[0].get("mod_revision", 0)), revision) if kvs else 0
+
+
+class LoopSource(HistorySource):
+    """A history source whose feeds go to a callback on an asyncio loop (never waiting)."""
+
+    def __init__(self, store: Store, prefix: str, start_revision: int, loop: asyncio.AbstractEventLoop,
+                 deliver: Callable[[Feed], None]) -> None:
+        super().__init__(store.config, prefix, start_revision, Channel(), f"shared watch on {prefix}",
+                         partial(read_state, store))
+        self._loop = loop
+        self._deliver = deliver
+
+    def emit(self, feed: Feed) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._deliver, feed)
+        except RuntimeError:  # the loop is closed: the server is gone
+            self.stop()
+
+
+class Subscription:
+    """One live stream's place on a shared feed: everything after ``start`` arrives in ``queue``."""
+
+    def __init__(self, start: int, capacity: int) -> None:
+        self.start = start
+        self.queue: asyncio.Queue[Any] = asyncio.Queue(capacity)
+        self.cut = False
+
+    def offer(self, item: Item) -> None:
+        """Queue ``item``; a full queue cuts the subscriber off (its queue then holds only CUT)."""
+        if self.cut:
+            return
+        try:
+            self.queue.put_nowait(item)
+        except asyncio.QueueFull:
+            self.cut = True
+            while not self.queue.empty():
+                self.queue.get_nowait()
+            self.queue.put_nowait(CUT)
+
+
+@dataclass
+class SharedFeed:
+    """The live history of one store identity, fanned out to subscriptions (on the loop's thread)."""
+
+    store: Store
+    prefix: str
+    schemas: list[EventSchema]
+    frontier: int = 0
+    source: LoopSource | None = None
+
+    def __post_init__(self) -> None:
+        self.subscriptions: set[Subscription] = set()
+
+    async def start(self) -> None:
+        """Follow the store from its current revision."""
+        self.frontier = await asyncio.to_thread(self.store.current_revision)
+        self.source = LoopSource(self.store, self.prefix, self.frontier + 1, asyncio.get_running_loop(),
+                                 self.dispatch)
+        self.source.start()
+
+    @property
+    def alive(self) -> bool:
+        """False once the watch ended (stopped, or refused for good)."""
+        return self.source is not None and self.source.alive
+
+    def subscribe(self, capacity: int) -> Subscription:
+        """A subscription that gets every feed after the current frontier."""
+        subscription = Subscription(self.frontier, capacity)
+        self.subscriptions.add(subscription)
+        return subscription
+
+    def dispatch(self, feed: Feed) -> None:
+        """Number the feed's notification keys once and offer it to every subscription."""
+        annotations = annotate(feed.puts, self.schemas) if feed.puts else EMPTY_ANNOTATIONS
+        if feed.kind in ("events", "snapshot", "progress"):
+            self.frontier = max(self.frontier, feed.revision)
+        for subscription in list(self.subscriptions):
+            subscription.offer((feed, annotations))
+            if subscription.cut:
+                self.subscriptions.discard(subscription)
+
+    def stop(self) -> None:
+        """End the watch (its thread is joined off the loop)."""
+        source, self.source = self.source, None
+        if source is not None:
+            asyncio.get_running_loop().run_in_executor(None, source.stop)
+
+
+class FeedHub:
+    """The shared feeds of one server, one per store identity, started on first use, stopped when unused."""
+
+    def __init__(self, schemas: list[EventSchema], capacity: int) -> None:
+        self.schemas = schemas
+        self.prefix = notification_prefix(schemas)
+        self.capacity = capacity
+        self._feeds: dict[Any, SharedFeed] = {}
+        self._lock = asyncio.Lock()
+
+    async def join(self, store: Store) -> tuple[SharedFeed, Subscription]:
+        """Subscribe to the shared feed of ``store``'s identity (started if there is none or it ended)."""
+        key = store.config.identity
+        async with self._lock:
+            feed = self._feeds.get(key)
+            if feed is None or not feed.alive:
+                feed = SharedFeed(store, self.prefix, self.schemas)
+                await feed.start()
+                self._feeds[key] = feed
+            return feed, feed.subscribe(self.capacity)
+
+    def leave(self, feed: SharedFeed, subscription: Subscription) -> None:
+        """Unsubscribe; the feed stops when nobody is left."""
+        feed.subscriptions.discard(subscription)
+        if not feed.subscriptions and self._feeds.get(feed.store.config.identity) is feed:
+            del self._feeds[feed.store.config.identity]
+            feed.stop()
+
+    @property
+    def watches(self) -> int:
+        """Shared etcd watches open now."""
+        return len(self._feeds)
+
+    def stop(self) -> None:
+        """End every shared feed."""
+        for feed in list(self._feeds.values()):
+            feed.stop()
+        self._feeds.clear()
+
+
+__all__ = ["CUT", "FeedHub", "LoopSource", "SharedFeed", "Subscription", "last_change", "notification_prefix"]

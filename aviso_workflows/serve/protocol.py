@@ -1,0 +1,301 @@
+"""The Aviso 2 wire protocol over our store: request bodies, errors, sequences and CloudEvents.
+
+Nothing here does I/O. A request body is checked in the order Aviso 2 checks it (JSON, known fields,
+shape, event, values); every refusal is an :class:`ApiError` with Aviso 2's code and body. A
+notification's sequence is its place in the store's history: ``revision * 1000 + index``, where the
+index is the key's place among every notification key written at that revision, in the store's key
+order, so it does not depend on what a client filters.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ValidationError
+from ..etcd import KeyValue
+from ..notification import Notification
+from ..position import key_order
+from ..request import Request, check_location
+from ..schema import EventSchema, SchemaRegistry
+from ..status_chain import STATUS_TIME_FORMAT, status_record
+
+#: Fields of a request body (Aviso 2 refuses any other with UNKNOWN_FIELD).
+BODY_FIELDS = ("event_type", "identifier", "from_id", "from_date", "payload")
+#: Sequences per revision: index 0 to 999 of the notification keys written at one revision.
+SEQUENCE_SLOTS = 1000
+#: Stands in the annotations for a revision with too many notification keys to number.
+NO_SEQUENCE = -1
+#: Digits of a Unix time in seconds at most; longer numbers are milliseconds (as Aviso 2 reads them).
+UNIX_SECONDS_DIGITS = 11
+_LABELS = {"notification": "Invalid Notification Request", "watch": "Invalid Watch Request",
+           "replay": "Invalid Replay Request"}
+
+
+class ApiError(Exception):
+    """A refused request: HTTP status, Aviso 2's ``code`` and ``error``, a message, optional details."""
+
+    def __init__(self, status: int, code: str, error: str, message: str, *, details: str | None = None,
+                 extra: Mapping[str, Any] | None = None, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.error = error
+        self.message = message
+        self.details = details
+        self.extra = dict(extra or {})
+        self.headers = dict(headers or {})
+
+    def body(self, request_id: str) -> dict[str, Any]:
+        """The JSON body, with the request's id."""
+        body: dict[str, Any] = {"code": self.code, "error": self.error, "message": self.message}
+        if self.details is not None:
+            body["details"] = self.details
+        body.update(self.extra)
+        body["request_id"] = request_id
+        return dict(sorted(body.items()))  # Aviso 2 writes its error fields in alphabetical order
+
+
+def invalid(kind: str, message: str) -> ApiError:
+    """A request that failed validation (400 ``INVALID_<KIND>_REQUEST``)."""
+    return ApiError(400, f"INVALID_{kind.upper()}_REQUEST", _LABELS[kind], message, details=message)
+
+
+def _parse_error(kind: str, code: str, message: str) -> ApiError:
+    return ApiError(400, code, _LABELS[kind], message, details=message)
+
+
+@dataclass(frozen=True)
+class ApiRequest:
+    """A checked request body: the event, its identifier as given, the payload and the replay start."""
+
+    kind: str
+    event_type: str
+    identifier: Mapping[str, Any]
+    payload: Any = None
+    from_id: int | None = None
+    from_date: dt.datetime | None = None
+    fields: frozenset[str] = field(default_factory=frozenset)
+
+
+def parse_body(body: bytes, kind: str, schemas: SchemaRegistry) -> ApiRequest:
+    """The request of ``body`` for ``kind`` (notification, watch or replay), or an ApiError."""
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise _parse_error(kind, "INVALID_JSON", f"JSON parsing failed: {error}") from None
+    if isinstance(document, dict):
+        unknown = [name for name in document if name not in BODY_FIELDS]
+        if unknown:
+            raise _parse_error(kind, "UNKNOWN_FIELD", f"Unknown field {unknown[0]!r} in request. Allowed fields: "
+                               + ", ".join(BODY_FIELDS))
+    else:
+        raise _parse_error(kind, "INVALID_REQUEST_SHAPE", "the request body must be a JSON object with "
+                           "event_type and identifier")
+    event, identifier = document.get("event_type"), document.get("identifier")
+    if not isinstance(event, str):
+        raise _parse_error(kind, "INVALID_REQUEST_SHAPE", "event_type must be text such as \"mars\"")
+    if not isinstance(identifier, dict):
+        raise _parse_error(kind, "INVALID_REQUEST_SHAPE", "identifier must be an object of field names and values")
+    for name in ("from_id", "from_date"):
+        value = document.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int))):
+            raise _parse_error(kind, "INVALID_REQUEST_SHAPE", f"{name} must be text or a whole number")
+    known_event(event, schemas)
+    request = ApiRequest(kind, event, identifier, document.get("payload"), fields=frozenset(document))
+    return _with_start(request, document)
+
+
+def known_event(event: str, schemas: SchemaRegistry) -> EventSchema:
+    """The schema of ``event``, or Aviso 2's 400 ``UNKNOWN_EVENT_TYPE`` listing the events served."""
+    names = sorted(schemas.names())
+    if event not in names:
+        message = f"unknown event type {event!r}; event types: {', '.join(names)}"
+        raise ApiError(400, "UNKNOWN_EVENT_TYPE", "unknown_event_type", message, details=message,
+                       extra={"configured_event_types": names})
+    return schemas[event]
+
+
+def _with_start(request: ApiRequest, document: Mapping[str, Any]) -> ApiRequest:
+    """``request`` with its replay start checked against the rules of its kind."""
+    raw_id, raw_date = document.get("from_id"), document.get("from_date")
+    if request.kind == "notification":
+        given = [name for name in ("from_id", "from_date") if document.get(name) is not None]
+        if given:
+            raise invalid("notification", f"{given[0]} belongs to watch and replay requests, not to a notification")
+        return request
+    from_id = parse_from_id(request.kind, raw_id) if raw_id is not None else None
+    from_date = parse_from_date(request.kind, raw_date) if raw_date is not None else None
+    if from_id is not None and from_date is not None:
+        raise invalid(request.kind, "Cannot specify both from_id and from_date. Please provide only one replay "
+                      "parameter: from_id for sequence-based replay or from_date for time-based replay.")
+    if request.kind == "replay" and from_id is None and from_date is None:
+        raise invalid("replay", "Replay endpoint requires either from_id or from_date parameter")
+    return ApiRequest(request.kind, request.event_type, request.identifier, request.payload, from_id, from_date,
+                      request.fields)
+
+
+def parse_from_id(kind: str, value: str | int) -> int:
+    """A sequence to start from: a whole number of at least 0."""
+    text = str(value).strip()
+    if not text.isdigit() or (isinstance(value, int) and value < 0):
+        raise invalid(kind, f"from_id must be a valid positive integer. Got: {str(value)!r}. Valid examples: "
+                      "'1', '123', '9999'")
+    return int(text)
+
+
+def parse_from_date(kind: str, value: str | int) -> dt.datetime:
+    """A moment (naive, UTC) from RFC 3339, ``YYYY-MM-DD HH:MM:SS[+HH:MM]``, a naive date-time (UTC), or Unix
+    seconds (up to 11 digits) or milliseconds (12 digits or more)."""
+    text = str(value).strip()
+    try:
+        return _moment(text)
+    except (ValueError, OverflowError, OSError) as error:
+        raise invalid(kind, f"from_date must be a valid datetime/timestamp. Got: {text!r}. Error: {error}. Valid "
+                      "examples: '2025-06-09T13:15:00Z', '2025-06-09 13:15:00+00:00', '2025-06-09 13:15:00', "
+                      "'1740509903', '1740509903710'") from None
+
+
+def _moment(text: str) -> dt.datetime:
+    unsigned = text[1:] if text.startswith("+") else text
+    if text.startswith("-") and text[1:].isdigit():
+        raise ValueError("negative unix timestamps are not supported")
+    if unsigned.isdigit():
+        number = int(unsigned)
+        digits = len(unsigned.lstrip("0")) or 1
+        seconds = number if digits <= UNIX_SECONDS_DIGITS else number / 1000
+        return dt.datetime.fromtimestamp(seconds, dt.UTC).replace(tzinfo=None)
+    if not text:
+        raise ValueError("from_date cannot be empty")
+    moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith(("Z", "z")) else text)
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(dt.UTC).replace(tzinfo=None)
+    return moment
+
+
+# -- identifiers ---------------------------------------------------------------------------------
+def notify_request(api: ApiRequest, schemas: SchemaRegistry) -> tuple[Request, str | None]:
+    """The complete request of a notification and its location; constraint objects are refused."""
+    schema = schemas[api.event_type]
+    for name, value in api.identifier.items():
+        if isinstance(value, Mapping):
+            raise invalid("notification", f"Field {name!r} constraint object is not allowed in this operation; "
+                          "a notification gives values")
+    try:
+        request = Request.build(schema, _values(api.identifier))
+        request.require_complete("a notification")
+        return request, _location(schema, api.payload)
+    except ValidationError as error:
+        raise invalid("notification", str(error)) from None
+
+
+def _location(schema: EventSchema, payload: Any) -> str | None:
+    """The value stored for the payload: the location text, or None (stored as pyaviso's ``None``)."""
+    if payload is None:
+        return None
+    if schema.payload is None:
+        raise ValidationError("payload", payload, f"event {schema.name!r} takes no payload; send null")
+    if isinstance(payload, Mapping) and list(payload) == [schema.payload]:  # {"location": "..."}, as pyaviso 2 sends
+        payload = payload[schema.payload]
+    if not isinstance(payload, str):
+        raise ValidationError("payload", payload, f"the payload of event {schema.name!r} is its {schema.payload}: "
+                              f"text (a URL or path), {{\"{schema.payload}\": text}}, or null")
+    return check_location(payload)
+
+
+def filter_request(api: ApiRequest, schemas: SchemaRegistry) -> Request:
+    """The request a watch or replay follows: values, lists and constraint objects; open fields match any value."""
+    try:
+        return Request.build_filter(schemas[api.event_type], _values(api.identifier))
+    except ValidationError as error:
+        raise invalid(api.kind, str(error)) from None
+
+
+def _values(identifier: Mapping[str, Any]) -> dict[str, Any]:
+    """Identifier values as the request code reads them (numbers and text alike); null is refused by name."""
+    for name, value in identifier.items():
+        if value is None:
+            raise ValidationError(name, None, "cannot be null; give a value or leave the field out")
+    return dict(identifier)
+
+
+def topic(request: Request) -> str:
+    """What a stream follows, for its control events: the key layout with its values, ``*`` where open."""
+    shown = {name: "/".join(request.values[name]) if name in request.values else "*"
+             for name in request.schema.key_fields}
+    for name, comparison in request.comparisons.items():
+        shown[name] = f"{comparison.operator}:" + ",".join(str(b) for b in comparison.bounds)
+    return request.schema.format_key(shown)
+
+
+# -- sequences and CloudEvents -------------------------------------------------------------------
+@dataclass(frozen=True)
+class Annotations:
+    """What a batch of puts says beyond its notifications: each notification key's sequence and each
+    revision's time (from the status record written with it)."""
+
+    sequences: Mapping[tuple[int, str], int]
+    times: Mapping[int, str]
+    first: int = 0
+    last: int = 0
+
+
+EMPTY_ANNOTATIONS = Annotations({}, {})
+
+
+def annotate(puts: Iterable[KeyValue], schemas: Sequence[EventSchema]) -> Annotations:
+    """Number the notification keys of every revision among ``puts`` (which hold all puts of each revision)."""
+    by_revision: dict[int, list[str]] = {}
+    times: dict[int, str] = {}
+    for kv in puts:
+        if any(schema.parse_key(kv.key) is not None for schema in schemas):
+            by_revision.setdefault(kv.mod_revision, []).append(kv.key)
+        elif kv.key.endswith("/"):
+            when = status_time(kv)
+            if when is not None:
+                times[kv.mod_revision] = when
+    sequences: dict[tuple[int, str], int] = {}
+    for revision, keys in by_revision.items():
+        ordered = sorted(set(keys), key=lambda key: (key_order(key), key))
+        for index, key in enumerate(ordered):
+            sequences[revision, key] = revision * SEQUENCE_SLOTS + index if len(ordered) <= SEQUENCE_SLOTS \
+                else NO_SEQUENCE
+    revisions = list(by_revision)
+    return Annotations(sequences, times, min(revisions, default=0), max(revisions, default=0))
+
+
+def status_time(kv: KeyValue) -> str | None:
+    """The time of a status record as RFC 3339 in UTC (None if it holds none)."""
+    try:
+        moment = dt.datetime.strptime(str(status_record(kv).get("date_time")), STATUS_TIME_FORMAT)
+    except ValueError:
+        return None
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def stream_time(moment: dt.datetime | None = None) -> str:
+    """A control event's time: UTC to the second, ``YYYY-MM-DDTHH:MM:SSZ``."""
+    return (moment or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def cloud_event(notification: Notification, sequence: int, time: str | None, base_url: str) -> dict[str, Any]:
+    """The CloudEvent (structured JSON) of a notification, as Aviso 2 streams it."""
+    event = notification.event
+    return {
+        "specversion": "1.0",
+        "id": f"{event}@{sequence}",
+        "type": f"int.ecmwf.aviso.{event}",
+        "source": base_url,
+        "time": time or dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "datacontenttype": "application/json",
+        "dataschema": f"{base_url}/schema/{event}",
+        "data": {"identifier": dict(notification.request), "payload": notification.location},
+    }
+
+
+__all__ = ["Annotations", "ApiError", "ApiRequest", "EMPTY_ANNOTATIONS", "NO_SEQUENCE", "SEQUENCE_SLOTS",
+           "annotate", "cloud_event", "filter_request", "invalid", "known_event", "notify_request", "parse_body",
+           "stream_time", "topic"]

@@ -1,0 +1,302 @@
+"""One SSE stream of a watch or replay: its lifecycle and the events it sends, in Aviso 2's shapes.
+
+A live-only watch starts with ``connection_established`` and follows the shared feed from the revision
+it subscribed at. A stream with a start (``from_id``/``from_date``) sends ``replay_started``, replays
+history through a watch of its own up to the hand-over revision ``U`` and sends ``replay_completed``;
+a watch then goes on with the shared feed, which holds everything after ``U`` (it subscribed before
+reading ``U``). One :class:`~aviso_workflows.follow.Follower` orders and filters both phases, so a
+notification at the hand-over is neither lost nor repeated. Every stream ends with ``connection-closing``
+(``end_of_stream``, ``max_duration_reached`` or ``server_shutdown``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from fastapi.sse import ServerSentEvent
+
+from ..follow import Feed, Follower
+from ..notification import Notification
+from ..position import Position
+from ..request import Request
+from ..watch import Channel, HistorySource, one_line
+from .feeds import CUT, FeedHub, SharedFeed, Subscription, last_change, read_state
+from .protocol import NO_SEQUENCE, SEQUENCE_SLOTS, Annotations, annotate, cloud_event, stream_time, topic
+
+if TYPE_CHECKING:
+    from ..store import Store
+
+log = logging.getLogger(__name__)
+#: Returned by a wait whose time ran out (a heartbeat may be due).
+_TIMEOUT = object()
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """What every stream of a server shares: timings and limits."""
+
+    base_url: str
+    heartbeat: float = 10.0
+    max_duration: float = 3600.0
+    replay_limit: int = 10_000
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """A checked watch or replay: what to follow, from where, as whom."""
+
+    kind: str  # "watch" or "replay"
+    route: str
+    store: Store
+    request: Request
+    request_id: str
+    #: Where the replay starts (None: a live-only watch); ``from_id`` drops notifications before it.
+    start: Position | None = None
+    from_id: int | None = None
+    from_date: dt.datetime | None = None
+
+
+class _Closing(Exception):
+    """The stream ends with this ``connection-closing`` reason."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _Failed(Exception):
+    """The stream ends after an ``error`` event."""
+
+
+class Stream:
+    """The state of one SSE stream; :meth:`events` is what the response sends."""
+
+    def __init__(self, plan: StreamPlan, settings: StreamSettings, hub: FeedHub,
+                 on_event: Callable[[str], None]) -> None:
+        self.plan = plan
+        self.settings = settings
+        self.hub = hub
+        self.topic = topic(plan.request)
+        self._on_event = on_event
+        self._stop = asyncio.Event()
+        self._stop_reason = "server_shutdown"
+        self._stop_task: asyncio.Future[Any] | None = None
+        self._annotations: deque[Annotations] = deque()
+        self._next_heartbeat = time.monotonic() + settings.heartbeat
+        self._deadline = time.monotonic() + settings.max_duration if plan.kind == "watch" else None
+        #: Notifications sent by the replay, and whether it stopped at the replay limit.
+        self.replayed = 0
+        self.limited = False
+
+    def stop(self, reason: str) -> None:
+        """End the stream at its next step with ``connection-closing`` ``reason``."""
+        self._stop_reason = reason
+        self._stop.set()
+
+    # -- the lifecycle -----------------------------------------------------------------------------
+    async def events(self) -> AsyncIterator[ServerSentEvent]:
+        """Every event of the stream, the last one ``connection-closing``."""
+        self._stop_task = asyncio.ensure_future(self._stop.wait())
+        shared: tuple[SharedFeed, Subscription] | None = None
+        reason = "end_of_stream"
+        try:
+            if self.plan.kind == "watch":
+                shared = await self.hub.join(self.plan.store)
+            async for event in self._phases(shared[1] if shared else None):
+                yield event
+        except _Closing as closing:
+            reason = closing.reason
+        except _Failed as failure:
+            self._on_event("error")
+            yield self._error(str(failure))
+        except Exception as error:  # noqa: BLE001 - told to the client in the stream, then closed
+            log.warning("stream %s failed: %s", self.plan.request_id, one_line(error))
+            self._on_event("error")
+            yield self._error(one_line(error))
+        finally:
+            if shared is not None:
+                self.hub.leave(*shared)
+            self._stop_task.cancel()
+        yield self._closing(reason)
+
+    async def _phases(self, subscription: Subscription | None) -> AsyncIterator[ServerSentEvent]:
+        start = self.plan.start
+        if start is None:
+            assert subscription is not None, "a live-only stream is a watch"
+            yield self._control("live-notification", "connection_established",
+                                connection_will_close_in_seconds=int(self.settings.max_duration))
+            follower = Follower([self.plan.request], Position(subscription.start), label=self.topic)
+        else:
+            yield self._control("replay-control", "replay_started", from_sequence=self.plan.from_id,
+                                from_date=stream_time(self.plan.from_date) if self.plan.from_date else None,
+                                batch_size=self.settings.replay_limit)
+            handover = subscription.start if subscription is not None else \
+                await asyncio.to_thread(self.plan.store.current_revision)
+            follower = Follower([self.plan.request], start, until=handover, label=self.topic)
+            async for event in self._replay(follower, handover):
+                yield event
+            if self.limited:
+                yield self._control("replay-control", "notification_replay_limit_reached",
+                                    max_allowed=self.settings.replay_limit,
+                                    message=f"Historical replay limited to {self.settings.replay_limit} messages. "
+                                    "Additional historical messages may be available but were not retrieved.")
+                follower = Follower([self.plan.request], Position(max(handover, start.revision)), label=self.topic)
+            yield self._control("replay-control", "replay_completed")
+            follower.until = None
+        if subscription is not None:
+            async for event in self._follow(follower, partial(self._shared_item, subscription), "live-notification"):
+                yield event
+
+    async def _replay(self, follower: Follower, handover: int) -> AsyncIterator[ServerSentEvent]:
+        """History from the follower's start through ``handover`` (or until the replay limit is passed)."""
+        store = self.plan.store
+        last = await asyncio.to_thread(last_change, store, self.hub.prefix, handover)
+        if last <= follower.frontier.revision:
+            follower.on_progress(handover)
+            return
+        channel = Channel(loop=asyncio.get_running_loop())
+        source = HistorySource(store.config, self.hub.prefix, follower.frontier.resume_revision, channel,
+                               f"replay {self.plan.request_id}", partial(read_state, store))
+        source.start()
+        try:
+            get = partial(self._replay_item, channel, handover)
+            async for event in self._follow(follower, get, "replay", last=last, handover=handover):
+                yield event
+        finally:
+            asyncio.get_running_loop().run_in_executor(None, source.stop)
+
+    async def _replay_item(self, channel: Channel, handover: int) -> Any:
+        """The replay source's next feed, cut at the hand-over revision (what follows it is live)."""
+        feed = await channel.aget()
+        if feed.kind in ("events", "snapshot") and feed.revision > handover:
+            puts = [kv for kv in feed.puts if kv.mod_revision <= handover]
+            feed = Feed(feed.kind, handover, puts)
+        elif feed.kind == "progress" and feed.revision > handover:
+            feed = Feed("progress", handover)
+        return feed, annotate(feed.puts, self.hub.schemas)
+
+    async def _shared_item(self, subscription: Subscription) -> Any:
+        item = await subscription.queue.get()
+        if item is CUT:
+            raise _Failed("the client did not keep up with the notifications; reconnect with from_id = the last "
+                          "sequence + 1 to go on without a loss")
+        return item
+
+    # -- following ---------------------------------------------------------------------------------
+    async def _follow(self, follower: Follower, get: Callable[[], Awaitable[Any]], label: str, *,
+                      last: int | None = None, handover: int | None = None) -> AsyncIterator[ServerSentEvent]:
+        """Send the follower's notifications as ``label`` events, feeding it from ``get``. A replay
+        (``last`` given) ends once the follower has passed ``last``, the newest post up to ``handover``."""
+        while True:
+            heartbeat = self._due()
+            if heartbeat is not None:
+                yield heartbeat
+            notification = follower.pop()
+            if notification is not None:
+                event = self._notification(notification, label)
+                if event is not None and label == "replay":
+                    if self.replayed >= self.settings.replay_limit:
+                        self.limited = True
+                        return
+                    self.replayed += 1
+                follower.handled(notification)
+                if event is not None:
+                    self._on_event(label if event.event == label else "error")
+                    yield event
+                continue
+            if last is not None and handover is not None:
+                if follower.frontier.revision >= last:
+                    follower.on_progress(handover)
+                if follower.finished:
+                    return
+            item = await self._wait(get)
+            if item is _TIMEOUT:
+                continue
+            feed, numbered = item
+            if feed.kind == "failure":
+                raise _Failed(one_line(feed.error) if feed.error else "the store refused the watch")
+            if numbered.sequences:
+                self._annotations.append(numbered)
+            follower.feed(feed)
+
+    def _due(self) -> ServerSentEvent | None:
+        """A heartbeat when one is due; raises _Closing when the stream must end."""
+        now = time.monotonic()
+        if self._stop.is_set():
+            raise _Closing(self._stop_reason)
+        if self._deadline is not None and now >= self._deadline:
+            raise _Closing("max_duration_reached")
+        if self.plan.kind == "watch" and now >= self._next_heartbeat:
+            self._next_heartbeat = now + self.settings.heartbeat
+            return ServerSentEvent(event="heartbeat", data={"timestamp": stream_time(), "topic": self.topic})
+        return None
+
+    async def _wait(self, get: Callable[[], Awaitable[Any]]) -> Any:
+        """The next item of ``get``, or _TIMEOUT when a heartbeat or the deadline comes first, or the stream stops."""
+        now = time.monotonic()
+        limits = [self._next_heartbeat - now] if self.plan.kind == "watch" else []
+        if self._deadline is not None:
+            limits.append(self._deadline - now)
+        timeout = max(min(limits), 0.0) if limits else None
+        getter = asyncio.ensure_future(get())
+        assert self._stop_task is not None
+        done, _ = await asyncio.wait({getter, self._stop_task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if getter in done:
+            return getter.result()
+        getter.cancel()
+        try:
+            return await getter  # it may have finished meanwhile: keep what it got
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():  # this task itself is being cancelled
+                raise
+            return _TIMEOUT
+
+    # -- events ------------------------------------------------------------------------------------
+    def _notification(self, notification: Notification, label: str) -> ServerSentEvent | None:
+        """The CloudEvent of ``notification`` (None: before ``from_id``)."""
+        sequence, when = self._sequence(notification)
+        if sequence == NO_SEQUENCE:
+            return self._error(f"revision {notification.revision} holds {SEQUENCE_SLOTS} notification keys or more; "
+                               f"{notification.key} cannot be given a sequence")
+        if self.plan.from_id is not None and sequence < self.plan.from_id:
+            return None
+        return ServerSentEvent(event=label, data=cloud_event(notification, sequence, when, self.settings.base_url))
+
+    def _sequence(self, notification: Notification) -> tuple[int, str | None]:
+        revision = notification.revision
+        while self._annotations and self._annotations[0].last < revision:
+            self._annotations.popleft()
+        for known in self._annotations:
+            sequence = known.sequences.get((revision, notification.key))
+            if sequence is not None:
+                return sequence, known.times.get(revision)
+        raise _Failed(f"no sequence is known for {notification.key} at revision {revision}")
+
+    def _control(self, event: str, kind: str, **fields: Any) -> ServerSentEvent:
+        data: dict[str, Any] = {"type": kind, "topic": self.topic, **fields, "timestamp": stream_time()}
+        if kind in ("connection_established", "replay_started"):
+            data["request_id"] = self.plan.request_id
+        return ServerSentEvent(event=event, data=data)
+
+    def _error(self, message: str) -> ServerSentEvent:
+        return ServerSentEvent(event="error", data={"error": "stream_processing_failed", "message": message,
+                                                    "topic": self.topic, "request_id": self.plan.request_id})
+
+    def _closing(self, reason: str) -> ServerSentEvent:
+        messages = {"end_of_stream": "Stream completed", "max_duration_reached": "Connection reached maximum duration",
+                    "server_shutdown": "Server is shutting down gracefully"}
+        return ServerSentEvent(event="connection-closing", data={
+            "reason": reason, "timestamp": stream_time(), "message": messages.get(reason, reason),
+            "topic": self.topic, "request_id": self.plan.request_id})
+
+
+__all__ = ["Stream", "StreamPlan", "StreamSettings"]
