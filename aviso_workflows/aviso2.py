@@ -24,8 +24,10 @@ import base64
 import datetime as dt
 import json
 import logging
+import socket
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -171,6 +173,12 @@ def _constraint(kind: str, values: list[str]) -> Any:
         if numbers == list(range(numbers[0], numbers[-1] + 1)):
             return {"between": [numbers[0], numbers[-1]]}
     return {"in": values}
+
+
+def is_notification(data: Mapping[str, Any]) -> bool:
+    """A CloudEvent (its ``type`` is ``int.ecmwf.aviso.<event>``), not a control event sharing its SSE name
+    (``connection_established`` comes as a ``live-notification``)."""
+    return "id" in data and "data" in data and str(data.get("type", "")).startswith("int.ecmwf.aviso.")
 
 
 @dataclass(frozen=True)
@@ -386,25 +394,36 @@ class AvisoSource:
         self._failures = 0
         self._stop = threading.Event()
         self._responses: list[httpx.Response] = []
+        #: When the stream last said anything (a heartbeat counts); the watchdog reads it.
+        self.last_activity = time.monotonic()
+        self.silent = False
         self._thread = threading.Thread(target=self._run, name=f"aviso2 {self.event}", daemon=True)
 
     # -- life ------------------------------------------------------------------------------------
     def start(self) -> None:
+        WATCHDOG.add(self)
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        for response in list(self._responses):
-            try:
-                response.close()
-            except Exception:  # noqa: BLE001,S110 - closing from another thread only has to wake the reader
-                pass
+        self.cut()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
 
     @property
     def stopped(self) -> bool:
         return self._stop.is_set()
+
+    def cut(self) -> None:
+        """End the open stream now, from any thread (its reader then sees the connection end)."""
+        for response in list(self._responses):
+            cut(response)
+
+    def look(self, now: float) -> None:
+        """Called by the watchdog: a stream silent for longer than a few heartbeat periods is cut."""
+        if self._responses and not self._stop.is_set() and now - self.last_activity > self.state.silence:
+            self.silent = True
+            self.cut()
 
     def __enter__(self) -> AvisoSource:
         self.start()
@@ -438,11 +457,21 @@ class AvisoSource:
         self._responses.clear()
         self.state.opened()
         self.connections_opened += 1
-        for kind, data in self.client.events("watch", body, self.state.silence, self._responses):
-            if self._stop.is_set():
-                return
-            if self._handle(kind, data):
-                return
+        self.last_activity, self.silent = time.monotonic(), False
+        try:
+            # The read timeout is a backstop: the watchdog cuts a silent stream sooner.
+            for kind, data in self.client.events("watch", body, 2 * self.state.silence, self._responses):
+                self.last_activity = time.monotonic()
+                if self._stop.is_set():
+                    return
+                if self._handle(kind, data):
+                    return
+        except (httpx.HTTPError, OSError) as error:
+            if self.silent:
+                raise httpx.ReadTimeout(f"no heartbeat for {self.state.silence:.1f} s") from error
+            raise
+        finally:
+            self._responses.clear()
         if not self._stop.is_set():
             raise httpx.RemoteProtocolError("the stream ended without connection-closing")
 
@@ -450,7 +479,7 @@ class AvisoSource:
         """Take one event of the stream; True when the stream is over (open it again)."""
         if not isinstance(data, dict):
             return False
-        if kind in ("live-notification", "replay") and "type" not in data:
+        if kind in ("live-notification", "replay") and is_notification(data):
             self._connected()
             self._notification(data)
         elif kind == "live-notification" or kind == "replay-control":
@@ -511,6 +540,50 @@ class AvisoSource:
             self._failures = 0
 
 
+def cut(response: httpx.Response) -> None:
+    """Shut the connection of ``response`` down: unlike closing it, this wakes a thread blocked reading it."""
+    try:
+        stream = response.extensions.get("network_stream")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if isinstance(sock, socket.socket):
+            sock.shutdown(socket.SHUT_RDWR)
+    except OSError:  # already closed
+        pass
+
+
+class _Watchdog:
+    """One thread for the process that looks at every open source a few times a second."""
+
+    PERIOD = 0.25
+
+    def __init__(self) -> None:
+        self._sources: weakref.WeakSet[AvisoSource] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def add(self, source: AvisoSource) -> None:
+        with self._lock:
+            self._sources.add(source)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="aviso2-watchdog", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:  # ends once no source is open; each round is quick
+            time.sleep(self.PERIOD)
+            with self._lock:
+                sources = [source for source in self._sources if not source.stopped]
+                if not sources:
+                    self._thread = None
+                    return
+            now = time.monotonic()
+            for source in sources:
+                source.look(now)
+
+
+WATCHDOG = _Watchdog()
+
+
 # -- finite reads ---------------------------------------------------------------------------------------
 def replay(client: AvisoClient, request: Request, start: Position,
            before: dt.datetime | None = None) -> tuple[int, list[KeyValue]]:
@@ -524,7 +597,7 @@ def replay(client: AvisoClient, request: Request, start: Position,
         body = {"event_type": event, "identifier": identifier, **state.body_start()}
         try:
             for kind, data in client.events("replay", body, state.silence):
-                if kind in ("replay", "live-notification") and isinstance(data, dict) and "type" not in data:
+                if kind in ("replay", "live-notification") and isinstance(data, dict) and is_notification(data):
                     notice = received(data)
                     kv = key_value(request, notice)
                     if kv is not None and (before is None or not _posted_at_or_after(notice, before)):
