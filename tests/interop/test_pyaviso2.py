@@ -1,0 +1,347 @@
+"""pyaviso 2.4.2 (ECMWF's Aviso 2 client, HTTP + server-sent events) against ``aviso-workflows serve``.
+
+``serve`` runs as a subprocess on a free loopback port in front of the session's etcd; pyaviso 2 runs from its
+own venv (.venv-pyaviso2: it owns the same ``aviso`` command as pyaviso 1.0.2), as its command and through
+its Python API in a child process. What one side posts, the others must see with the same fields and
+location: our waits, an Airflow sensor, pyaviso 1.0.2's listener and pyaviso 2's listen and replay.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+import pytest
+from test_pyaviso import aviso, aviso_home, json_objects, listener_file, pairs  # noqa: F401 - aviso_home: fixture
+
+from aviso_workflows import Store, server
+
+pytestmark = pytest.mark.interop
+ROOT = Path(__file__).resolve().parent.parent.parent
+AVISO2 = ROOT / ".venv-pyaviso2" / "bin" / "aviso"
+PYTHON2 = ROOT / ".venv-pyaviso2" / "bin" / "python"
+SERVE = [str(Path(sys.executable).with_name("aviso-workflows")), "serve"]
+MARS = {"class": "od", "expver": "1", "domain": "g", "time": "0", "stream": "oper"}
+DISS = {"destination": "COM", "target": "E1", **MARS}
+#: How the fields come back from every reader: canonical strings.
+CANONICAL = {"expver": "0001", "time": "00"}
+START_SECONDS = 30.0
+OUTPUT_SECONDS = 20.0
+
+if not AVISO2.exists():
+    pytest.skip(f"pyaviso 2.4.2 is not installed in {AVISO2.parent.parent} (scripts/setup.sh installs it)",
+                allow_module_level=True)
+
+
+# -- serve ------------------------------------------------------------------------------------------
+@contextmanager
+def running_serve(etcd_url: str, port: int, log: Path) -> Iterator[str]:
+    """``aviso-workflows serve`` on 127.0.0.1:``port``; stopped by its pid (SIGTERM, then SIGKILL)."""
+    with log.open("a") as output:
+        process = subprocess.Popen([*SERVE, "--port", str(port), "--endpoint", etcd_url],
+                                   stdout=output, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_SECONDS
+        while not _healthy(url):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"serve did not become healthy; its log:\n{log.read_text()[-3000:]}")
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def serve_url(etcd_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One ``serve`` for the module's tests that do not restart it."""
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    with running_serve(etcd_url, server.free_port(), log) as url:
+        yield url
+
+
+# -- pyaviso 2 --------------------------------------------------------------------------------------
+def aviso2_env(url: str, home: Path) -> dict[str, str]:
+    """pyaviso 2's environment: a HOME of its own (no user config or state), the server's address."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AVISO")}
+    env.update(HOME=str(home), AVISO_BASE_URL=url, NO_COLOR="1")
+    return env
+
+
+def aviso2(url: str, home: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run pyaviso 2's ``aviso`` command to its end."""
+    return subprocess.run([str(AVISO2), *args], env=aviso2_env(url, home), capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def python2(url: str, home: Path, code: str, *args: str) -> Any:
+    """Run ``code`` with pyaviso 2's Python (``import pyaviso`` works there); it prints one JSON answer."""
+    done = subprocess.run([str(PYTHON2), "-c", code, url, *args], env=aviso2_env(url, home), capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+NOTIFY_WITH_API = """
+import json, sys, pyaviso
+client = pyaviso.AvisoClient(base_url=sys.argv[1])
+answer = client.notify(event_type=sys.argv[2], identifier=json.loads(sys.argv[3]), payload=sys.argv[4])
+print(json.dumps(answer.as_dict()))
+"""
+
+REPLAY_WITH_API = """
+import json, sys, pyaviso
+client = pyaviso.AvisoClient(base_url=sys.argv[1], state_store=pyaviso.MemoryStore())
+found = []
+with client.listen(sys.argv[2], filter=json.loads(sys.argv[3]), start_from=sys.argv[4], mode="replay_only") as it:
+    for notification in it:
+        found.append(notification.as_dict())
+print(json.dumps(found))
+"""
+
+
+class Listener:
+    """``aviso listen`` (pyaviso 2) in the background: what it prints, as JSON lines, and when it listens."""
+
+    def __init__(self, url: str, home: Path, event: str, identifier: dict[str, str], state: Path) -> None:
+        command = [str(AVISO2), "listen", "--json", "--event", event, "--state-file", str(state),
+                   *(arg for k, v in identifier.items() for arg in ("--identifier", f"{k}={v}"))]
+        self.process = subprocess.Popen(command, env=aviso2_env(url, home), text=True,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.out: list[str] = []
+        self.err: list[str] = []
+        for stream, lines in ((self.process.stdout, self.out), (self.process.stderr, self.err)):
+            threading.Thread(target=lambda s=stream, o=lines: o.extend(iter(s.readline, "")), daemon=True).start()
+
+    def notifications(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in list(self.out) if line.startswith("{")]
+
+    def wait_listening(self) -> None:
+        """Until it says it listens (the server sent its opening event)."""
+        self._until(lambda: any("Listening for" in line for line in self.err), "to listen")
+
+    def wait_for(self, count: int) -> list[dict[str, Any]]:
+        self._until(lambda: len(self.notifications()) >= count, f"{count} notification(s)")
+        return self.notifications()
+
+    def _until(self, check: Any, what: str) -> None:
+        deadline = time.monotonic() + OUTPUT_SECONDS
+        while not check():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"pyaviso 2's listener did not get {what}; it printed:\n"
+                                     f"{''.join(self.out)[-2000:]}\n{''.join(self.err)[-3000:]}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Ctrl+C: pyaviso 2 saves the last sequence it delivered, then exits."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+
+@contextmanager
+def listening(url: str, home: Path, event: str, identifier: dict[str, str], state: Path) -> Iterator[Listener]:
+    listener = Listener(url, home, event, identifier, state)
+    try:
+        listener.wait_listening()
+        yield listener
+    finally:
+        listener.stop()
+
+
+def canonical(request: dict[str, str]) -> dict[str, str]:
+    return {**request, **{k: v for k, v in CANONICAL.items() if k in request}}
+
+
+# -- pyaviso 2 posts, everyone else sees it -----------------------------------------------------------
+@pytest.mark.parametrize(("event", "fields"), [("mars", MARS), ("dissemination", DISS)])
+def test_pyaviso2_command_notify_releases_our_wait(serve_url: str, tmp_path: Path, store: Store, unique_date: str,
+                                                   event: str, fields: dict[str, str]) -> None:
+    request = {**fields, "date": unique_date, "step": "12"}
+    done = aviso2(serve_url, tmp_path, "notify", pairs(event, request) + ',data="file:///data/x.grib"')
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["status"] == "success" and answer["request_id"]
+
+    [notification] = store.wait(event, request, timeout=10)
+
+    assert notification.location == "file:///data/x.grib"
+    assert notification.request == {**canonical(request), "step": "12"}
+
+
+def test_pyaviso2_api_notify_seen_alike_by_wait_sensor_and_pyaviso1(
+        serve_url: str, etcd_url: str, tmp_path: Path, store: Store, unique_date: str,
+        aviso_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    request = {**MARS, "date": unique_date, "step": "48"}
+    location = "file:///data/api.grib"
+    pyaviso1 = subprocess.Popen(_pyaviso1_listen(aviso_home, request), env=_pyaviso1_env(aviso_home), text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        seen_by_pyaviso1 = _notify_until_pyaviso1_prints(serve_url, tmp_path, pyaviso1, request, location)
+    finally:
+        pyaviso1.terminate()
+        pyaviso1.wait(timeout=20)
+
+    [waited] = store.wait("mars", request, timeout=10)
+    sensed = _sensor_poke(etcd_url, request, monkeypatch)
+
+    expected = canonical(request)
+    assert waited.location == location and waited.request == expected
+    assert sensed["location"] == location and sensed["request"] == expected
+    assert seen_by_pyaviso1["location"] == location
+    assert seen_by_pyaviso1["request"] == store.schema("mars").parse_key(store.request("mars", request).keys()[0])
+
+
+def _pyaviso1_env(home: Path) -> dict[str, str]:
+    return {**os.environ, "HOME": str(home), "PYTHONUNBUFFERED": "1"}
+
+
+def _pyaviso1_listen(home: Path, request: dict[str, str]) -> list[str]:
+    listener = listener_file(home, "mars", request)
+    return [str(ROOT / ".venv-pyaviso" / "bin" / "aviso"), "listen", str(listener), "--now"]
+
+
+def _notify_until_pyaviso1_prints(url: str, home: Path, pyaviso1: subprocess.Popen[str], request: dict[str, str],
+                                  location: str) -> dict[str, Any]:
+    """Post through pyaviso 2's API once a second (pyaviso 1.0.2 polls) until its echo prints it; 40 s at most."""
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(iter(pyaviso1.stdout.readline, "")),  # type: ignore[union-attr]
+                     daemon=True).start()
+    for _ in range(40):
+        answer = python2(url, home, NOTIFY_WITH_API, "mars", json.dumps(request), location)
+        assert answer["status"] == "success"
+        time.sleep(1.0)
+        found = [d for d in json_objects("".join(lines)) if d.get("event") == "mars"]
+        if found:
+            return found[0]
+    raise AssertionError(f"pyaviso 1.0.2 never printed the notification; its output:\n{''.join(lines)[-3000:]}")
+
+
+def _sensor_poke(etcd_url: str, request: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """One poke of a real AvisoSensor on the same etcd: what it pushes to XCom for the notification."""
+    host, port = etcd_url.split("//", 1)[1].rsplit(":", 1)
+    connection = {"conn_type": "aviso", "host": host, "port": int(port)}
+    monkeypatch.setenv("AIRFLOW_CONN_AVISO_DEFAULT", json.dumps(connection))
+    monkeypatch.setenv("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+    if "AIRFLOW_HOME" not in os.environ:
+        monkeypatch.setenv("AIRFLOW_HOME", str(Path(os.environ["AVISO_WORKFLOWS_STATE_DIR"]).parent / "airflow"))
+    from airflow.sdk import DAG
+
+    from aviso_workflows.airflow import AvisoSensor
+
+    with DAG("aviso_pyaviso2", schedule=None):
+        sensor = AvisoSensor(task_id="wait", event="mars", request=request)
+    result = sensor.poke({"dag_run": SimpleNamespace(run_after=dt.datetime.now(dt.UTC))})
+    assert result.is_done, "the sensor did not find pyaviso 2's notification"
+    [notification] = result.xcom_value
+    return dict(notification)
+
+
+# -- others post, pyaviso 2 listens and replays ---------------------------------------------------------
+def test_our_notify_and_pyaviso1_notify_reach_pyaviso2_listen(serve_url: str, tmp_path: Path, store: Store,
+                                                               unique_date: str, aviso_home: Path) -> None:  # noqa: F811
+    request = {**MARS, "date": unique_date}
+    with listening(serve_url, tmp_path, "mars", {"class": "od", "date": unique_date},
+                   tmp_path / "state.json") as listener:
+        store.notify("mars", {**request, "step": 0}, location="file:///data/ours.grib")
+        posted = aviso(aviso_home, "notify", pairs("mars", {**request, "step": "6", "location": "file:///data/1.grib"}))
+        assert posted.returncode == 0, posted.stderr
+        first, second = listener.wait_for(2)
+
+    assert first["event_type"] == "mars" and first["identifier"] == {**canonical(request), "step": "0"}
+    assert first["payload"] == "file:///data/ours.grib"
+    assert second["identifier"] == {**canonical(request), "step": "6"} and second["payload"] == "file:///data/1.grib"
+    assert first["sequence"] < second["sequence"]
+
+
+def test_pyaviso2_replays_from_a_date(serve_url: str, tmp_path: Path, store: Store, unique_date: str,
+                                      aviso_home: Path) -> None:  # noqa: F811
+    before = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=2)
+    request = {**MARS, "date": unique_date}
+    store.notify("mars", {**request, "step": 0}, location="file:///data/0.grib")
+    store.notify("mars", {**request, "step": 6}, location="file:///data/6.grib")
+    posted = aviso(aviso_home, "notify", pairs("mars", {**request, "step": "12", "location": "file:///data/12.grib"}))
+    assert posted.returncode == 0, posted.stderr
+    identifier = {"class": "od", "date": unique_date}
+    since = before.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    replayed = aviso2(serve_url, tmp_path, "replay", "--json", "--from", since, "--event", "mars",
+                      *(arg for k, v in identifier.items() for arg in ("--identifier", f"{k}={v}")))
+    through_api = python2(serve_url, tmp_path, REPLAY_WITH_API, "mars", json.dumps(identifier), since)
+
+    assert replayed.returncode == 0, replayed.stderr
+    printed = [json.loads(line) for line in replayed.stdout.splitlines() if line.startswith("{")]
+    for found in (printed, through_api):
+        assert [(n["identifier"]["step"], n["payload"]) for n in found] == [
+            ("0", "file:///data/0.grib"), ("6", "file:///data/6.grib"), ("12", "file:///data/12.grib")]
+        assert [n["sequence"] for n in found] == sorted(n["sequence"] for n in found)
+
+
+def test_pyaviso2_listener_resumes_across_restarts_of_serve_and_itself(etcd_url: str, tmp_path: Path,
+                                                                       store: Store, unique_date: str) -> None:
+    """A live listener outlives a restart of serve; stopped and started again, it goes on from its state file."""
+    request = {**MARS, "date": unique_date}
+    identifier = {"class": "od", "date": unique_date}
+    port, state, log = server.free_port(), tmp_path / "state.json", tmp_path / "serve.log"
+    posted: list[str] = []
+
+    def post(step: int) -> None:
+        store.notify("mars", {**request, "step": step}, location=f"file:///data/{step}.grib")
+        posted.append(str(step))
+
+    with running_serve(etcd_url, port, log) as url:
+        listener = Listener(url, tmp_path, "mars", identifier, state)
+        listener.wait_listening()
+        post(0)
+        listener.wait_for(1)
+    post(6)  # while serve is down
+    with running_serve(etcd_url, port, log):
+        post(12)
+        listener.wait_for(3)  # it reconnected after the last sequence it had
+        listener.stop()
+        first_run = listener.notifications()
+        post(18)  # while the listener is stopped
+        again = Listener(url, tmp_path, "mars", identifier, state)
+        try:
+            again.wait_for(1)
+            post(24)
+            again.wait_for(2)
+            time.sleep(1.0)  # anything repeated would come now
+        finally:
+            again.stop()
+        second_run = again.notifications()
+
+    steps = [n["identifier"]["step"] for n in first_run + second_run]
+    assert steps == posted, f"lost or repeated: {steps} (posted {posted})"
+    sequences = [n["sequence"] for n in first_run + second_run]
+    assert sequences == sorted(set(sequences))
+    saved = json.loads(state.read_text())["checkpoints"]
+    assert [c["last_committed_sequence"] for c in saved.values()] == [sequences[-1]]
