@@ -396,14 +396,14 @@ def register(store: Store, request: Request, *, who: Mapping[str, Any] | None = 
     an ecFlow path ...); host and pid are added here. ``ttl`` (default ``$AVISO_WORKFLOWS_WAITER_TTL`` or 30 s,
     0: do not register) is how long the entry outlives a waiter that dies.
     """
-    ttl_seconds = waiter_ttl(ttl)
+    who_fields, ttl_seconds = check_who(who), waiter_ttl(ttl)
     deadline = None
     if timeout is not None:
         deadline = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=timeout)).strftime(TIME_FORMAT)
     waiter_id = uuid.uuid4().hex[:16]
     if total is None:
         total = request.count if request.is_complete and mode == "all" else None
-    record = Waiter(id=waiter_id, event=request.event, request=request.as_dict(), who=check_who(who),
+    record = Waiter(id=waiter_id, event=request.event, request=request.as_dict(), who=who_fields,
                     host=socket.gethostname(), pid=os.getpid(), since=_now(), found=found, total=total, mode=mode,
                     deadline=deadline).to_dict()
     if ttl_seconds == 0 or getattr(store, "aviso", None) is not None:  # off, or a store that is not etcd
