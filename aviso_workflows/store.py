@@ -21,7 +21,7 @@ from .errors import HistoryCompacted, NotForwarded, PermissionDenied, StoreError
 from .etcd import EtcdGateway, KeyValue, first_kv_of_failure, put_op, range_op, unchanged_since
 from .listen import listen
 from .notification import NO_PAYLOAD, Notification, in_order, notification_from_kv
-from .position import Position
+from .position import Position, key_order
 from .request import Request, check_location, check_timeout, check_ttl, split_event
 from .schema import EventSchema, SchemaRegistry
 from .status_chain import STATUS_TIME_FORMAT, StatusChainTooLong, new_status, status_after, status_record
@@ -125,7 +125,8 @@ class Store:
             raise ValidationError("ttl", ttl, "an aviso-server keeps notifications for its own retention; "
                                   "leave ttl out")
         result = NotifyResult(keys=[])
-        for values in request.concrete():
+        # In the order readers give the keys of one etcd transaction, so both stores deliver alike.
+        for values in sorted(request.concrete(), key=lambda values: key_order(request.schema.format_key(values))):
             answer = client.notify(request.event, values, location)
             result.keys.append(request.schema.format_key(values))
             if isinstance(answer.get("sequence"), int):
