@@ -7,7 +7,7 @@
         request: &forecast {class: od, expver: 1, domain: g, stream: oper, time: 0, step: [0, 6, 12]}
         triggers:
           - type: cylc
-            workflow: daily/run1        # the workflow's id
+            workflow: daily/live        # the workflow's id
             task: process               # the task that waits on the xtrigger
             xtrigger: data              # the xtrigger's label
             request: {event: mars, <<: *forecast}   # the xtrigger's request (optional, see below)
@@ -88,6 +88,14 @@ class _Relay:
         self._process: subprocess.Popen[str] | None = None
         self._lock = threading.Lock()
 
+    def warm(self) -> None:
+        """Start the relay now, so that its start-up (about a second) is not paid by the first release."""
+        with self._lock:
+            try:
+                self._started()
+            except OSError as error:  # reported again, as a failure, at the first release
+                log.warning("cylc aviso-relay could not start: %s", error)
+
     def send(self, order: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
             for attempt in (1, 2):  # a relay that ended (killed, cylc upgraded) is started again once
@@ -144,6 +152,8 @@ class CylcAction:
         self.cylc, self.timeout = cylc, timeout
         self.placeholders = frozenset(check_placeholders("cylc.cycle", cycle))
         self._relay = _Relay(cylc, timeout) if relay else None
+        if self._relay is not None:
+            self._relay.warm()
         self._store: Store | None = None
 
     # -- what to release ---------------------------------------------------------------------------
@@ -255,7 +265,7 @@ def cylc_action(spec: Mapping[str, Any]) -> CylcAction:
     unknown = sorted((name for name in spec if name not in (*KEYS, "type")), key=str)
     if unknown:
         raise ValidationError(f"cylc.{unknown[0]}", spec[unknown[0]], "a cylc action takes: " + ", ".join(KEYS))
-    workflow = _name("workflow", spec.get("workflow"), WORKFLOW_ID, "a workflow id such as daily or daily/run1")
+    workflow = _name("workflow", spec.get("workflow"), WORKFLOW_ID, "a workflow id such as daily or daily/live")
     task = _name("task", spec.get("task"), TASK_NAME, "a task name such as process")
     label = _name("xtrigger", spec.get("xtrigger"), LABEL, "an xtrigger label such as data")
     cycle = spec.get("cycle", "")

@@ -4,7 +4,7 @@ Each ``cylc broadcast`` or ``cylc set`` spends about a second starting (imports,
 to the scheduler for a few milliseconds. The action starts this relay once, through the ``cylc`` command
 it is given (entry point group ``cylc.command``), and writes one JSON line per release::
 
-    {"workflow": "daily/run1", "task": "20261201T0000Z/process", "xtrigger": "data",
+    {"workflow": "daily/live", "task": "20261201T0000Z/process", "xtrigger": "data",
      "environment": {"data_location_0": "..."}}
 
 The relay sends what ``cylc broadcast -p CYCLE -n TASK -s [environment]NAME=VALUE`` and ``cylc set
