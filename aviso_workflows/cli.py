@@ -412,6 +412,30 @@ def cmd_listen(args: argparse.Namespace) -> int:
         return _follow(store, requests, after, cursor, runtime, handle, args.count)
 
 
+def cmd_expect(args: argparse.Namespace) -> int:
+    from .expect import ExpectationChecker, load_expectation_file
+
+    store = store_from_args(args)
+    expectations = load_expectation_file(store, args.file)
+    dates = [d for text in args.dates or [] for d in text.split(",") if d.strip()]
+    state_file = Path(args.state_file) if args.state_file else state_dir() / "expect" / f"{Path(args.file).stem}.json"
+    checker = ExpectationChecker(store, expectations, dates=dates or None, days=args.days, state_file=state_file)
+    if args.once:
+        checker.start()
+        checker.tick()
+        for item in checker.states():
+            state = item.to_dict()
+            arrived = f", arrived {state['arrived_at']}" if state["arrived_at"] else ""
+            print(json.dumps(state) if args.json else f"{state['date']} {state['name']} {item.key} {state['state']} "
+                  f"(expected by {state['expected_by']}{arrived})", flush=True)
+        return EXIT_OK
+    stop = threading.Event()
+    stop_on_signals(stop)
+    print(f"expect: {args.file}, {len(expectations)} expectation(s), dates {', '.join(checker.dates())}", flush=True)
+    checker.run(stop)
+    return EXIT_OK
+
+
 def _who_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--who", action="append", metavar="NAME=VALUE",
                         help="say who waits, in the list of waiters (repeatable): a job id, an ecFlow path ...")
@@ -606,6 +630,20 @@ def build_parser() -> argparse.ArgumentParser:
                               "waits (dag_id=..., ecflow_path=..., kind=cli), host or pid")
     waiting.add_argument("--json", action="store_true", help="one JSON object per waiter")
     waiting.set_defaults(run=cmd_waiting)
+
+    expect = commands.add_parser("expect", parents=[common], help="check expected arrivals: fire triggers when data "
+                                 "is late and when it arrives late")
+    expect.add_argument("file", metavar="FILE", help="expectation file (YAML): expectations with event, request, at, "
+                        "per_step, grace, triggers")
+    expect.add_argument("--dates", action="append", metavar="YYYYMMDD[,...]",
+                        help="data dates to check (default: today and the days before it, --days, moving at midnight)")
+    expect.add_argument("--days", type=int, default=2, help="with no --dates: today and N-1 days before (UTC); 2")
+    expect.add_argument("--state-file", metavar="FILE",
+                        help="what already fired (default STATE_DIR/expect/FILE-STEM.json)")
+    expect.add_argument("--once", action="store_true", help="print every expected key's state now and exit "
+                        "(firing what is due)")
+    expect.add_argument("--json", action="store_true", help="with --once: one JSON object per key")
+    expect.set_defaults(run=cmd_expect)
 
     for name, function, text in (("key", cmd_key, "show the keys of a request"),
                                  ("value", cmd_value, "show the stored values of a request's keys")):
