@@ -521,7 +521,7 @@ class AvisoSource:
         raise AvisoUnavailable(f"aviso-server stream failed: {data.get('error')}: {data.get('message')}")
 
     def _interrupted(self, error: Exception) -> None:
-        self.last_error = error
+        self.last_error = AvisoUnavailable(f"aviso-server at {self.client.base}: {one_line(error)}")
         after = self.state.last_sequence
         where = f"from sequence {after + 1}" if after is not None else f"from {self.state.body_start()}"
         if not self._failures:
