@@ -4,7 +4,8 @@
 2. a waiter blocks on "all steps 0-24 of today's 00 UTC forecast" while a producer posts them one by
    one; the waiter is released the moment the last step lands and prints the locations;
 3. catch-up: a wait for yesterday's forecast, posted earlier, is released at once;
-4. the Airflow and ecFlow parts, when installed (``--core-only`` skips them).
+4. the Airflow and ecFlow parts, when installed (``--core-only`` skips them);
+5. Aviso 2: ECMWF's pyaviso 2 posts to ``aviso-workflows serve``, an Airflow sensor and an ecFlow wait go.
 """
 
 from __future__ import annotations
@@ -72,8 +73,9 @@ def core_demo(store: Store) -> None:
 
 
 def adapter_demos(url: str) -> None:
-    """The Airflow and ecFlow parts, when their modules are present."""
-    for name, title in (("demo_airflow", "Airflow"), ("demo_ecflow", "ecFlow")):
+    """The Airflow, ecFlow and Aviso 2 parts, when their modules are present."""
+    for name, title in (("demo_airflow", "Airflow"), ("demo_ecflow", "ecFlow"),
+                        ("demo_aviso2", "Aviso 2: pyaviso 2 posts through aviso-workflows serve")):
         if not (ROOT / "examples" / f"{name}.py").exists():
             continue
         print(f"\n== {title}")

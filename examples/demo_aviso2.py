@@ -1,0 +1,183 @@
+"""The Aviso 2 part of ``make demo``: pyaviso 2 posts through ``serve``, an Airflow sensor and an ecFlow wait go.
+
+Starts ``aviso-workflows serve`` (the Aviso 2 HTTP API) on the demo's etcd; an Airflow sensor (a real
+``AvisoSensor``, in a child process) and an ecFlow ``WaitTask`` (a suite on a private ecflow_server) wait on
+etcd for step 0 of today's 18 UTC forecast; ECMWF's own Aviso 2 client, pyaviso 2.4.2 from .venv-pyaviso2,
+posts it to ``serve``, which writes it to etcd; both are released. Takes about 10 seconds.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+from urllib.parse import urlsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+AVISO2 = ROOT / ".venv-pyaviso2" / "bin" / "aviso"
+SERVE = [str(Path(sys.executable).with_name("aviso-workflows")), "serve"]
+FORECAST = {"class": "od", "expver": "1", "domain": "g", "time": "18", "stream": "oper", "step": "0"}
+LOCATION = "file:///data/od/oper/18/step000.grib"
+LIMIT_SECONDS = 40.0
+START = time.monotonic()
+
+
+def say(who: str, text: str) -> None:
+    print(f"{time.monotonic() - START:6.2f}s  {who:<9} {text}", flush=True)
+
+
+def start_serve(store_url: str, port: int) -> subprocess.Popen[bytes]:
+    """``serve`` on 127.0.0.1:``port`` in front of the demo's etcd, once it answers /health."""
+    import httpx
+
+    process = subprocess.Popen([*SERVE, "--port", str(port), "--endpoint", store_url])
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise SystemExit("aviso-workflows serve did not start")
+        time.sleep(0.1)
+
+
+def start_sensor(store_url: str, request: dict[str, str], home: Path) -> subprocess.Popen[str]:
+    """An AvisoSensor in poke mode, in a child process (it imports Airflow), following etcd until released."""
+    url = urlsplit(store_url)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env.update(AIRFLOW_HOME=str(home), AIRFLOW__CORE__LOAD_EXAMPLES="False",
+               AIRFLOW_CONN_AVISO_DEFAULT=json.dumps({"conn_type": "aviso", "host": url.hostname, "port": url.port}))
+    return subprocess.Popen([sys.executable, __file__, "--sensor", json.dumps(request)], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _sensor(request: dict[str, str]) -> None:
+    from airflow.sdk import DAG
+
+    from aviso_workflows.airflow import AvisoSensor
+
+    with DAG("aviso2_demo", schedule=None):
+        sensor = AvisoSensor(task_id="wait", event="mars", request=request, timeout=LIMIT_SECONDS)
+    print("sensor waiting", flush=True)
+    [found] = sensor.execute({"dag_run": SimpleNamespace(run_after=dt.datetime.now(dt.UTC))})  # type: ignore[arg-type]
+    print(f"sensor RELEASED: step {found['request']['step']} at {found['location']}", flush=True)
+
+
+def _echo(process: subprocess.Popen[str], waiting: threading.Event) -> None:
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.startswith("sensor "):
+            waiting.set()
+            say("airflow", line.removeprefix("sensor ").strip())
+
+
+def run(store_url: str) -> None:
+    """Show pyaviso 2 releasing an Airflow sensor and an ecFlow wait through ``serve``."""
+    global START
+    START = time.monotonic()
+    if not AVISO2.exists():
+        print("pyaviso 2 is not installed in .venv-pyaviso2 (scripts/setup.sh installs it); skipping")
+        return
+    from aviso_workflows import server
+
+    date = dt.datetime.now(dt.UTC).strftime("%Y%m%d")
+    request = {**FORECAST, "date": date}
+    port = server.free_port()
+    with tempfile.TemporaryDirectory(prefix="aviso-demo-aviso2-") as tmp:
+        sensor = start_sensor(store_url, request, Path(tmp) / "airflow")  # importing Airflow takes a while
+        waiting = threading.Event()
+        echo = threading.Thread(target=_echo, args=(sensor, waiting), daemon=True)
+        echo.start()
+        serve: subprocess.Popen[bytes] | None = None
+        try:
+            serve = start_serve(store_url, port)
+            say("serve", f"aviso-workflows serve (pid {serve.pid}) answers the Aviso 2 API at "
+                f"http://127.0.0.1:{port}")
+            with ecflow_wait(store_url, request, Path(tmp) / "ecflow") as look:
+                waiting.wait(timeout=LIMIT_SECONDS)
+                time.sleep(1.0)  # the sensor has read and follows the watch
+                notify = [str(AVISO2), "--base-url", f"http://127.0.0.1:{port}", "notify",
+                          ",".join(["event=mars", *(f"{k}={v}" for k, v in request.items()), f'data="{LOCATION}"'])]
+                say("pyaviso2", "$ aviso notify " + notify[-1])
+                posted = subprocess.run(notify, capture_output=True, text=True, timeout=30,
+                                        env={**os.environ, "HOME": tmp})
+                if posted.returncode != 0:
+                    raise SystemExit(f"pyaviso 2's notify failed: {posted.stderr}")
+                say("pyaviso2", f"serve answered {posted.stdout.strip()}")
+                sensor.wait(timeout=LIMIT_SECONDS)
+                echo.join(timeout=5)
+                look()
+        finally:
+            if sensor.poll() is None:
+                sensor.kill()
+                sensor.wait(timeout=10)
+            if serve is not None:
+                serve.terminate()
+                serve.wait(timeout=20)
+                say("serve", "stopped")
+    if sensor.returncode != 0:
+        raise SystemExit(f"the Airflow sensor failed (exit {sensor.returncode})")
+
+
+class ecflow_wait:  # noqa: N801 - used as a context manager, named for what it holds
+    """A suite with a WaitTask for ``request`` on a private ecflow_server; calling it waits for the task."""
+
+    def __init__(self, store_url: str, request: dict[str, str], home: Path) -> None:
+        self.store_url, self.request, self.home = store_url, request, home
+        self.server: Any = None
+
+    def __enter__(self) -> Any:
+        from aviso_workflows.ecflow import server as ecflow_server
+
+        if not ecflow_server.ecflow_available():
+            print("ecFlow is not installed (scripts/setup.sh installs it); only the Airflow sensor waits")
+            return lambda: None
+        import pyflow as pf
+
+        from aviso_workflows.ecflow import LoopbackHost, WaitTask
+        from aviso_workflows.ecflow.deploy import play
+
+        self.server = ecflow_server.start(self.home / "server")
+        with pf.Suite("aviso2", host=LoopbackHost(), files=str(self.home / "files"),
+                      home=str(self.home / "out")) as suite:
+            WaitTask("wait", "mars", self.request, timeout=LIMIT_SECONDS, endpoints=[self.store_url])
+        play(suite, "localhost", self.server.port)
+        say("ecflow", f"suite /aviso2 begun on ecflow_server (pid {self.server.pid}): /aviso2/wait waits")
+        return self._released
+
+    def _released(self) -> None:
+        client = self.server.client()
+        deadline = time.monotonic() + LIMIT_SECONDS
+        while True:
+            client.sync_local()
+            state = str(client.get_defs().find_abs_node("/aviso2/wait").get_state())
+            if state == "complete":
+                say("ecflow", "/aviso2/wait RELEASED (complete)")
+                return
+            if state == "aborted" or time.monotonic() > deadline:
+                raise SystemExit(f"the ecFlow wait task ended {state}")
+            time.sleep(0.1)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--sensor":
+        _sensor(json.loads(sys.argv[2]))
+    elif len(sys.argv) == 2:
+        run(sys.argv[1])
+    else:
+        sys.exit("usage: demo_aviso2.py ETCD_URL")
