@@ -23,4 +23,4 @@ bench: setup
 	$(PY) bench/run.py
 
 clean:
-	rm -rf $(VENV) .venv-pyaviso .pytest_cache .hypothesis *.egg-info
+	rm -rf $(VENV) .venv-pyaviso .venv-pyaviso2 .pytest_cache .hypothesis *.egg-info
