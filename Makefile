@@ -4,13 +4,16 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo demo-cylc test lint bench clean
 
 setup:
 	@bash scripts/setup.sh
 
 demo: setup
 	@$(PY) examples/demo.py
+
+demo-cylc: setup
+	@$(PY) examples/demo_cylc.py
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -23,4 +26,4 @@ bench: setup
 	$(PY) bench/run.py
 
 clean:
-	rm -rf $(VENV) .venv-pyaviso .venv-pyaviso2 .pytest_cache .hypothesis *.egg-info
+	rm -rf $(VENV) .venv-pyaviso .venv-cylc .venv-pyaviso2 .pytest_cache .hypothesis *.egg-info
