@@ -33,6 +33,7 @@ SCRIPTS: list[tuple[str, list[str], float, str]] = [
     ("Threaded waits and connections", ["connections.py", "1000"], 300, "connections"),
     ("Transport: HTTP gateway and gRPC", ["transport.py"], 240, "transport"),
     ("Listener resuming far behind", ["resume.py"], 300, "resume"),
+    ("SSE watchers on serve (Aviso 2)", ["sse.py", "1000"], 300, "sse"),
     ("A day at operational volume", ["scale.py"], 900, "scale"),
 ]
 
