@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 
 import yaml
 
-from . import __version__, server
+from . import __version__, aviso2, server
 from .config import resolve_config, state_dir
 from .documents import read_document
 from .errors import AvisoWorkflowsError, ValidationError, WaitTimeout
@@ -123,7 +123,10 @@ def cmd_notify(args: argparse.Namespace) -> int:
     ttl = args.ttl if args.ttl is not None else extras.get("ttl")
     result = store.notify(request, location=location, ttl=ttl)
     batches = len(result.revisions)
-    print(f"notified {len(result.keys)} key(s) in {batches} transaction(s), revision {result.revisions[-1]}")
+    if result.revisions:
+        print(f"notified {len(result.keys)} key(s) in {batches} transaction(s), revision {result.revisions[-1]}")
+    else:  # an aviso-server answers a notify without a sequence
+        print(f"notified {len(result.keys)} key(s)")
     for key in result.keys if args.verbose or len(result.keys) <= 10 else ():
         print(f"  {key}")
     return EXIT_OK
@@ -394,7 +397,9 @@ def cmd_listen(args: argparse.Namespace) -> int:
         return _dead_letters(args, runtime)
     handle = _handler(runtime, args)
     if isinstance(start, dt.datetime) and end is not None:  # a finite replay, no cursor
-        for handled, notification in enumerate(replay(store, requests, start, end), 1):
+        posts = aviso2.replay_window(store, requests, start, end) if store.aviso is not None else \
+            replay(store, requests, start, end)
+        for handled, notification in enumerate(posts, 1):
             handle(notification)
             if args.count and handled >= args.count:
                 break
@@ -407,7 +412,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
     if cursor is not None:  # saved now: a listener stopped before its first notification misses nothing
         after = start_position(store, after, cursor)
     if runtime.report is not None:
-        runtime.report(f"listening after revision {after.revision if after else store.current_revision()}")
+        runtime.report(f"listening after revision {after.revision if after else store.now().revision}")
     with _registered(store, requests, args):
         return _follow(store, requests, after, cursor, runtime, handle, args.count)
 
@@ -481,6 +486,8 @@ def _first_start(store: Store, requests: list[Request], cursor: Cursor | None,
         return None
     if isinstance(start, int):
         return Position(max(start - 1, 0))
+    if store.aviso is not None:  # the server finds the first post at or after a time itself
+        return aviso2.since(start)
     windows = [window for request in requests for key in request.status_keys()
                if (window := revision_window(store, key, start)) is not None]
     if not windows:

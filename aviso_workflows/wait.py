@@ -19,14 +19,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from . import shared_reads, waiters
+from . import aviso2, shared_reads, waiters
 from .errors import StoreUnavailable, TlsRefused, ValidationError, WaitTimeout
 from .etcd import KeyValue
 from .follow import Feed, Follower
 from .notification import Notification
 from .position import Position
 from .request import Request
-from .watch import HUB, PrefixWatch, Subscriber, covering_prefix, one_line
+from .watch import HUB, STOP_CHECK, Channel, PrefixWatch, Subscriber, covering_prefix, one_line
 
 if TYPE_CHECKING:
     from .store import Store
@@ -344,6 +344,8 @@ def _wait(store: Store, request: Request, *, mode: str = "all", timeout: float |
     rest within milliseconds of their post. Raises WaitTimeout (with ``found``) after ``timeout``
     seconds. ``known`` notifications (found earlier) count as found already.
     """
+    if store.aviso is not None:
+        return _wait_aviso(store, request, mode, timeout, known, on_progress)
     found, follower, inbox = _Found(request, mode, known, on_progress), _follower(request), _Inbox()
     deadline = _Deadline(timeout)
     prefix = _watched_prefix(request)
@@ -471,6 +473,8 @@ async def _wait_async(store: Store, request: Request, *, mode: str = "all", time
     the reads of waiters starting together share transactions in a worker thread, so thousands of
     waiters need no thread of their own and open no connection of their own.
     """
+    if store.aviso is not None:
+        return await _wait_aviso_async(store, request, mode, timeout, known, on_progress)
     found, follower = _Found(request, mode, known, on_progress), _follower(request)
     inbox = _AsyncInbox(asyncio.get_running_loop())
     deadline = _Deadline(timeout)
@@ -491,6 +495,48 @@ async def _wait_async(store: Store, request: Request, *, mode: str = "all", time
         ended = HUB.leave(store.config, prefix, inbox)
         if ended is not None:
             await asyncio.get_running_loop().run_in_executor(_WATCH_KEEPERS, ended.stop)
+
+
+# -- an aviso-server ---------------------------------------------------------------------------------
+def _aviso_source(store: Store, request: Request, channel: Channel) -> aviso2.AvisoSource:
+    """One ``/watch`` that replays from the request's earliest date (see :func:`aviso2.wait_start`) and
+    goes on live in the same stream: what was posted long ago comes at once, the rest as it is posted."""
+    assert store.aviso is not None
+    start = aviso2.wait_start(request, store.config.replay_lookback_hours)
+    return aviso2.AvisoSource(store.aviso, [request], start, channel, f"wait for {request}")
+
+
+def _wait_aviso(store: Store, request: Request, mode: str, timeout: float | None, known: Iterable[Notification],
+                on_progress: Callable[[int, int, Notification], None] | None) -> list[Notification]:
+    """:func:`wait` on an aviso-server: the same bookkeeping, fed by the server's stream."""
+    found, follower, deadline = _Found(request, mode, known, on_progress), _follower(request), _Deadline(timeout)
+    with _aviso_source(store, request, Channel()) as source:
+        while not found.add(follower.drain()):
+            if deadline.passed:
+                raise found.timed_out(timeout, source.last_error)
+            feed = source.channel.get(deadline.slice(STOP_CHECK * 5))
+            if feed is not None:
+                follower.feed(feed)
+        return found.ordered()
+
+
+async def _wait_aviso_async(store: Store, request: Request, mode: str, timeout: float | None,
+                            known: Iterable[Notification],
+                            on_progress: Callable[[int, int, Notification], None] | None) -> list[Notification]:
+    """:func:`wait_async` on an aviso-server: the stream's thread hands feeds to the loop."""
+    found, follower, deadline = _Found(request, mode, known, on_progress), _follower(request), _Deadline(timeout)
+    source = _aviso_source(store, request, Channel(loop=asyncio.get_running_loop()))
+    source.start()
+    try:
+        while not found.add(follower.drain()):
+            try:
+                feed = await asyncio.wait_for(source.channel.aget(), deadline.remaining)
+            except TimeoutError:
+                raise found.timed_out(timeout, source.last_error) from None
+            follower.feed(feed)
+        return found.ordered()
+    finally:
+        await asyncio.get_running_loop().run_in_executor(_WATCH_KEEPERS, source.stop)
 
 
 __all__ = ["WaitResult", "check_min_found", "describe_missing", "wait", "wait_async"]
