@@ -37,6 +37,7 @@ def run_bridge(args: argparse.Namespace) -> int:
     if args.dead_letters:
         return cmd_listen(args)
     args.report_actions = True
+    args.who = [*(getattr(args, "who", None) or []), "kind=ecflow-bridge", f"ecflow_server={args.host}:{args.port}"]
     saved = Cursor(args.cursor).load()
     where = f"resuming after revision {saved.revision}" if saved else "first start"
     print(f"ecflow-bridge: {args.pairs}, ecFlow at {args.host}:{args.port}, cursor {args.cursor}, {where}",
