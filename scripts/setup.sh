@@ -3,7 +3,8 @@
 # Airflow, pyflow and the test tools; Debian's ecFlow 5.9 packages (linked into the venv); Debian's
 # etcd 3.4 (etcd-server, binary only, for the cluster fault tests); pyaviso 1.0.2 in its own venv (.venv-pyaviso)
 # and pyaviso 2.4.2 (the Aviso 2 HTTP client) in another (.venv-pyaviso2) for the interoperability tests.
-# Cylc 8.5 with the project in its own venv (.venv-cylc), and rsync, which cylc install needs.
+# Cylc 8.5 with the project in its own venv (.venv-cylc), and rsync, which cylc install needs; Debian's chromium
+# for the board's browser tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -126,6 +127,19 @@ install_debian_rsync() {
 }
 
 install_debian_rsync
+install_debian_chromium() {
+  # The board's browser tests drive Debian's chromium headless (a screenshot, the DOM after a post).
+  command -v chromium >/dev/null && return
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+    echo "warning: chromium is missing (the board's browser tests are skipped); install Debian's chromium as root" >&2
+    return
+  fi
+  say "installing chromium from Debian (the board's browser tests run it headless)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+}
+
+install_debian_chromium
 # Cylc 8.5 pins protobuf<4.25 and jinja2==3.0.*: its own venv, with this project (no Airflow or ecFlow extras)
 # so that Cylc finds the aviso xtrigger and the aviso-relay command through their entry points. Installed
 # again when setup.cfg changes (the entry points live there).
