@@ -32,6 +32,7 @@ from ..status_chain import revision_windows
 from ..store import Store
 from ..watch import one_line
 from .auth import Authenticator, Grant, refusal
+from .board import board_router
 from .feeds import FeedHub
 from .protocol import SEQUENCE_SLOTS, ApiError, ApiRequest, filter_request, notify_request, parse_body, stream_time
 from .schemas import event_schema_body, schema_body
@@ -56,6 +57,9 @@ class ServeOptions:
     queue_size: int = 1000
     auth: str = "none"
     tokens: dict[str, Grant] = field(default_factory=dict)
+    #: An expectation file checked while serving (the board shows expected and late keys); its data dates.
+    expect: str | None = None
+    expect_dates: tuple[str, ...] = ()
 
 
 class Metrics:
@@ -166,6 +170,7 @@ def create_app(store: Store, options: ServeOptions | None = None) -> FastAPI:
     app.add_exception_handler(ApiError, _api_error)
     app.add_middleware(RequestIds, state=state)
     _add_routes(app, state)
+    app.include_router(board_router(state))  # /board, its stream and files; its lifespan runs the checker
     return app
 
 

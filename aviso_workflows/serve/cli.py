@@ -37,6 +37,11 @@ def add_commands(subparsers: Any, common: argparse.ArgumentParser) -> None:
     auth.add_argument("--tokens", metavar="FILE",
                       help="YAML or JSON 'tokens: {TOKEN: {read: [EVENT...], write: [EVENT...]}}' ('*': every "
                            "event); clients send Authorization: Bearer TOKEN")
+    serve.add_argument("--expect", metavar="FILE",
+                       help="check this expectation file while serving (as 'aviso-workflows expect FILE' does): its "
+                            "triggers fire, and the board at /board shows expected and late keys")
+    serve.add_argument("--expect-dates", action="append", metavar="YYYYMMDD[,...]",
+                       help="with --expect: the data dates to check (default today and yesterday, UTC)")
     serve.set_defaults(run=_run)
 
 
@@ -55,11 +60,20 @@ def _run(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         raise ValidationError("port", args.port, "expected a port number from 1 to 65535")
     mode = "tokens" if args.tokens else "etcd" if args.etcd_auth else "none"
+    store = store_from_args(args)
+    dates = tuple(d.strip() for text in args.expect_dates or [] for d in text.split(",") if d.strip())
+    if dates and not args.expect:
+        raise ValidationError("expect-dates", ",".join(dates), "needs --expect FILE")
+    if args.expect:  # the whole file is checked before the server starts
+        from .board import expectation_checker
+
+        expectation_checker(store, args.expect, list(dates))
     options = ServeOptions(base_url=args.base_url or f"http://{args.host}:{args.port}", heartbeat=args.heartbeat,
                            max_duration=args.max_duration, replay_limit=args.replay_limit,
                            queue_size=args.queue_size, auth=mode,
-                           tokens=load_tokens(args.tokens) if args.tokens else {})
-    serve(store_from_args(args), options, args.host, args.port, verbose=args.verbose)
+                           tokens=load_tokens(args.tokens) if args.tokens else {}, expect=args.expect,
+                           expect_dates=dates)
+    serve(store, options, args.host, args.port, verbose=args.verbose)
     return 0
 
 
