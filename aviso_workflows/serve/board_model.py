@@ -123,8 +123,10 @@ def _axes(schema: EventSchema, request: Request, given: Mapping[str, list[str]])
         row_fields = (DATE_FIELD, TIME_FIELD)
     column_field = STEP_FIELD if STEP_FIELD in schema.key_fields else None
     dates = sorted(request.values[DATE_FIELD], reverse=True)  # newest first: what operators look at
-    rows = tuple((d, t) for d in dates for t in times) if len(row_fields) == 2 and times else \
-        tuple((d,) for d in dates)
+    if len(row_fields) == 2 and times is None:  # every cycle of the day the field knows, else those seen
+        known = getattr(schema.field(TIME_FIELD), "values", None)
+        times = tuple(schema.field(TIME_FIELD).canonical(v) for v in known) if known else ()
+    rows = tuple((d, t) for d in dates for t in times or ()) if len(row_fields) == 2 else tuple((d,) for d in dates)
     columns = tuple(sorted(request.values.get(column_field, ()), key=_number)) if column_field else ("",)
     if len(rows) * max(len(columns), 1) > MAX_CELLS:
         raise ValidationError("step", len(rows) * len(columns), f"the board shows at most {MAX_CELLS} cells "

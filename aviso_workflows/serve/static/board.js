@@ -3,7 +3,7 @@
 (function () {
   const STATES = {
     "arrived": ["✓", "arrived"], "arrived-late": ["✓!", "arrived late"], "late": ["⚠", "late"],
-    "waited": ["⏳", "waited for"], "expected": ["◷", "expected"], "none": ["·", "nothing yet"],
+    "waited": ["⚑", "waited for"], "expected": ["◷", "expected"], "none": ["·", "nothing yet"],
   };
   const board = { rows: [], columns: [], cells: {}, query: null, selected: null };
   const table = document.getElementById("board");
@@ -77,7 +77,9 @@
 
   function drawTable() {
     const focused = document.activeElement && document.activeElement.id;
-    const caption = el("caption", {}, board.query ? board.query.text : "");
+    const rowsAre = board.query && board.query.row_fields.length > 1 ? "cycles (date and time)" : "data dates";
+    const caption = el("caption", {}, "Rows: " + rowsAre + ", newest first; columns: " +
+      (board.query && board.query.column_field ? board.query.column_field + "s" : "keys") + "; times in UTC.");
     const head = el("thead");
     const headRow = el("tr");
     headRow.append(el("th", { scope: "col" }, board.query && board.query.row_fields.length > 1 ? "cycle" : "date"));
@@ -122,7 +124,7 @@
     if (!waiters.length) { list.replaceChildren(el("li", { class: "empty" }, "nobody")); return; }
     list.replaceChildren(...waiters.map((w) => {
       const item = el("li", { class: "waiter" });
-      item.append(el("span", { class: "who" }, "⏳ " + w.label), el("br"),
+      item.append(el("span", { class: "who" }, "⚑ " + w.label), el("br"),
         el("span", { class: "small" }, w.where + (w.kind ? " · " + w.kind : "") + " · " + w.progress + " · since " +
           clock(w.since)), el("br"), el("code", { class: "small" }, w.request));
       return item;
