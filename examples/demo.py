@@ -6,6 +6,9 @@
 3. catch-up: a wait for yesterday's forecast, posted earlier, is released at once;
 4. the Airflow and ecFlow parts, when installed (``--core-only`` skips them);
 5. Aviso 2: ECMWF's pyaviso 2 posts to ``aviso-workflows serve``, an Airflow sensor and an ecFlow wait go.
+
+Throughout, the availability board (``serve``'s ``/board``) shows the forecasts live; its URL is printed
+first. ``make demo KEEP=600`` (``DEMO_KEEP_BOARD=600``) keeps it up for 10 minutes after the demo.
 """
 
 from __future__ import annotations
@@ -24,6 +27,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from aviso_workflows import Notification, Store, server  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "examples"))
+from demo_board import keep as keep_board  # noqa: E402
+from demo_board import keep_seconds, start_board  # noqa: E402
 
 FORECAST = {"class": "od", "expver": 1, "domain": "g", "time": 0, "stream": "oper"}
 STEPS = "0/to/24/by/6"
@@ -90,12 +97,19 @@ def main() -> int:
     data_dir = Path(tempfile.mkdtemp(prefix="aviso-demo-etcd-"))  # a fresh store: every run tells the same story
     info = server.start(data_dir, port=server.free_port())
     print(f"== embedded etcd started at {info.client_url} (pid {info.pid}, data in {data_dir})")
+    stop_board = None
     try:
         store = Store([info.client_url])
+        keep = keep_seconds()
+        board_url, stop_board = start_board(store)
+        print(f"== the availability board, live while the demo runs: {board_url}")
         core_demo(store)
         if not args.core_only:
             adapter_demos(info.client_url)
+        keep_board(board_url, keep)
     finally:
+        if stop_board is not None:
+            stop_board()
         server.stop(data_dir)
         shutil.rmtree(data_dir, ignore_errors=True)
         print(f"\n== embedded etcd stopped (pid {info.pid}); start one yourself with: aviso-workflows server start")
