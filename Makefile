@@ -3,6 +3,8 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# make demo KEEP=600: the demo's board stays up that many seconds after the demo (at most 3600).
+KEEP ?= $(DEMO_KEEP_BOARD)
 
 .PHONY: setup demo demo-cylc test lint bench clean
 
@@ -10,7 +12,7 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	@$(PY) examples/demo.py
+	@DEMO_KEEP_BOARD=$(KEEP) $(PY) examples/demo.py
 
 demo-cylc: setup
 	@$(PY) examples/demo_cylc.py
