@@ -25,6 +25,10 @@ CONNECTION_FIELDS: dict[str, Any] = {
     "timeout": {"label": "Timeout (seconds)", "schema": {"type": ["number", "null"], "default": 10}},
     "schema_files": {"label": "Event schema files", "schema": _TEXT,
                      "description": "Comma-separated YAML/JSON files defining custom events"},
+    "board_url": {"label": "Board", "schema": _TEXT,
+                  "description": "Where operators see what arrived, who waits and what is late: the board of "
+                                 "aviso-workflows serve, e.g. http://HOST:8000/board?class=od&stream=oper (not "
+                                 "used to connect)"},
 }
 
 
