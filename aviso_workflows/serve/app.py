@@ -139,6 +139,9 @@ class RequestIds:
         try:
             await self.app(scope, receive, send_with_id)
         except Exception as error:  # noqa: BLE001 - answered as Aviso 2 answers, with the id
+            if started:  # a stream whose client went away: nothing to answer
+                log.debug("request %s ended: %s", request_id, one_line(error))
+                return
             log.error("request %s failed: %s", request_id, one_line(error))
             if not started:
                 failure = ApiError(500, "INTERNAL_ERROR", "internal_error", "the server failed to answer")

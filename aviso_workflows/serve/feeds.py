@@ -176,6 +176,11 @@ class FeedHub:
             feed.stop()
 
     @property
+    def subscribers(self) -> int:
+        """Live streams fed now (a stream cut off as too slow is no longer fed)."""
+        return sum(len(feed.subscriptions) for feed in self._feeds.values())
+
+    @property
     def watches(self) -> int:
         """Shared etcd watches open now."""
         return len(self._feeds)
