@@ -58,6 +58,13 @@ GOOD_ACTIONS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
         "username": st.one_of(st.just("admin"), values), "password": st.one_of(st.just("admin"), values),
         "token_env": st.one_of(st.sampled_from(["PATH", "AVISO_FUZZ_UNSET_VARIABLE", ""]), values),
         "timeout": seconds, "retries": st.one_of(st.integers(0, 100), values)}),
+    "cylc": st.fixed_dictionaries({"type": st.just("cylc"), "workflow": st.one_of(
+        st.sampled_from(["daily", "daily/live", "", "../x", "a b", "/abs"]), values), "task": st.one_of(
+        st.sampled_from(["process", "", "a b", "x;y"]), values), "xtrigger": st.one_of(
+        st.sampled_from(["data", "1x", "", "a-b"]), values)}, optional={
+        "cycle": st.sampled_from(["", "%Y%m%dT%H%MZ", "{date}", 5]), "mode": st.sampled_from(["all", "any", "some", 1]),
+        "request": st.one_of(st.just({"event": "mars", "class": "od"}), st.just({"class": "od"}), values),
+        "relay": st.one_of(st.booleans(), values), "timeout": seconds, "cylc": texts}),
 }
 assert set(GOOD_ACTIONS) == set(ACTION_TYPES), "every action type is fuzzed"
 
