@@ -151,8 +151,8 @@ class _Found:
         return sorted(self.found.values(), key=lambda n: n.order)
 
     def timed_out(self, timeout: float | None, outage: Exception | None = None) -> WaitTimeout:
-        """The error of a wait that ran out of time (``outage``: why etcd could not be read meanwhile)."""
-        why = f"; etcd could not be read: {one_line(outage)}" if outage is not None else ""
+        """The error of a wait that ran out of time (``outage``: why the store could not be read meanwhile)."""
+        why = f"; the store could not be read: {one_line(outage)}" if outage is not None else ""
         return WaitTimeout(f"timed out after {timeout:g} s with {len(self.found)}/{self.total} available for "
                            f"{self.request}{why}", self.ordered())
 

@@ -54,6 +54,12 @@ def test_a_bad_file_is_refused_before_anything_runs(tmp_path: Path, etcd_url: st
     assert done.returncode == 2 and "expectations[0].at: '25:00' is not valid" in done.stderr
 
 
+def test_an_aviso_server_store_is_refused_naming_the_endpoint(store: Store) -> None:
+    expectations = parse_expectations(store, {"expectations": [entry()]})
+    with pytest.raises(ValidationError, match=r"endpoints: 'aviso\+http://127.0.0.1:9'.*etcd store"):
+        ExpectationChecker(Store(["aviso+http://127.0.0.1:9"]), expectations)
+
+
 def test_due_times_and_dates_checked(store: Store) -> None:
     [expectation] = parse_expectations(store, {"expectations": [entry()]})
     assert expectation.due("20261122", {"step": "6"}) == dt.datetime(2026, 11, 22, 5, 52)
