@@ -2,17 +2,20 @@
 
 Every live stream of a process that reaches etcd as the same client shares one etcd watch over the
 notification prefix (the prefix covering every event's keys). Its thread hands each feed to the
-asyncio loop, which numbers the notification keys once (:func:`protocol.annotate`) and offers the
-feed to every subscriber's bounded queue. Dispatching and subscribing both run on the loop, so a
-subscriber knows exactly the revision after which its queue holds everything: the hand-over point of
-a replay that turns live. A subscriber whose queue is full is cut (it gets :data:`CUT`), never waited
-for. Replays read history through a watch of their own from their start revision (see streams.py).
+asyncio loop, which reads it once for every stream (:func:`protocol.read_batch`: notifications,
+sequences, times; the events streams send are then encoded once too) and offers it to every
+subscriber's bounded queue, waking the subscribers in the order they subscribed. Dispatching and
+subscribing both run on the loop, so a subscriber knows exactly the revision after which its queue
+holds everything: the hand-over point of a replay that turns live. A subscriber whose queue is full
+is cut (it gets :data:`CUT`), never waited for. Replays read history through a watch of their own
+from their start revision (see streams.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -23,7 +26,7 @@ from ..etcd import KeyValue, range_op
 from ..follow import Feed
 from ..schema import EventSchema
 from ..watch import Channel, HistorySource, covering_prefix
-from .protocol import EMPTY_ANNOTATIONS, Annotations, annotate
+from .protocol import Batch, read_batch
 
 if TYPE_CHECKING:
     from ..store import Store
@@ -31,7 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 #: Handed to a subscriber whose queue overflowed: it is cut off (a slow client never holds others back).
 CUT = object()
-Item = tuple[Feed, Annotations]
+Item = tuple[Feed, Batch]
 
 
 def notification_prefix(schemas: list[EventSchema]) -> str:
@@ -79,24 +82,37 @@ class LoopSource(HistorySource):
 
 
 class Subscription:
-    """One live stream's place on a shared feed: everything after ``start`` arrives in ``queue``."""
+    """One live stream's place on a shared feed: everything after ``start`` arrives in its queue.
+
+    A plain deque and one future to wake the stream (not an asyncio.Queue): a post reaches every
+    stream of the server, so what each offer and take costs counts a thousand times over.
+    """
 
     def __init__(self, start: int, capacity: int) -> None:
         self.start = start
-        self.queue: asyncio.Queue[Any] = asyncio.Queue(capacity)
+        self.capacity = capacity
+        self.items: deque[Any] = deque()
         self.cut = False
+        #: Set while the stream waits for an item; resolved by an offer (or by whoever else wakes the stream).
+        self.waiter: asyncio.Future[None] | None = None
 
     def offer(self, item: Item) -> None:
         """Queue ``item``; a full queue cuts the subscriber off (its queue then holds only CUT)."""
         if self.cut:
             return
-        try:
-            self.queue.put_nowait(item)
-        except asyncio.QueueFull:
+        if len(self.items) >= self.capacity:
             self.cut = True
-            while not self.queue.empty():
-                self.queue.get_nowait()
-            self.queue.put_nowait(CUT)
+            self.items.clear()
+            self.items.append(CUT)
+        else:
+            self.items.append(item)
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def take(self) -> Any:
+        """The oldest queued item (or CUT), None if none is queued."""
+        return self.items.popleft() if self.items else None
 
 
 @dataclass
@@ -110,7 +126,8 @@ class SharedFeed:
     source: LoopSource | None = None
 
     def __post_init__(self) -> None:
-        self.subscriptions: set[Subscription] = set()
+        #: In the order they subscribed (a dict as an ordered set): the longest waiting is woken first.
+        self.subscriptions: dict[Subscription, None] = {}
 
     async def start(self) -> None:
         """Follow the store from its current revision."""
@@ -127,18 +144,21 @@ class SharedFeed:
     def subscribe(self, capacity: int) -> Subscription:
         """A subscription that gets every feed after the current frontier."""
         subscription = Subscription(self.frontier, capacity)
-        self.subscriptions.add(subscription)
+        self.subscriptions[subscription] = None
         return subscription
 
     def dispatch(self, feed: Feed) -> None:
-        """Number the feed's notification keys once and offer it to every subscription."""
-        annotations = annotate(feed.puts, self.schemas) if feed.puts else EMPTY_ANNOTATIONS
+        """Read the feed once (notifications, sequences, times) and offer it to every subscription."""
+        item = (feed, read_batch(feed.puts, self.schemas))
         if feed.kind in ("events", "snapshot", "progress"):
             self.frontier = max(self.frontier, feed.revision)
-        for subscription in list(self.subscriptions):
-            subscription.offer((feed, annotations))
+        cut = []
+        for subscription in self.subscriptions:
+            subscription.offer(item)
             if subscription.cut:
-                self.subscriptions.discard(subscription)
+                cut.append(subscription)
+        for subscription in cut:
+            self.subscriptions.pop(subscription, None)
 
     def stop(self) -> None:
         """End the watch (its thread is joined off the loop)."""
@@ -170,7 +190,7 @@ class FeedHub:
 
     def leave(self, feed: SharedFeed, subscription: Subscription) -> None:
         """Unsubscribe; the feed stops when nobody is left."""
-        feed.subscriptions.discard(subscription)
+        feed.subscriptions.pop(subscription, None)
         if not feed.subscriptions and self._feeds.get(feed.store.config.identity) is feed:
             del self._feeds[feed.store.config.identity]
             feed.stop()

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from ..errors import ValidationError
 from ..etcd import KeyValue
-from ..notification import Notification
+from ..notification import NO_PAYLOAD, Notification
 from ..position import key_order
 from ..request import Request, check_location
 from ..schema import EventSchema, SchemaRegistry
@@ -31,6 +31,7 @@ SEQUENCE_SLOTS = 1000
 NO_SEQUENCE = -1
 #: Digits of a Unix time in seconds at most; longer numbers are milliseconds (as Aviso 2 reads them).
 UNIX_SECONDS_DIGITS = 11
+_T = TypeVar("_T")
 _LABELS = {"notification": "Invalid Notification Request", "watch": "Invalid Watch Request",
            "replay": "Invalid Replay Request"}
 
@@ -246,17 +247,55 @@ class Annotations:
 EMPTY_ANNOTATIONS = Annotations({}, {})
 
 
-def annotate(puts: Iterable[KeyValue], schemas: Sequence[EventSchema]) -> Annotations:
-    """Number the notification keys of every revision among ``puts`` (which hold all puts of each revision)."""
+@dataclass(frozen=True)
+class Batch:
+    """A feed's puts as every stream reads them, worked out once however many streams follow the feed:
+    the sequences and times (:class:`Annotations`), every notification of each event (unfiltered; a
+    stream keeps those its request matches), and each notification's event as sent, made by the first
+    stream that sends it (:meth:`shared`)."""
+
+    annotations: Annotations
+    notifications: Mapping[str, Sequence[Notification]]
+    _sent: dict[tuple[Any, ...], Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def shared(self, key: tuple[Any, ...], make: Callable[[], _T]) -> _T:
+        """What ``make`` makes for ``key``, made once for this batch (the same object for every stream)."""
+        try:
+            return cast(_T, self._sent[key])
+        except KeyError:
+            made = self._sent[key] = make()
+            return made
+
+
+EMPTY_BATCH = Batch(EMPTY_ANNOTATIONS, {})
+
+
+def read_batch(puts: Iterable[KeyValue], schemas: Sequence[EventSchema]) -> Batch:
+    """Read ``puts`` (which hold all puts of each revision) once: the notifications of every event, and
+    the sequence of every notification key and the time of every revision."""
+    puts = list(puts)
+    if not puts:
+        return EMPTY_BATCH
+    notifications: dict[str, list[Notification]] = {}
     by_revision: dict[int, list[str]] = {}
     times: dict[int, str] = {}
     for kv in puts:
-        if any(schema.parse_key(kv.key) is not None for schema in schemas):
-            by_revision.setdefault(kv.mod_revision, []).append(kv.key)
-        elif kv.key.endswith("/"):
-            when = status_time(kv)
+        parsed = [(schema.name, fields) for schema in schemas if (fields := schema.parse_key(kv.key)) is not None]
+        if not parsed:
+            when = status_time(kv) if kv.key.endswith("/") else None
             if when is not None:
                 times[kv.mod_revision] = when
+            continue
+        by_revision.setdefault(kv.mod_revision, []).append(kv.key)
+        location = None if kv.value == NO_PAYLOAD else kv.value
+        for event, fields in parsed:
+            notifications.setdefault(event, []).append(
+                Notification(event, fields, location, kv.key, kv.mod_revision, kv.version or 1))
+    return Batch(_numbered(by_revision, times), notifications)
+
+
+def _numbered(by_revision: Mapping[int, list[str]], times: Mapping[int, str]) -> Annotations:
+    """Each key's sequence: its revision * SEQUENCE_SLOTS + its index among the revision's keys in key order."""
     sequences: dict[tuple[int, str], int] = {}
     for revision, keys in by_revision.items():
         ordered = sorted(set(keys), key=lambda key: (key_order(key), key))
@@ -296,6 +335,6 @@ def cloud_event(notification: Notification, sequence: int, time: str | None, bas
     }
 
 
-__all__ = ["Annotations", "ApiError", "ApiRequest", "EMPTY_ANNOTATIONS", "NO_SEQUENCE", "SEQUENCE_SLOTS",
-           "annotate", "cloud_event", "filter_request", "invalid", "known_event", "notify_request", "parse_body",
-           "stream_time", "topic"]
+__all__ = ["Annotations", "ApiError", "ApiRequest", "Batch", "EMPTY_ANNOTATIONS", "EMPTY_BATCH", "NO_SEQUENCE",
+           "SEQUENCE_SLOTS", "cloud_event", "filter_request", "invalid", "known_event", "notify_request",
+           "parse_body", "read_batch", "stream_time", "topic"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
 import time
 from collections import deque
@@ -29,7 +30,7 @@ from ..position import Position
 from ..request import Request
 from ..watch import Channel, HistorySource, one_line
 from .feeds import CUT, FeedHub, SharedFeed, Subscription, last_change, read_state
-from .protocol import NO_SEQUENCE, SEQUENCE_SLOTS, Annotations, annotate, cloud_event, stream_time, topic
+from .protocol import NO_SEQUENCE, SEQUENCE_SLOTS, Batch, cloud_event, read_batch, stream_time, topic
 
 if TYPE_CHECKING:
     from ..store import Store
@@ -89,7 +90,10 @@ class Stream:
         self._stop = asyncio.Event()
         self._stop_reason = "server_shutdown"
         self._stop_task: asyncio.Future[Any] | None = None
-        self._annotations: deque[Annotations] = deque()
+        #: What the live stream waits on while its queue is empty (a stop wakes it too).
+        self._waiter: asyncio.Future[None] | None = None
+        #: The batches whose sequences the follower's notifications may still need.
+        self._batches: deque[Batch] = deque()
         self._next_heartbeat = time.monotonic() + settings.heartbeat
         self._deadline = time.monotonic() + settings.max_duration if plan.kind == "watch" else None
         #: Notifications sent by the replay, and whether it stopped at the replay limit.
@@ -100,6 +104,8 @@ class Stream:
         """End the stream at its next step with ``connection-closing`` ``reason``."""
         self._stop_reason = reason
         self._stop.set()
+        if self._waiter is not None:
+            _wake(self._waiter)
 
     # -- the lifecycle -----------------------------------------------------------------------------
     async def events(self) -> AsyncIterator[ServerSentEvent]:
@@ -152,7 +158,7 @@ class Stream:
             yield self._control("replay-control", "replay_completed")
             follower.until = None
         if subscription is not None:
-            async for event in self._follow(follower, partial(self._shared_item, subscription), "live-notification"):
+            async for event in self._follow(follower, partial(self._next_live, subscription), "live-notification"):
                 yield event
 
     async def _replay(self, follower: Follower, handover: int) -> AsyncIterator[ServerSentEvent]:
@@ -167,8 +173,8 @@ class Stream:
                                f"replay {self.plan.request_id}", partial(read_state, store))
         source.start()
         try:
-            get = partial(self._replay_item, channel, handover)
-            async for event in self._follow(follower, get, "replay", last=last, handover=handover):
+            next_item = partial(self._wait, partial(self._replay_item, channel, handover))
+            async for event in self._follow(follower, next_item, "replay", last=last, handover=handover):
                 yield event
         finally:
             asyncio.get_running_loop().run_in_executor(None, source.stop)
@@ -181,20 +187,38 @@ class Stream:
             feed = Feed(feed.kind, handover, puts)
         elif feed.kind == "progress" and feed.revision > handover:
             feed = Feed("progress", handover)
-        return feed, annotate(feed.puts, self.hub.schemas)
+        return feed, read_batch(feed.puts, self.hub.schemas)
 
-    async def _shared_item(self, subscription: Subscription) -> Any:
-        item = await subscription.queue.get()
+    async def _next_live(self, subscription: Subscription) -> Any:
+        """The subscription's next item, or _TIMEOUT when a heartbeat or the deadline comes first, or the
+        stream stops. One future and one timer per wait: this runs for every stream on every post."""
+        item = subscription.take()
+        if item is None and not self._stop.is_set():
+            loop = asyncio.get_running_loop()
+            waiter: asyncio.Future[None] = loop.create_future()
+            subscription.waiter = self._waiter = waiter
+            timeout = self._timeout()
+            timer = loop.call_later(timeout, _wake, waiter) if timeout is not None else None
+            try:
+                await waiter
+            finally:
+                subscription.waiter = self._waiter = None
+                if timer is not None:
+                    timer.cancel()
+            item = subscription.take()
+        if item is None:
+            return _TIMEOUT
         if item is CUT:
             raise _Failed("the client did not keep up with the notifications; reconnect with from_id = the last "
                           "sequence + 1 to go on without a loss")
         return item
 
     # -- following ---------------------------------------------------------------------------------
-    async def _follow(self, follower: Follower, get: Callable[[], Awaitable[Any]], label: str, *,
+    async def _follow(self, follower: Follower, next_item: Callable[[], Awaitable[Any]], label: str, *,
                       last: int | None = None, handover: int | None = None) -> AsyncIterator[ServerSentEvent]:
-        """Send the follower's notifications as ``label`` events, feeding it from ``get``. A replay
-        (``last`` given) ends once the follower has passed ``last``, the newest post up to ``handover``."""
+        """Send the follower's notifications as ``label`` events, feeding it from ``next_item`` (a feed and
+        its batch, or _TIMEOUT). A replay (``last`` given) ends once the follower has passed ``last``, the
+        newest post up to ``handover``."""
         while True:
             heartbeat = self._due()
             if heartbeat is not None:
@@ -217,14 +241,23 @@ class Stream:
                     follower.on_progress(handover)
                 if follower.finished:
                     return
-            item = await self._wait(get)
+            item = await next_item()
             if item is _TIMEOUT:
                 continue
-            feed, numbered = item
-            if feed.kind == "failure":
-                raise _Failed(one_line(feed.error) if feed.error else "the store refused the watch")
-            if numbered.sequences:
-                self._annotations.append(numbered)
+            self._feed(follower, *item)
+
+    def _feed(self, follower: Follower, feed: Feed, batch: Batch) -> None:
+        """Give the follower a feed: its puts as the batch's notifications of this stream's event that
+        the request matches (read once for all streams; the follower orders and places them)."""
+        if feed.kind == "failure":
+            raise _Failed(one_line(feed.error) if feed.error else "the store refused the watch")
+        if batch.annotations.sequences:
+            self._batches.append(batch)
+        if feed.kind in ("events", "snapshot"):
+            request = self.plan.request
+            found = [n for n in batch.notifications.get(request.event, ()) if request.matches(n.request)]
+            follower.on_found(found, feed.revision)
+        else:
             follower.feed(feed)
 
     def _due(self) -> ServerSentEvent | None:
@@ -239,13 +272,17 @@ class Stream:
             return ServerSentEvent(event="heartbeat", data={"timestamp": stream_time(), "topic": self.topic})
         return None
 
-    async def _wait(self, get: Callable[[], Awaitable[Any]]) -> Any:
-        """The next item of ``get``, or _TIMEOUT when a heartbeat or the deadline comes first, or the stream stops."""
+    def _timeout(self) -> float | None:
+        """Seconds until the next heartbeat or the deadline (None: neither)."""
         now = time.monotonic()
         limits = [self._next_heartbeat - now] if self.plan.kind == "watch" else []
         if self._deadline is not None:
             limits.append(self._deadline - now)
-        timeout = max(min(limits), 0.0) if limits else None
+        return max(min(limits), 0.0) if limits else None
+
+    async def _wait(self, get: Callable[[], Awaitable[Any]]) -> Any:
+        """The next item of ``get``, or _TIMEOUT when a heartbeat or the deadline comes first, or the stream stops."""
+        timeout = self._timeout()
         getter = asyncio.ensure_future(get())
         assert self._stop_task is not None
         done, _ = await asyncio.wait({getter, self._stop_task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
@@ -263,22 +300,25 @@ class Stream:
     # -- events ------------------------------------------------------------------------------------
     def _notification(self, notification: Notification, label: str) -> ServerSentEvent | None:
         """The CloudEvent of ``notification`` (None: before ``from_id``)."""
-        sequence, when = self._sequence(notification)
+        sequence, when, batch = self._sequence(notification)
         if sequence == NO_SEQUENCE:
             return self._error(f"revision {notification.revision} holds {SEQUENCE_SLOTS} notification keys or more; "
                                f"{notification.key} cannot be given a sequence")
         if self.plan.from_id is not None and sequence < self.plan.from_id:
             return None
-        return ServerSentEvent(event=label, data=cloud_event(notification, sequence, when, self.settings.base_url))
+        base_url = self.settings.base_url
+        return batch.shared((label, notification.event, notification.revision, notification.key),
+                            lambda: _encoded(label, cloud_event(notification, sequence, when, base_url)))
 
-    def _sequence(self, notification: Notification) -> tuple[int, str | None]:
+    def _sequence(self, notification: Notification) -> tuple[int, str | None, Batch]:
+        """The notification's sequence and time, and the batch that numbered it."""
         revision = notification.revision
-        while self._annotations and self._annotations[0].last < revision:
-            self._annotations.popleft()
-        for known in self._annotations:
-            sequence = known.sequences.get((revision, notification.key))
+        while self._batches and self._batches[0].annotations.last < revision:
+            self._batches.popleft()
+        for batch in self._batches:
+            sequence = batch.annotations.sequences.get((revision, notification.key))
             if sequence is not None:
-                return sequence, known.times.get(revision)
+                return sequence, batch.annotations.times.get(revision), batch
         raise _Failed(f"no sequence is known for {notification.key} at revision {revision}")
 
     def _control(self, event: str, kind: str, **fields: Any) -> ServerSentEvent:
@@ -297,6 +337,19 @@ class Stream:
         return ServerSentEvent(event="connection-closing", data={
             "reason": reason, "timestamp": stream_time(), "message": messages.get(reason, reason),
             "topic": self.topic, "request_id": self.plan.request_id})
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+def _encoded(label: str, data: dict[str, Any]) -> ServerSentEvent:
+    """An event whose JSON is encoded here, once, however many streams send it: ``raw_data`` is what goes on
+    the wire (FastAPI sends it as it is, before looking at ``data``); ``data`` stays for readers in this
+    process (the board). ServerSentEvent's validator refuses the two together, so it is built unvalidated;
+    both hold the same JSON, so the wire is the same whichever is sent."""
+    return ServerSentEvent.model_construct(event=label, data=data, raw_data=json.dumps(data))
 
 
 __all__ = ["Stream", "StreamPlan", "StreamSettings"]
