@@ -21,7 +21,7 @@ from typing import Any
 from fastapi import Depends, FastAPI
 from fastapi import Request as HttpRequest
 from fastapi.responses import JSONResponse, Response
-from fastapi.sse import EventSourceResponse, ServerSentEvent
+from fastapi.sse import ServerSentEvent
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 from starlette.datastructures import MutableHeaders
 
@@ -36,7 +36,7 @@ from .board import board_router
 from .feeds import FeedHub
 from .protocol import SEQUENCE_SLOTS, ApiError, ApiRequest, filter_request, notify_request, parse_body, stream_time
 from .schemas import event_schema_body, schema_body
-from .streams import Stream, StreamPlan, StreamSettings
+from .streams import EventStream, Stream, StreamPlan, StreamSettings
 
 log = logging.getLogger(__name__)
 Scope = MutableMapping[str, Any]
@@ -205,15 +205,13 @@ def _add_routes(app: FastAPI, state: ServeState) -> None:
     async def replay_plan(request: HttpRequest) -> StreamPlan:
         return await _plan(state, request, "replay")
 
-    @app.post("/api/v1/watch", response_class=EventSourceResponse)
-    async def watch(plan: StreamPlan = Depends(watch_plan)) -> AsyncIterator[ServerSentEvent]:
-        async for event in _stream(state, plan):
-            yield event
+    @app.post("/api/v1/watch", response_class=EventStream)
+    async def watch(plan: StreamPlan = Depends(watch_plan)) -> EventStream:
+        return EventStream(_stream(state, plan))
 
-    @app.post("/api/v1/replay", response_class=EventSourceResponse)
-    async def replay(plan: StreamPlan = Depends(replay_plan)) -> AsyncIterator[ServerSentEvent]:
-        async for event in _stream(state, plan):
-            yield event
+    @app.post("/api/v1/replay", response_class=EventStream)
+    async def replay(plan: StreamPlan = Depends(replay_plan)) -> EventStream:
+        return EventStream(_stream(state, plan))
 
 
 # -- notify --------------------------------------------------------------------------------------
