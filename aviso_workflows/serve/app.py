@@ -285,9 +285,14 @@ def _date_start(store: Store, status_keys: list[str], moment: dt.datetime) -> Po
 async def _stream(state: ServeState, plan: StreamPlan) -> AsyncIterator[ServerSentEvent]:
     event_type = plan.request.event
 
+    counters: dict[str, Any] = {}  # each labelled series looked up once per stream, not once per event
+
     def count(label: str) -> None:
-        metric = state.metrics.stream_errors if label == "error" else state.metrics.events
-        metric.labels(plan.route, event_type).inc()
+        counter = counters.get(label)
+        if counter is None:
+            metric = state.metrics.stream_errors if label == "error" else state.metrics.events
+            counter = counters[label] = metric.labels(plan.route, event_type)
+        counter.inc()
 
     stream = Stream(plan, state.settings, state.hub, count)
     state.streams.add(stream)
