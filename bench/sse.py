@@ -279,6 +279,7 @@ def main() -> None:
     figures: list[Figure] = [
         reported(f"SSE release p50 ({count} watchers)", sse50, "ms"),
         reported(f"SSE release p95 ({count} watchers)", sse95, "ms"),
+        reported("SSE first watcher released", summary(result["sse"], 0.0), "ms"),
         reported(f"direct wait release p50 ({count} waits)", direct50, "ms"),
         reported(f"direct wait release p95 ({count} waits)", direct95, "ms"),
         at_most("SSE p50 / direct wait p50", sse50 / direct50, "×", 2.0),
