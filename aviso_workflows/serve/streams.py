@@ -363,6 +363,7 @@ class EventStream(StreamingResponse):
 
 
 async def _wire(events: AsyncIterator[ServerSentEvent]) -> AsyncIterator[bytes]:
+    """Each event as FastAPI would write it; a shared event's JSON (``raw_data``) is not encoded again."""
     async for event in events:
         data = event.raw_data if event.raw_data is not None else None if event.data is None else json.dumps(event.data)
         yield format_sse_event(data_str=data, event=event.event, id=event.id, retry=event.retry, comment=event.comment)
