@@ -24,7 +24,7 @@ def record(notification: dict[str, Any]) -> None:
 
 def test_one_registry_with_every_action_type() -> None:
     assert LISTENER_ACTION_TYPES is ACTION_TYPES
-    assert set(ACTION_TYPES) == {"echo", "log", "command", "post", "function", "ecflow", "airflow"}
+    assert set(ACTION_TYPES) == {"echo", "log", "command", "post", "function", "ecflow", "airflow", "cylc"}
 
 
 def test_echo_and_log(store: Store, unique_date: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],

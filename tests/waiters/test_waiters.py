@@ -19,6 +19,7 @@ from conftest import TTL
 from helpers import COMMAND, FORECAST, kill_hard, listed, mars, pairs, start, stop, until, until_gone, until_listed
 
 from aviso_workflows import Store, ValidationError
+from aviso_workflows.etcd import WatchIdle
 from aviso_workflows.waiters import WAITING_PREFIX, WaiterChange, parse_filters, register, watch_waiters
 
 #: How long after a kill -9 an entry may still be listed: the TTL, plus etcd's expiry check and our polling.
@@ -55,6 +56,31 @@ def test_a_released_cli_wait_removes_its_entry_at_once(store: Store, unique_date
         assert listed(store, job="done") == []  # not left for the TTL: removed before the command exits
     finally:
         stop(waiter)
+
+
+def test_a_refused_wait_writes_no_entry(store: Store, unique_date: str, etcd_url: str) -> None:
+    request = mars(unique_date, "0")
+    base = [COMMAND, "wait", "--endpoint", etcd_url, "--timeout", "5", "--who", "job=refused"]
+    before = store.current_revision()
+    for argv in (base + [pairs({**request, "step": "x"})], base + [pairs(request), "--timeout", "soon"],
+                 base + [pairs(request), "--progress-command", " "]):
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 2, done.stderr
+    assert not [kv.key for kv in waiter_history(store, before + 1) if "refused" in kv.value]
+
+
+def waiter_history(store: Store, since: int) -> list[Any]:
+    """Every put under the waiters' prefix since revision ``since`` (read until etcd is silent for 2 s)."""
+    puts: list[Any] = []
+    stream = store.gateway.watch(WAITING_PREFIX, since, idle_timeout=2)
+    try:
+        for batch in stream:
+            puts += batch.puts
+    except WatchIdle:
+        pass
+    finally:
+        stream.close()
+    return puts
 
 
 def test_listener_is_listed_and_vanishes_after_kill_9(store: Store, unique_date: str, etcd_url: str,
