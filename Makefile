@@ -18,7 +18,7 @@ demo-cylc: setup
 	@$(PY) examples/demo_cylc.py
 
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --durations=20 $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check aviso_workflows tests examples dags suites bench

@@ -26,10 +26,17 @@ def fuzz_env(fuzz_etcd: server.ServerInfo, tmp_path_factory: pytest.TempPathFact
         patch.setenv("AVISO_WORKFLOWS_ENDPOINTS", fuzz_etcd.client_url)
         patch.setenv("AVISO_WORKFLOWS_CONFIG", str(home / "no-config.yaml"))
         patch.setenv("AVISO_WORKFLOWS_STATE_DIR", str(home / "state"))
-        # These tests count writes by the store's revision; an accepted wait would add its waiter entry
-        # (tests/waiters shows a refused one writes none), so registering is off here.
-        patch.setenv("AVISO_WORKFLOWS_WAITER_TTL", "0")
         yield home
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_waiter_registration() -> Iterator[None]:
+    """These tests count writes by the store's revision; an accepted wait would add its waiter entry
+    (tests/waiters shows a refused one writes none), so registering is off here, module by module: a
+    directory-wide setting would outlive these tests and reach later ones."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AVISO_WORKFLOWS_WAITER_TTL", "0")
+        yield
 
 
 @pytest.fixture(scope="package")

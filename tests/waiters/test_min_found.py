@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import TTL
 from helpers import COMMAND, FORECAST, listed, mars, pairs, until
 from test_waiters import airflow_context
 
@@ -121,7 +122,9 @@ def ecflow(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
     if not ecflow_server.ecflow_available():
         pytest.fail("ecFlow is missing: run scripts/setup.sh")
-    server = ecflow_server.start(tmp_path_factory.mktemp("ecflow") / "server")
+    with pytest.MonkeyPatch.context() as patch:  # its jobs inherit this; set before the per-test fixture runs
+        patch.setenv("AVISO_WORKFLOWS_WAITER_TTL", str(TTL))
+        server = ecflow_server.start(tmp_path_factory.mktemp("ecflow") / "server")
     yield server
     server.stop()
 
