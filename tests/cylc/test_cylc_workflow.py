@@ -23,8 +23,10 @@ DAYS = ["20261101", "20261102", "20261103", "20261104", "20261105"]
 POSTED_BEFORE = ["20261101", "20261102", "20261104"]
 #: A location a shell would run or change if it reached a job script as it is.
 HOSTILE = 'file:///data/$(touch INJECTED)/`touch INJECTED`/"x"/\\n'
-#: The longest time from a post to the start of the job it releases.
-RELEASE_SECONDS = 2.0
+#: The longest time from a post to the start of the job it releases: far below the xtrigger's 5 min interval,
+#: so only the push can release it. (Measured here: 1.7-2.1 s, most of it Cylc's 1 s main loop and the job's
+#: submission; the figure is printed, not asserted, as a speed figure depends on the machine.)
+RELEASE_SECONDS = 10.0
 ARGS = ", ".join(f"{name}={value}" for name, value in FORECAST.items() if name not in ("time",))
 
 FLOW = textwrap.dedent(f"""\
