@@ -114,32 +114,20 @@ if [ ! -x "$PYAVISO2_VENV/bin/aviso" ]; then
   pip_install "$PYAVISO2_VENV" "pyaviso==2.4.2"
 fi
 
-install_debian_rsync() {
-  # cylc install copies a workflow's source with rsync.
-  command -v rsync >/dev/null && return
+install_debian_tool() {  # COMMAND PACKAGE WHY: the Debian package providing COMMAND, when it is missing
+  local command=$1 package=$2 why=$3
+  command -v "$command" >/dev/null && return
   if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
-    echo "warning: rsync is missing (cylc install needs it; the Cylc tests are skipped); install it as root" >&2
+    echo "warning: $command is missing ($why; its tests are skipped); install Debian's $package as root" >&2
     return
   fi
-  say "installing rsync from Debian (cylc install needs it)"
+  say "installing $package from Debian ($why)"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends rsync >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$package" >/dev/null
 }
 
-install_debian_rsync
-install_debian_chromium() {
-  # The board's browser tests drive Debian's chromium headless (a screenshot, the DOM after a post).
-  command -v chromium >/dev/null && return
-  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
-    echo "warning: chromium is missing (the board's browser tests are skipped); install Debian's chromium as root" >&2
-    return
-  fi
-  say "installing chromium from Debian (the board's browser tests run it headless)"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
-}
-
-install_debian_chromium
+install_debian_tool rsync rsync "cylc install copies a workflow's source with it"
+install_debian_tool chromium chromium "the board's browser tests run it headless"
 # Cylc 8.5 pins protobuf<4.25 and jinja2==3.0.*: its own venv, with this project (no Airflow or ecFlow extras)
 # so that Cylc finds the aviso xtrigger and the aviso-relay command through their entry points. Installed
 # again when setup.cfg changes (the entry points live there).

@@ -6,7 +6,6 @@ import base64
 import logging
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from scripted_server import ScriptedServer, cloud_event, control, frame, heartbeat
@@ -27,14 +26,6 @@ from aviso_workflows.position import Position
 
 FIELDS = {"class": "od", "expver": "0001", "domain": "g", "stream": "oper", "time": "00"}
 IDENTIFIER = {**FIELDS, "date": "20260101", "step": "6"}
-
-
-@pytest.fixture(autouse=True)
-def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AVISO_WORKFLOWS_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setenv("AVISO_WORKFLOWS_CONFIG", str(tmp_path / "no-config.yaml"))
-    for name in ("ENDPOINTS", "USERNAME", "PASSWORD", "TOKEN", "EMAIL", "KEY"):
-        monkeypatch.delenv(f"AVISO_WORKFLOWS_{name}", raising=False)
 
 
 def test_endpoints_are_normalised_and_never_mixed() -> None:

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from security_helpers import Pki, PrivateEtcd, make_pki, tls_etcd
+from security_helpers import Pki, PrivateEtcd, etcd_with_users, make_pki, tls_etcd
 
 from aviso_workflows.config import CREDENTIAL_VARIABLES
 from aviso_workflows.listen import HUB
@@ -34,26 +34,15 @@ def no_watch_left() -> Iterator[None]:
 def auth_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateEtcd]:
     """An etcd with auth on: root, ``reader`` (role ec-reader: read /ec/) and ``writer`` (role
     mars-writer: read and write /ec/mars/)."""
-    etcd = PrivateEtcd(tmp_path_factory.mktemp("auth-etcd"), ["--auth-token", "simple"])
-    try:
-        etcd.start()
-        etcd.enable_auth()
+    with etcd_with_users(tmp_path_factory.mktemp("auth-etcd")) as etcd:
         yield etcd
-    finally:
-        etcd.stop()
 
 
 @pytest.fixture(scope="module")
 def short_token_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateEtcd]:
     """The same users on an etcd whose tokens expire after 2 s without use (``--auth-token-ttl 2``)."""
-    etcd = PrivateEtcd(tmp_path_factory.mktemp("short-token-etcd"),
-                       ["--auth-token", "simple", "--auth-token-ttl", "2"])
-    try:
-        etcd.start()
-        etcd.enable_auth()
+    with etcd_with_users(tmp_path_factory.mktemp("short-token-etcd"), "--auth-token-ttl", "2") as etcd:
         yield etcd
-    finally:
-        etcd.stop()
 
 
 @pytest.fixture(scope="session")

