@@ -9,14 +9,16 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ENDPOINTS_VARIABLE
+from .names import check_suite
 from .scripts import endpoint_arguments
 
 
 def play(suite: Any, host: str, port: int | str, *, begin: bool = True) -> None:
-    """Deploy ``suite``'s scripts to its ``files`` directory, replace it on ``host:port`` and begin it."""
+    """Check ``suite``, deploy its scripts to its ``files`` directory, replace it on ``host:port`` and begin it."""
     import ecflow
 
     suite.check_definition()
+    check_suite(suite)  # two tasks deployed to one file: refused naming both, before anything is written
     suite.deploy_suite()
     suite.replace_on_server(host, str(port))
     if begin:

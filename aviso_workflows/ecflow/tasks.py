@@ -19,6 +19,7 @@ import pyflow as pf
 
 from ..errors import ValidationError
 from ..schema import SchemaRegistry
+from .names import check_new_task
 from .scripts import RequestTemplate, check_variable_value, notify_lines, wait_lines
 
 METER = "steps"
@@ -160,6 +161,7 @@ class WaitTask(_RequestTask):
         self.script = wait_lines(self.request_template, timeout=timeout, meter=meter, label=label,
                                  label_field=shown, endpoints=endpoints, command=command, any_key=any_key,
                                  min_found=min_found, missing_label=MISSING_LABEL)
+        check_new_task(self)  # a clash with a task of the same name is refused now, naming both
 
     def _total(self) -> int:
         """Keys the request stands for, with the variables' build-time values (1 when unknown)."""
@@ -177,6 +179,7 @@ class NotifyTask(_RequestTask):
         self.request_template = _template(self, event, request, registry)
         self.script = notify_lines(self.request_template, location=location, ttl=ttl, endpoints=endpoints,
                                    command=command)
+        check_new_task(self)
 
 
 def notify_command(node: Any, event: str, request: Mapping[str, Any], **options: Any) -> str:
