@@ -11,6 +11,7 @@ from typing import Any
 from aviso_workflows.ecflow.deploy import play
 from aviso_workflows.ecflow.server import EcflowServer
 
+ROOT = Path(__file__).resolve().parents[2]
 BASH_SECONDS = 60
 
 

@@ -22,8 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
-from runners import assert_loaded, deploy_and_load, parse_and_serialize_dags
+from runners import ROOT, assert_loaded, deploy_and_load, parse_and_serialize_dags
 
 from aviso_workflows import Store
 from aviso_workflows.ecflow import LoopbackHost
