@@ -33,7 +33,7 @@ from .request import Request, check_timeout, parse_pairs
 from .schema import to_pyaviso_document
 from .status_chain import replay, revision_window
 from .store import Notification, Store
-from .wait import WaitResult, describe_missing
+from .wait import Progress, WaitResult, describe_missing
 from .wait import wait as wait_for_keys
 from .waiters import format_waiter, list_waiters, parse_filters, register
 
@@ -180,15 +180,15 @@ class _Progress:
         self._running: subprocess.Popen[bytes] | None = None
         self._thread: threading.Thread | None = None
 
-    def __call__(self, found: int, total: int, notification: Notification) -> None:
+    def __call__(self, progress: Progress) -> None:
+        found, total, ready, last = progress.found, progress.total, progress.ready, progress.last_ready
         if self.show:
             end = "\n" if found == total else ""
-            print(f"\r{found}/{total} available (latest: {_brief(notification)})", end=end, file=sys.stderr,
-                  flush=True)
+            shown = f"{ready}/{total} ready" + (f", {found} found" if found != ready else "")
+            print(f"\r{shown} (latest ready: {_brief(last) if last else '-'})", end=end, file=sys.stderr, flush=True)
         if not self.commands:
             return
-        values = {"found": found, "total": total, "key": notification.key, "revision": notification.revision,
-                  "location": notification.location or "", "event": notification.event, **notification.request}
+        values = _placeholders(progress)
         with self._lock:
             self._pending = values
             if self._thread is None:
@@ -280,7 +280,7 @@ def cmd_wait(args: argparse.Namespace) -> int:
         raise ValidationError("partial-command", args.partial_command[0], "runs only with --min-found")
     _end_on_sigterm(progress)
     try:
-        found = wait_for_keys(store, request, mode=mode, timeout=timeout, on_progress=progress,
+        found = wait_for_keys(store, request, mode=mode, timeout=timeout, on_ready=progress,
                               min_found=args.min_found, who={"kind": "cli", **who_of(args)})
     except WaitTimeout as timeout:
         progress.close()
@@ -322,6 +322,20 @@ def _end_on_sigterm(progress: _Progress) -> None:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, terminate)
+
+
+def _placeholders(progress: Progress) -> dict[str, Any]:
+    """The --progress-command placeholders: the key, location and request fields are those of the last key
+    ready (in request order, none missing before it; empty while the first is missing), so ``{step}`` never
+    names a step whose predecessors are still missing; ``{newest_key}`` is the key just found."""
+    last = progress.last_ready
+    fields = dict.fromkeys(progress.newest.request, "")
+    if last is not None:
+        fields.update(last.request)
+    return {"found": progress.found, "total": progress.total, "ready": progress.ready,
+            "key": last.key if last else "", "revision": last.revision if last else "",
+            "location": (last.location or "") if last else "", "event": progress.newest.event,
+            "newest_key": progress.newest.key, **fields}
 
 
 def _brief(notification: Notification) -> str:
@@ -611,8 +625,11 @@ def build_parser() -> argparse.ArgumentParser:
     _who_argument(wait)
     wait.add_argument("--progress-command", action="append", metavar="CMD",
                       help="run CMD (no shell) as keys are found, for the newest count (a slow CMD is not run "
-                           "for every key, and runs once more for the final count); placeholders {found} {total} "
-                           "{key} {location} {revision} {event} and request fields such as {step}")
+                           "for every key, and runs once more for the final count); placeholders {ready}: keys "
+                           "found in request order with none missing before them (trigger on this), {found}: keys "
+                           "found in any order, {total}; {key} {location} {revision} and request fields such as "
+                           "{step}: those of the last ready key (empty while the first is missing); {event}; "
+                           "{newest_key}: the key just found")
     wait.set_defaults(run=cmd_wait)
 
     listen_parser = commands.add_parser("listen", parents=[common], help="print notifications as they arrive")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from dataclasses import field as dataclass_field
 from functools import cached_property
@@ -228,6 +228,23 @@ def _comparison(schema: EventSchema, name: str, operator: str, operand: Any) -> 
     return Comparison(operator, bounds)
 
 
+def ready_prefix(keys: Sequence[str], found: Container[str], start: int = 0) -> int:
+    """How many of ``keys`` are ready: found, in order, with none missing before them (the contiguous prefix).
+
+    ``keys`` are a request's keys in request order (:meth:`Request.keys`: the key fields in schema order,
+    the last varying fastest, each field's values in the order the request gives them), so for
+    ``date=D1/D2,step=0/6`` the order is D1 step 0, D1 step 6, D2 step 0, D2 step 6. With steps 0, 6, 12,
+    18 and 30 of 0/to/48/by/6 found, 4 are ready: step 30 counts only once 24 is found. This is the
+    progress every consumer shows (an ecFlow meter, a sensor's log, the waiters' registry), so that a
+    trigger on "N ready" never fires before the N-th key exists. ``start``: a prefix known to be ready
+    already (found keys never go away during a wait), so a wait costs one pass over its keys in all.
+    """
+    ready = max(0, start)
+    while ready < len(keys) and keys[ready] in found:
+        ready += 1
+    return ready
+
+
 def parse_pairs(text: str) -> dict[str, str]:
     """Parse pyaviso-style ``k=v,k=v`` text (lists inside values use ``/``)."""
     pairs: dict[str, str] = {}
@@ -301,5 +318,5 @@ def check_timeout(timeout: Any) -> float | None:
                           "years), or None to wait without limit")
 
 
-__all__ = ["Comparison", "Request", "parse_pairs", "check_fields", "split_event", "check_location", "check_ttl",
-           "check_timeout"]
+__all__ = ["Comparison", "Request", "parse_pairs", "ready_prefix", "check_fields", "split_event", "check_location",
+           "check_ttl", "check_timeout"]

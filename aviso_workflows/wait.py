@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import aviso2, shared_reads, waiters
@@ -25,7 +26,7 @@ from .etcd import KeyValue
 from .follow import Feed, Follower
 from .notification import Notification
 from .position import Position
-from .request import Request
+from .request import Request, ready_prefix
 from .watch import HUB, STOP_CHECK, Channel, PrefixWatch, Subscriber, covering_prefix, one_line
 
 if TYPE_CHECKING:
@@ -41,6 +42,28 @@ MAX_READ_ATTEMPTS = 1_300_000
 
 Read = tuple[int, list[Notification]]
 RESYNC = Feed("resync", 0)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a wait stands once it found one more key.
+
+    ``ready`` is the progress to show and to trigger on: the keys found in request order with none missing
+    before them (:func:`~aviso_workflows.request.ready_prefix`), so with steps 0, 6, 12, 18 and 30 found
+    it is 4, and it reaches 5 only once step 24 is found too. ``found`` is the plain count (5 there).
+    ``newest`` is the notification just found; ``last_ready`` the one of the prefix's last key (None while
+    the first key is missing). A wait for any key (or an open request) has no order: ``ready`` is ``found``.
+    """
+
+    found: int
+    total: int
+    ready: int
+    newest: Notification
+    last_ready: Notification | None
+
+
+ProgressCallback = Callable[[int, int, Notification], None]
+ReadyCallback = Callable[[Progress], None]
 
 
 class WaitResult(list[Notification]):
@@ -85,19 +108,24 @@ class _Tracker:
     follows the found count, and the release with part of the keys at the deadline (``min_found``)."""
 
     def __init__(self, store: Store, request: Request, mode: str, timeout: float | None, known: list[Notification],
-                 on_progress: Callable[[int, int, Notification], None] | None, min_found: int | None,
-                 who: Mapping[str, Any] | None) -> None:
+                 on_progress: ProgressCallback | None, min_found: int | None, who: Mapping[str, Any] | None,
+                 on_ready: ReadyCallback | None = None) -> None:
         self.request = request
         self.min_found = check_min_found(min_found, request, mode)
         self.progress = on_progress
+        self.ready = on_ready
+        have = {n.key for n in known}
+        ready = ready_prefix(request.keys(), have) if mode == "all" and request.is_complete else len(have)
         self.registration = None if who is None else waiters.register(
-            store, request, who=who, mode=mode, found=len({n.key for n in known}), timeout=timeout)
+            store, request, who=who, mode=mode, found=len(have), ready=ready, timeout=timeout)
 
-    def on_progress(self, found: int, total: int, notification: Notification) -> None:
+    def on_progress(self, progress: Progress) -> None:
         if self.registration is not None:
-            self.registration.progress(found)
+            self.registration.progress(progress.found, ready=progress.ready)
         if self.progress is not None:
-            self.progress(found, total, notification)
+            self.progress(progress.found, progress.total, progress.newest)
+        if self.ready is not None:
+            self.ready(progress)
 
     def released_short(self, timed_out: WaitTimeout) -> WaitResult:
         """At the deadline: what was found if that is at least ``min_found`` keys, else the timeout."""
@@ -125,7 +153,7 @@ class _Found:
     """What a wait has found so far, and whether that releases it."""
 
     def __init__(self, request: Request, mode: str, known: Iterable[Notification],
-                 on_progress: Callable[[int, int, Notification], None] | None) -> None:
+                 on_progress: ReadyCallback | None) -> None:
         if mode not in ("all", "any"):
             raise ValidationError("mode", mode, "expected 'all' or 'any'")
         if mode == "all":
@@ -136,15 +164,31 @@ class _Found:
         self.total = len(self.wanted) if self.wanted is not None else 1
         self.on_progress = on_progress
         self.found: dict[str, Notification] = {n.key: n for n in known}
+        self.ready = self._ready(0)
+
+    def _ready(self, start: int) -> int:
+        """The contiguous prefix of the wanted keys found so far (the plain count when there is no order)."""
+        if self.mode != "all" or self.wanted is None:
+            return len(self.found)
+        return ready_prefix(self.wanted, self.found, start)
 
     def add(self, notifications: Iterable[Notification]) -> bool:
         """Count new notifications (in history order); True when the wait is released."""
         for notification in notifications:
             if notification.key not in self.found:
                 self.found[notification.key] = notification
+                self.ready = self._ready(self.ready)
                 if self.on_progress is not None:
-                    self.on_progress(len(self.found), self.total, notification)
+                    self.on_progress(self.progress(notification))
         return len(self.found) >= self.total if self.mode == "all" else bool(self.found)
+
+    def progress(self, newest: Notification) -> Progress:
+        """Where the wait stands, ``newest`` just found."""
+        last_ready = None
+        if self.ready:
+            last_ready = self.found[self.wanted[self.ready - 1]] if self.wanted is not None and self.mode == "all" \
+                else newest
+        return Progress(len(self.found), self.total, self.ready, newest, last_ready)
 
     def ordered(self) -> list[Notification]:
         """Found notifications in history order."""
@@ -314,18 +358,22 @@ def _until_ready(watch: PrefixWatch, deadline: _Deadline, found: _Found, patienc
 
 
 def wait(store: Store, request: Request, *, mode: str = "all", timeout: float | None = None,
-         known: Iterable[Notification] = (),
-         on_progress: Callable[[int, int, Notification], None] | None = None,
-         min_found: int | None = None, who: Mapping[str, Any] | None = None) -> WaitResult:
+         known: Iterable[Notification] = (), on_progress: ProgressCallback | None = None,
+         min_found: int | None = None, who: Mapping[str, Any] | None = None,
+         on_ready: ReadyCallback | None = None) -> WaitResult:
     """Block until every key of ``request`` exists (``mode="any"``: at least one matching key).
 
     Returns the notifications found, in history order. Raises WaitTimeout (with ``found``) after
     ``timeout`` seconds, unless ``min_found`` keys were found by then: the result then names the
     ``missing`` keys (and a WARNING says so). With ``who`` (fields saying who waits), the wait is listed
     among the registered waiters (waiters.py) while it waits.
+
+    As keys are found, ``on_progress(found, total, notification)`` gets the plain count and the newest
+    notification (keys come in any order: not for deciding what may start), and ``on_ready`` a
+    :class:`Progress` whose ``ready`` counts the keys found in request order with no gap before them.
     """
     known = list(known)
-    tracker = _Tracker(store, request, mode, timeout, known, on_progress, min_found, who)
+    tracker = _Tracker(store, request, mode, timeout, known, on_progress, min_found, who, on_ready)
     try:
         return WaitResult(_wait(store, request, mode=mode, timeout=timeout, known=known,
                                 on_progress=tracker.on_progress))
@@ -337,7 +385,7 @@ def wait(store: Store, request: Request, *, mode: str = "all", timeout: float | 
 
 def _wait(store: Store, request: Request, *, mode: str = "all", timeout: float | None = None,
           known: Iterable[Notification] = (),
-          on_progress: Callable[[int, int, Notification], None] | None = None) -> list[Notification]:
+          on_progress: ReadyCallback | None = None) -> list[Notification]:
     """Block until every key of ``request`` exists (``mode="any"``: at least one matching key).
 
     Returns the notifications found, in history order. Keys already posted are found at once; the
@@ -450,13 +498,13 @@ async def _until_ready_async(watch: PrefixWatch, deadline: _Deadline, found: _Fo
 
 
 async def wait_async(store: Store, request: Request, *, mode: str = "all", timeout: float | None = None,
-                     known: Iterable[Notification] = (),
-                     on_progress: Callable[[int, int, Notification], None] | None = None,
-                     min_found: int | None = None, who: Mapping[str, Any] | None = None) -> WaitResult:
-    """:func:`wait` in an asyncio loop (``min_found`` and ``who`` as there): registering never blocks the
-    loop, the process's keeper thread writes the entry."""
+                     known: Iterable[Notification] = (), on_progress: ProgressCallback | None = None,
+                     min_found: int | None = None, who: Mapping[str, Any] | None = None,
+                     on_ready: ReadyCallback | None = None) -> WaitResult:
+    """:func:`wait` in an asyncio loop (``min_found``, ``who``, ``on_progress`` and ``on_ready`` as there):
+    registering never blocks the loop, the process's keeper thread writes the entry."""
     known = list(known)
-    tracker = _Tracker(store, request, mode, timeout, known, on_progress, min_found, who)
+    tracker = _Tracker(store, request, mode, timeout, known, on_progress, min_found, who, on_ready)
     try:
         return WaitResult(await _wait_async(store, request, mode=mode, timeout=timeout, known=known,
                                             on_progress=tracker.on_progress))
@@ -468,7 +516,7 @@ async def wait_async(store: Store, request: Request, *, mode: str = "all", timeo
 
 async def _wait_async(store: Store, request: Request, *, mode: str = "all", timeout: float | None = None,
                       known: Iterable[Notification] = (),
-                      on_progress: Callable[[int, int, Notification], None] | None = None) -> list[Notification]:
+                      on_progress: ReadyCallback | None = None) -> list[Notification]:
     """The asyncio form of :func:`wait`, for triggers: the shared watch feeds an asyncio queue, and
     the reads of waiters starting together share transactions in a worker thread, so thousands of
     waiters need no thread of their own and open no connection of their own.
@@ -507,7 +555,7 @@ def _aviso_source(store: Store, request: Request, channel: Channel) -> aviso2.Av
 
 
 def _wait_aviso(store: Store, request: Request, mode: str, timeout: float | None, known: Iterable[Notification],
-                on_progress: Callable[[int, int, Notification], None] | None) -> list[Notification]:
+                on_progress: ReadyCallback | None) -> list[Notification]:
     """:func:`wait` on an aviso-server: the same bookkeeping, fed by the server's stream."""
     found, follower, deadline = _Found(request, mode, known, on_progress), _follower(request), _Deadline(timeout)
     with _aviso_source(store, request, Channel()) as source:
@@ -522,7 +570,7 @@ def _wait_aviso(store: Store, request: Request, mode: str, timeout: float | None
 
 async def _wait_aviso_async(store: Store, request: Request, mode: str, timeout: float | None,
                             known: Iterable[Notification],
-                            on_progress: Callable[[int, int, Notification], None] | None) -> list[Notification]:
+                            on_progress: ReadyCallback | None) -> list[Notification]:
     """:func:`wait_async` on an aviso-server: the stream's thread hands feeds to the loop."""
     found, follower, deadline = _Found(request, mode, known, on_progress), _follower(request), _Deadline(timeout)
     source = _aviso_source(store, request, Channel(loop=asyncio.get_running_loop()))
@@ -539,4 +587,4 @@ async def _wait_aviso_async(store: Store, request: Request, mode: str, timeout: 
         await asyncio.get_running_loop().run_in_executor(_WATCH_KEEPERS, source.stop)
 
 
-__all__ = ["WaitResult", "check_min_found", "describe_missing", "wait", "wait_async"]
+__all__ = ["Progress", "WaitResult", "check_min_found", "describe_missing", "wait", "wait_async"]

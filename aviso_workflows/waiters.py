@@ -4,8 +4,9 @@ A waiter (a CLI wait, a sensor, a trigger, a listener) registers itself under
 ``/aviso-workflows/waiting/<id>``, outside Aviso's own prefixes, so pyaviso and ecFlow's poller never see
 it. The entry holds the request, who waits (``who``: fields its adapter fills, such as a DAG's ids or an
 ecFlow path; the core names no scheduler), host, pid, since when, and how many keys were found of how
-many. It is put with an etcd lease: it vanishes when the waiter ends, or within the lease's TTL when the
-waiter dies.
+many: ``found`` in any order, ``ready`` in request order with none missing before them (the progress
+shown). It is put with an etcd lease: it vanishes when the waiter ends, or within the lease's TTL when
+the waiter dies.
 
 The waiters of one process share one lease and one thread that keeps it alive and does every write:
 registering costs one put, progress is written at most once per ``PROGRESS_INTERVAL`` (the newest count
@@ -103,6 +104,8 @@ class Waiter:
     deadline: str | None = None
     updated: str | None = None
     revision: int = 0
+    #: Keys found in request order with none missing before them (None: an entry written without it).
+    ready: int | None = None
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any], revision: int = 0) -> Waiter:
@@ -113,7 +116,7 @@ class Waiter:
                    since=str(record.get("since", "")),
                    found=_optional_int(record.get("found")), total=_optional_int(record.get("total")),
                    mode=str(record.get("mode", "all")), deadline=record.get("deadline"),
-                   updated=record.get("updated"), revision=revision)
+                   updated=record.get("updated"), revision=revision, ready=_optional_int(record.get("ready")))
 
     @classmethod
     def from_kv(cls, kv: KeyValue) -> Waiter | None:
@@ -127,8 +130,14 @@ class Waiter:
     def to_dict(self) -> dict[str, Any]:
         """JSON-native data (what ``waiting --json`` prints and the record stored)."""
         return {"id": self.id, "event": self.event, "request": self.request, "mode": self.mode, "who": self.who,
-                "host": self.host, "pid": self.pid, "since": self.since, "found": self.found, "total": self.total,
-                "deadline": self.deadline, "updated": self.updated}
+                "host": self.host, "pid": self.pid, "since": self.since, "found": self.found, "ready": self.ready,
+                "total": self.total, "deadline": self.deadline, "updated": self.updated}
+
+    @property
+    def progress_text(self) -> str:
+        """``ready/total`` (``found/total`` for an entry without ``ready``; ``-`` and ``?`` when unknown)."""
+        shown = self.ready if self.ready is not None else self.found
+        return f"{'-' if shown is None else shown}/{'?' if self.total is None else self.total}"
 
     @property
     def request_text(self) -> str:
@@ -195,14 +204,18 @@ class Registration:
     last_write: float = 0.0
     done: threading.Event = field(default_factory=threading.Event)
 
-    def progress(self, found: int, total: int | None = None) -> None:
-        """Record ``found`` (of ``total``) keys; the keeper writes the newest count within a second or so."""
+    def progress(self, found: int, total: int | None = None, ready: int | None = None) -> None:
+        """Record ``found`` (of ``total``) keys, ``ready`` of them in request order with no gap (default: all
+        found); the keeper writes the newest counts within a second or so."""
         if self.keeper is None or self.closed:
             return
+        ready = found if ready is None else ready
         with self.keeper.lock:
-            if self.record.get("found") == found and (total is None or self.record.get("total") == total):
+            if self.record.get("found") == found and self.record.get("ready") == ready \
+                    and (total is None or self.record.get("total") == total):
                 return
             self.record["found"] = found
+            self.record["ready"] = ready
             if total is not None:
                 self.record["total"] = total
             self.dirty = True
@@ -389,12 +402,13 @@ def _keeper(store: Store, ttl: int) -> _Keeper:
 
 def register(store: Store, request: Request, *, who: Mapping[str, Any] | None = None, mode: str = "all",
              found: int | None = 0, total: int | None = None, timeout: float | None = None,
-             ttl: int | None = None) -> Registration:
+             ttl: int | None = None, ready: int | None = None) -> Registration:
     """Register a waiter for ``request`` (never blocks, never raises for the store's sake).
 
     ``who`` holds the fields an adapter fills (``kind`` such as ``cli``/``sensor``/``listener``, a DAG's ids,
     an ecFlow path ...); host and pid are added here. ``ttl`` (default ``$AVISO_WORKFLOWS_WAITER_TTL`` or 30 s,
-    0: do not register) is how long the entry outlives a waiter that dies.
+    0: do not register) is how long the entry outlives a waiter that dies. ``ready`` (default ``found``):
+    the keys found in request order with none missing before them.
     """
     who_fields, ttl_seconds = check_who(who), waiter_ttl(ttl)
     deadline = None
@@ -405,7 +419,7 @@ def register(store: Store, request: Request, *, who: Mapping[str, Any] | None = 
         total = request.count if request.is_complete and mode == "all" else None
     record = Waiter(id=waiter_id, event=request.event, request=request.as_dict(), who=who_fields,
                     host=socket.gethostname(), pid=os.getpid(), since=_now(), found=found, total=total, mode=mode,
-                    deadline=deadline).to_dict()
+                    deadline=deadline, ready=found if ready is None else ready).to_dict()
     if ttl_seconds == 0 or getattr(store, "aviso", None) is not None:  # off, or a store that is not etcd
         return _unregistered(record)
     keeper = _keeper(store, ttl_seconds)
@@ -501,9 +515,8 @@ def _follow(store: Store, known: dict[str, Waiter], start: int, stop: threading.
 
 
 def format_waiter(waiter: Waiter) -> str:
-    """One line: since, progress, request, who, host:pid."""
-    found = "-" if waiter.found is None else waiter.found
-    progress = f"{found}/{'?' if waiter.total is None else waiter.total}"
+    """One line: since, progress (ready/total), request, who, host:pid."""
+    progress = waiter.progress_text
     who = " ".join(f"{k}={v}" for k, v in waiter.who.items())
     return f"{waiter.since} {progress:>9} {waiter.request_text} {who} {waiter.host}:{waiter.pid}".replace("  ", " ")
 

@@ -18,7 +18,7 @@ from airflow.sdk.exceptions import (
 from ..errors import StoreUnavailable, TlsRefused, ValidationError, WaitTimeout
 from ..request import Request
 from ..store import Notification, Store
-from ..wait import WaitResult, check_min_found, describe_missing, wait
+from ..wait import Progress, WaitResult, check_min_found, describe_missing, wait
 from ..watch import one_line
 from . import _requests
 from .hooks import AvisoHook
@@ -157,7 +157,7 @@ class AvisoSensor(BaseSensorOperator):
         """Poke mode: the core's wait reads what exists, then follows the watch until the timeout."""
         store, request = self._resolve(context)
         try:
-            found = wait(store, request, mode=self.wait_for, timeout=self.timeout, on_progress=self._progress,
+            found = wait(store, request, mode=self.wait_for, timeout=self.timeout, on_ready=self._progress,
                          min_found=self.min_found, who=who_waits(context, "airflow-sensor"))
         except WaitTimeout as error:
             missing = _requests.missing_keys(request, (n.key for n in error.found), self.wait_for)
@@ -178,9 +178,10 @@ class AvisoSensor(BaseSensorOperator):
             timeout=timedelta(seconds=self.timeout + DEFER_GRACE_SECONDS),
         )
 
-    def _progress(self, count: int, total: int, notification: Notification) -> None:
-        if total > 1:
-            self.log.info("%d/%d available: %s", count, total, notification.key)
+    def _progress(self, progress: Progress) -> None:
+        if progress.total > 1:  # ready: in request order with none missing before (what downstream may use)
+            self.log.info("%d/%d ready (%d found), newest: %s", progress.ready, progress.total, progress.found,
+                          progress.newest.key)
 
     def _fail_timeout(self, message: str) -> NoReturn:
         if self.soft_fail or self.never_fail:

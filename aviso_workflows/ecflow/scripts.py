@@ -200,12 +200,17 @@ def wait_lines(template: RequestTemplate, *, timeout: float | None = None, meter
 
 
 def progress_arguments(meter: str | None, label: str | None, label_field: str | None) -> list[str]:
-    """``--progress-command`` options that move the meter and the label (the wait runs them coalesced)."""
+    """``--progress-command`` options that move the meter and the label (the wait runs them coalesced).
+
+    The meter holds ``{ready}``, the keys found in request order with none missing before them, never the
+    plain count: a trigger on ``meter >= N`` must not start while the N-th key is missing, whatever the
+    order of the posts. The label shows that count and the last ready key's ``label_field``.
+    """
     argv: list[str] = []
     if meter:
-        argv += ["--progress-command", shlex.quote(f"ecflow_client --meter={ecflow_name(meter)} {{found}}")]
+        argv += ["--progress-command", shlex.quote(f"ecflow_client --meter={ecflow_name(meter)} {{ready}}")]
     if label:
-        shown = "{found}/{total}" + (f" latest {ecflow_name(label_field)}={{{label_field}}}" if label_field else "")
+        shown = "{ready}/{total}" + (f" latest {ecflow_name(label_field)}={{{label_field}}}" if label_field else "")
         argv += ["--progress-command", shlex.quote(f'ecflow_client --label={ecflow_name(label)} "{shown}"')]
     return argv
 

@@ -372,11 +372,9 @@ def waiter_summary(waiter: Waiter) -> dict[str, Any]:
         label = who["ecflow_path"]
     else:
         label = " ".join(f"{k}={v}" for k, v in who.items()) or kind or "waiter"
-    found = "-" if waiter.found is None else str(waiter.found)
-    total = "?" if waiter.total is None else str(waiter.total)
     return {"id": waiter.id, "kind": kind, "label": label, "who": waiter.who, "host": waiter.host,
             "pid": waiter.pid, "where": f"{waiter.host}:{waiter.pid}", "since": waiter.since,
-            "progress": f"{found}/{total}", "request": waiter.request_text, "mode": waiter.mode,
+            "progress": waiter.progress_text, "request": waiter.request_text, "mode": waiter.mode,
             "deadline": waiter.deadline}
 
 

@@ -39,14 +39,15 @@ aviso_check_value() {
 }
 
 # aviso_wait REQUEST [TIMEOUT [METER [LABEL]]]: wait until every key exists. While waiting, METER
-# (default steps) counts the keys found and LABEL (default latest) shows the newest step (a catch-up of
-# many keys costs a few ecflow_client calls). After TIMEOUT seconds the task aborts with the reason.
+# (default steps) counts the keys found in request order with none missing before them (step 30 counts
+# only once 24 is in) and LABEL (default latest) shows the last such step (a catch-up of many keys costs
+# a few ecflow_client calls). After TIMEOUT seconds the task aborts with the reason.
 # The wait runs in the background so that a kill is handled at once (see aviso_end_children).
 aviso_wait() {
   local request=$1 timeout=${2:-} meter=${3:-steps} label=${4:-latest} status=0 started=$SECONDS
   aviso-workflows wait "$request" ${timeout:+--timeout "$timeout"} \
-    --progress-command "ecflow_client --meter=$meter {found}" \
-    --progress-command "ecflow_client --label=$label \"{found}/{total} latest step={step}\"" &
+    --progress-command "ecflow_client --meter=$meter {ready}" \
+    --progress-command "ecflow_client --label=$label \"{ready}/{total} latest step={step}\"" &
   aviso_wait_pid=$!
   wait "$aviso_wait_pid" || status=$?
   aviso_wait_pid=
