@@ -17,6 +17,7 @@ and refuses a bad request, naming the field.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,7 +27,7 @@ from ..request import check_timeout
 from ..store import Store
 from .core import POINT_TEMPLATE, SAMPLE_POINT, check, check_mode, cycle_request
 
-#: Arguments that are not request fields.
+#: Arguments that are not request fields (``sequential`` is Cylc's own, for every xtrigger).
 OPTIONS = ("event", "date", "mode", "timeout", "endpoint", "sequential")
 
 
@@ -48,8 +49,28 @@ def aviso(event: str, date: str, mode: str = "all", timeout: float = 10.0, endpo
     Cylc logs the error and calls again at the next interval.
     """
     store = _store(endpoint, timeout)
+    check_arguments(store, event, fields)
     request = cycle_request(store, event, fields, str(date))
     return check(store, request, mode)
+
+
+def check_arguments(store: Store, event: Any, fields: Mapping[str, Any]) -> None:
+    """Refuse an argument that is neither an option nor a field of the event, naming it and the valid ones.
+
+    A misspelled option (``tiemout=60``) would otherwise be read as a request field and reported as an
+    unknown field of the event; the closest valid name is suggested.
+    """
+    if not isinstance(event, str) or not event:
+        return  # cycle_request names the event
+    known = store.schema(event).fields
+    for name, value in fields.items():
+        if name in known:
+            continue
+        valid = [*OPTIONS, *sorted(field for field in known if field not in OPTIONS)]
+        close = difflib.get_close_matches(str(name), valid, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise ValidationError(str(name), value, f"not an argument of aviso(): {hint}it takes the options "
+                              f"{', '.join(OPTIONS)} and the fields of event {event!r}: {', '.join(sorted(known))}")
 
 
 def validate(args: Mapping[str, Any]) -> None:
@@ -68,6 +89,7 @@ def _validate(args: Mapping[str, Any]) -> None:
     store = _store(str(args.get("endpoint") or ""), args.get("timeout", 10.0))
     fields = dict(args.get("fields") or {})
     fields.update({name: value for name, value in args.items() if name not in (*OPTIONS, "fields")})
+    check_arguments(store, args.get("event", ""), fields)
     templated = {name for name, value in fields.items() if isinstance(value, str) and POINT_TEMPLATE.search(value)}
     checked = {name: value for name, value in fields.items() if name not in templated}
     request = cycle_request(store, args.get("event", ""), checked, date)
@@ -85,4 +107,4 @@ def _config_error(message: str) -> Exception:
     return WorkflowConfigError(message)
 
 
-__all__ = ["aviso", "validate"]
+__all__ = ["aviso", "check_arguments", "validate"]

@@ -79,6 +79,30 @@ def test_validate_names_the_field_and_accepts_templates() -> None:
         validate({**good, "mode": "some"})
 
 
+@pytest.mark.parametrize(("argument", "meant"), [("tiemout", "timeout"), ("endpiont", "endpoint"),
+                                                 ("mdoe", "mode"), ("evnet", "event")])
+def test_a_misspelled_argument_is_named_with_the_valid_ones_not_taken_for_a_field(argument: str, meant: str) -> None:
+    args = {"event": "mars", "date": "%(point)s", "mode": "all", "timeout": 10.0, "endpoint": "",
+            "fields": {**FORECAST, "step": 0, argument: "5"}}
+    with pytest.raises(ValueError) as refused:
+        validate(args)
+    message = str(refused.value)
+    assert f"{argument}: " in message and f"did you mean {meant}?" in message, message
+    assert "mode, timeout, endpoint, sequential" in message and "class, date, domain" in message, message
+    assert "unknown field" not in message
+    with pytest.raises(ValidationError, match=f"did you mean {meant}"):  # the same check when Cylc calls it
+        aviso("mars", "20261201T0000Z", **{**FORECAST, "step": 0, argument: "5"})
+
+
+def test_a_bad_option_value_is_refused_at_validate() -> None:
+    good = {"event": "mars", "date": "%(point)s", "mode": "all", "timeout": 10.0, "endpoint": "",
+            "fields": {**FORECAST, "step": 0}}
+    with pytest.raises(ValueError, match="timeout: 'soon' is not valid"):
+        validate({**good, "timeout": "soon"})
+    with pytest.raises(ValueError, match="endpoint: "):
+        validate({**good, "endpoint": "ftp://etcd"})
+
+
 @pytest.mark.parametrize(("spec", "field"), [
     ({"task": "t", "xtrigger": "x"}, "cylc.workflow"),
     ({"workflow": "-w", "task": "t", "xtrigger": "x"}, "cylc.workflow"),

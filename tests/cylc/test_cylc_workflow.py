@@ -188,4 +188,19 @@ def test_a_typo_in_the_request_fails_cylc_validate(cylc_env: dict[str, str], tmp
     assert "stream: 'opre' is not valid" in checked.stderr
     (source / "flow.cylc").write_text(FLOW.replace("class=rd", "clas=rd"))
     checked = cylc(cylc_env, "validate", str(source))
-    assert checked.returncode != 0 and "clas: 'clas' is not valid" in checked.stderr
+    assert checked.returncode != 0 and "clas: 'rd' is not valid" in checked.stderr
+    assert "did you mean class?" in checked.stderr
+
+
+def test_a_misspelled_option_fails_cylc_validate_naming_it_and_the_valid_ones(cylc_env: dict[str, str],
+                                                                              tmp_path: Path) -> None:
+    source = tmp_path / "option"
+    source.mkdir()
+    (source / "flow.cylc").write_text(FLOW.replace("):PT5M", ", tiemout=30):PT5M"))
+    assert "step=0/6, tiemout=30):PT5M" in (source / "flow.cylc").read_text()
+    checked = cylc(cylc_env, "validate", str(source))
+    assert checked.returncode != 0
+    assert "tiemout: 30 is not valid; not an argument of aviso(): did you mean timeout?" in checked.stderr, \
+        checked.stderr
+    assert "the options event, date, mode, timeout, endpoint, sequential" in checked.stderr
+    assert "unknown field" not in checked.stderr
