@@ -19,8 +19,13 @@ then does what ``cylc broadcast`` of the xtrigger's results and ``cylc set WORKF
 
 With ``request`` (the xtrigger's arguments but date and time) the action reads the store once, as the
 xtrigger does, and releases only when every key of that cycle is there (``mode: any``: one): a post of
-step 0 alone does not release a task waiting for steps 0, 6 and 12. Without it, each notification
-releases the xtrigger with its own key (an xtrigger waiting for one key).
+step 0 alone does not release a task waiting for steps 0, 6 and 12. A task and cycle is released once
+with all its keys: the other notifications of keys that release's read saw (the rest of one transaction,
+a backlog) release nothing more; a later post of one of them (a re-post) releases again. Without
+``request``, each notification releases the xtrigger with its own key (an xtrigger waiting for one key).
+
+Each release is logged at INFO (``listen -v``): the ``cylc set``, the variables broadcast and the
+notification that completed the cycle.
 
 Repeating a release is harmless (Cylc logs "already satisfied"; a task that has run is not run again).
 A cycle point not yet spawned is spawned by the release and runs when the runahead limit allows; a
@@ -43,6 +48,7 @@ import select
 import shutil
 import subprocess
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -52,7 +58,7 @@ from ..config import resolve_config
 from ..errors import ValidationError
 from ..request import Request, split_event
 from ..store import Notification, Store
-from .core import POINT, SAMPLE_POINT, check, check_mode, cycle_point, cycle_request, results
+from .core import POINT, SAMPLE_POINT, check_at, check_mode, cycle_point, cycle_request, results
 
 log = logging.getLogger(__name__)
 KEYS = ("workflow", "task", "xtrigger", "cycle", "request", "mode", "endpoint", "cylc", "relay", "timeout")
@@ -63,6 +69,8 @@ INTEGER_POINT = re.compile(r"\d+\Z")
 #: The project's own Cylc environment (made by scripts/setup.sh), used when no ``cylc`` is on PATH.
 PROJECT_CYLC = Path(__file__).resolve().parents[2] / ".venv-cylc" / "bin" / "cylc"
 DEFAULT_TIMEOUT = 30.0
+#: Cycle points whose last release is remembered (the oldest are forgotten first).
+REMEMBERED_POINTS = 10_000
 
 
 def find_cylc(given: Any = None) -> str:
@@ -155,6 +163,8 @@ class CylcAction:
         if self._relay is not None:
             self._relay.warm()
         self._store: Store | None = None
+        #: cycle point -> the store revision of the read that released it (None: released by a key, no read)
+        self._released: OrderedDict[str, int] = OrderedDict()
 
     # -- what to release ---------------------------------------------------------------------------
     def point(self, notification: Notification) -> str:
@@ -169,19 +179,33 @@ class CylcAction:
             raise ActionFailed(f"cycle {point!r} is not a cycle point such as 20261201T0000Z")
         return point
 
-    def found(self, notification: Notification, point: str) -> dict[str, str] | None:
-        """The xtrigger's results at ``point`` if its request is satisfied now, else None."""
+    def found(self, notification: Notification, point: str) -> tuple[int | None, dict[str, str] | None]:
+        """The xtrigger's results at ``point`` if its request is satisfied now (else None), with the revision
+        the store was read at (None without ``request``: the notification's own key is the result)."""
         if self.request is None:
             fields = {k: v for k, v in notification.request.items()}
             request = Request.build(notification.event, fields, self._reader().schemas)
-            return results(request, [notification])
+            return None, results(request, [notification])
         event, fields = split_event(self.request)
         if event != notification.event:
             raise ActionFailed(f"the cylc action's request is for event {event!r}, the notification for "
                                f"{notification.event!r}")
         store = self._reader()
-        satisfied, values = check(store, cycle_request(store, event, fields, point), self.mode)
-        return values if satisfied else None
+        revision, satisfied, values = check_at(store, cycle_request(store, event, fields, point), self.mode)
+        return revision, (values if satisfied else None)
+
+    def _seen_by_release(self, point: str, notification: Notification) -> bool:
+        """Whether the read of an earlier release at ``point`` already saw this notification's key."""
+        released = self._released.get(point)
+        return released is not None and notification.revision <= released
+
+    def _remember(self, point: str, revision: int | None) -> None:
+        if revision is None:
+            return
+        self._released[point] = revision
+        self._released.move_to_end(point)
+        while len(self._released) > REMEMBERED_POINTS:
+            self._released.popitem(last=False)
 
     def _reader(self) -> Store:
         if self._store is None:
@@ -191,7 +215,11 @@ class CylcAction:
     # -- releasing -----------------------------------------------------------------------------------
     def __call__(self, notification: Notification) -> None:
         point = self.point(notification)
-        values = self.found(notification, point)
+        if self._seen_by_release(point, notification):
+            log.debug("cylc: %s//%s/%s: %s was released by a read that saw %s already", self.workflow, point,
+                      self.task, self.label, notification.key)
+            return
+        revision, values = self.found(notification, point)
         if values is None:
             log.info("cylc: %s//%s/%s: %s is not complete yet", self.workflow, point, self.task, self.label)
             return
@@ -200,6 +228,10 @@ class CylcAction:
                  "environment": environment}
         answer = self._relay.send(order) if self._relay is not None else self._commands(order)
         if answer.get("ok"):
+            self._remember(point, revision)
+            log.info("cylc set %s//%s/%s --pre=xtrigger/%s with %s, for %s (revision %s)", self.workflow, point,
+                     self.task, self.label, ", ".join(environment) or "no variables", notification.key,
+                     notification.revision)
             return
         error = f"cylc {self.workflow}//{point}/{self.task} xtrigger/{self.label}: {answer.get('error')}"
         if answer.get("stopped"):

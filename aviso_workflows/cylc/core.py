@@ -137,15 +137,21 @@ def results(request: Request, found: Sequence[Notification]) -> dict[str, str]:
 
 def check(store: Store, request: Request, mode: str = "all") -> tuple[bool, dict[str, str]]:
     """One read of the store: whether ``request`` is satisfied now, and the results if it is."""
+    _, satisfied, values = check_at(store, request, mode)
+    return satisfied, values
+
+
+def check_at(store: Store, request: Request, mode: str = "all") -> tuple[int, bool, dict[str, str]]:
+    """:func:`check`, with the revision the store was read at (every key written up to it was seen)."""
     mode = check_mode(mode)
     if mode == "all":
         request.require_complete("an xtrigger in mode 'all'")
-    _, found = store.read(request)
+    revision, found = store.read(request)
     satisfied = bool(found) if mode == "any" else {n.key for n in found} >= set(request.keys())
     if not satisfied:
-        return False, {}
-    return True, results(request, found)
+        return revision, False, {}
+    return revision, True, results(request, found)
 
 
-__all__ = ["MODES", "POINT_TEMPLATE", "SAMPLE_POINT", "check", "check_mode", "cycle_point", "cycle_request",
+__all__ = ["MODES", "POINT_TEMPLATE", "SAMPLE_POINT", "check", "check_at", "check_mode", "cycle_point", "cycle_request",
            "point_fields", "point_time", "results", "shell_safe"]

@@ -166,6 +166,13 @@ def test_catch_up_and_push_release_a_cylc_workflow(cylc_env: dict[str, str], sto
         play.wait(timeout=60)  # the final cycle point done, the scheduler stops by itself
         assert play.returncode == 0, (tmp_path / "play.log").read_text()[-3000:]
     print(f"from post to job start (push): {', '.join(f'{d}: {s:.2f} s' for d, s in latencies.items())}")
+    released = [line for line in (tmp_path / "listener.log").read_text().splitlines() if "cylc set " in line]
+    for day in ("20261103", "20261105"):  # both steps in one transaction: one release, with both locations
+        lines = [line for line in released if f"cylc set {workflow}//{day}T0000Z/process --pre=xtrigger/data" in line]
+        assert len(lines) == 1, released
+        assert all(name in lines[0] for name in ("data_location_0", "data_location_6", "data_keys", "data_count",
+                                                 f"date={day}", "revision")), lines[0]
+    assert len(released) == 2, released
     assert all(seconds < RELEASE_SECONDS for seconds in latencies.values()), latencies
     recorded = job_start_times(run_dir)
     assert sorted(recorded) == [f"{day}T0000Z" for day in DAYS]
