@@ -347,8 +347,9 @@ def to_pyaviso_document(schemas: Iterable[EventSchema]) -> dict[str, Any]:
 class SchemaRegistry:
     """The events known to a store: the built-in ones plus any loaded from files."""
 
-    def __init__(self, schemas: Mapping[str, EventSchema] | None = None) -> None:
-        self._schemas: dict[str, EventSchema] = dict(BUILTIN_SCHEMAS)
+    def __init__(self, schemas: Mapping[str, EventSchema] | None = None, *, builtin: bool = True) -> None:
+        """``builtin=False``: only ``schemas`` (a server serving the events of one configuration)."""
+        self._schemas: dict[str, EventSchema] = dict(BUILTIN_SCHEMAS) if builtin else {}
         self._schemas.update(schemas or {})
 
     def add_file(self, path: str | Path) -> None:

@@ -13,7 +13,7 @@ import asyncio
 import datetime as dt
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,14 +28,17 @@ from starlette.datastructures import MutableHeaders
 from ..errors import PermissionDenied, StoreError
 from ..etcd import range_op
 from ..position import Position
+from ..schema import SchemaRegistry
 from ..status_chain import revision_windows
 from ..store import Store
 from ..watch import one_line
+from .admin import admin_router
 from .auth import Authenticator, Grant, refusal
 from .board import board_router
 from .feeds import FeedHub
 from .protocol import SEQUENCE_SLOTS, ApiError, ApiRequest, filter_request, notify_request, parse_body, stream_time
 from .schemas import event_schema_body, schema_body
+from .server_config import ServerEvent
 from .streams import EventStream, Stream, StreamPlan, StreamSettings
 
 log = logging.getLogger(__name__)
@@ -60,6 +63,8 @@ class ServeOptions:
     #: An expectation file checked while serving (the board shows expected and late keys); its data dates.
     expect: str | None = None
     expect_dates: tuple[str, ...] = ()
+    #: The events of an aviso-server configuration file (``--aviso-server-config``): served instead of ours.
+    server_events: Mapping[str, ServerEvent] | None = None
 
 
 class Metrics:
@@ -87,7 +92,10 @@ class ServeState:
     def __init__(self, store: Store, options: ServeOptions) -> None:
         self.store = store
         self.options = options
-        self.schemas = list(store.schemas)
+        self.events: Mapping[str, ServerEvent] = options.server_events or {}
+        self.registry = SchemaRegistry({name: event.schema for name, event in self.events.items()}, builtin=False) \
+            if self.events else store.schemas
+        self.schemas = list(self.registry)
         self.auth = Authenticator(store, options.auth, options.tokens)
         self.hub = FeedHub(self.schemas, options.queue_size)
         self.metrics = Metrics()
@@ -173,6 +181,7 @@ def create_app(store: Store, options: ServeOptions | None = None) -> FastAPI:
     app.add_exception_handler(ApiError, _api_error)
     app.add_middleware(RequestIds, state=state)
     _add_routes(app, state)
+    app.include_router(admin_router(state))
     app.include_router(board_router(state))  # /board, its stream and files; its lifespan runs the checker
     return app
 
@@ -188,11 +197,11 @@ def _add_routes(app: FastAPI, state: ServeState) -> None:
 
     @app.get("/api/v1/schema")
     async def schema() -> dict[str, Any]:
-        return schema_body(state.schemas)
+        return schema_body(state.schemas, state.events)
 
     @app.get("/api/v1/schema/{event}")
     async def schema_of(event: str, request: HttpRequest) -> Response:
-        status, body = event_schema_body(state.schemas, event, _request_id(request))
+        status, body = event_schema_body(state.schemas, event, _request_id(request), state.events)
         return JSONResponse(body, status)
 
     @app.post("/api/v1/notification")
@@ -218,13 +227,13 @@ def _add_routes(app: FastAPI, state: ServeState) -> None:
 async def _notify(state: ServeState, request: HttpRequest) -> dict[str, Any]:
     counted = state.metrics.notifications
     try:
-        api = parse_body(await request.body(), "notification", state.store.schemas)
+        api = parse_body(await request.body(), "notification", state.registry)
     except ApiError:
         counted.labels("unknown", "error").inc()
         raise
     try:
         store = state.auth.store_for(request.headers.get("authorization"), api.event_type, "write")
-        posting, location = notify_request(api, state.store.schemas)
+        posting, location = notify_request(api, state.registry, state.events)
         await asyncio.to_thread(store.notify, posting, location=location)
     except ApiError as error:
         counted.labels(api.event_type, "rejected" if error.status in (401, 403) else "error").inc()
@@ -243,8 +252,8 @@ async def _notify(state: ServeState, request: HttpRequest) -> dict[str, Any]:
 # -- watch and replay ----------------------------------------------------------------------------
 async def _plan(state: ServeState, request: HttpRequest, kind: str) -> StreamPlan:
     """Check a watch or replay before its stream starts: refusals are HTTP errors, not stream events."""
-    api = parse_body(await request.body(), kind, state.store.schemas)
-    following = filter_request(api, state.store.schemas)
+    api = parse_body(await request.body(), kind, state.registry)
+    following, wanted = filter_request(api, state.registry, state.events)
     store = state.auth.store_for(request.headers.get("authorization"), api.event_type, "read")
     try:
         if state.auth.mode == "etcd":
@@ -256,7 +265,8 @@ async def _plan(state: ServeState, request: HttpRequest, kind: str) -> StreamPla
         raise ApiError(500, "SSE_STREAM_INITIALIZATION_FAILED", "SSE stream creation failed",
                        "the store could not be read", details=one_line(error)) from None
     return StreamPlan(kind, f"/api/v1/{kind}", store, following, _request_id(request), start, api.from_id,
-                      api.from_date)
+                      api.from_date, to_id=api.to_id, to_date=api.to_date, spatial=wanted,
+                      enveloped=api.event_type in state.events)
 
 
 def _may_read(store: Store, prefix: str) -> None:

@@ -37,6 +37,9 @@ def add_commands(subparsers: Any, common: argparse.ArgumentParser) -> None:
     auth.add_argument("--tokens", metavar="FILE",
                       help="YAML or JSON 'tokens: {TOKEN: {read: [EVENT...], write: [EVENT...]}}' ('*': every "
                            "event); clients send Authorization: Bearer TOKEN")
+    serve.add_argument("--aviso-server-config", metavar="FILE",
+                       help="serve the events of this aviso-server configuration file (its notification_schema) "
+                            "with aviso-server 0.7.1's rules, instead of our built-in events")
     serve.add_argument("--expect", metavar="FILE",
                        help="check this expectation file while serving (as 'aviso-workflows expect FILE' does): its "
                             "triggers fire, and the board at /board shows expected and late keys")
@@ -60,6 +63,11 @@ def _run(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         raise ValidationError("port", args.port, "expected a port number from 1 to 65535")
     mode = "tokens" if args.tokens else "etcd" if args.etcd_auth else "none"
+    events = None
+    if args.aviso_server_config:  # the whole file is checked before the server starts
+        from .server_config import load_server_config
+
+        events = load_server_config(args.aviso_server_config)
     store = store_from_args(args)
     dates = tuple(d.strip() for text in args.expect_dates or [] for d in text.split(",") if d.strip())
     if dates and not args.expect:
@@ -72,7 +80,7 @@ def _run(args: argparse.Namespace) -> int:
                            max_duration=args.max_duration, replay_limit=args.replay_limit,
                            queue_size=args.queue_size, auth=mode,
                            tokens=load_tokens(args.tokens) if args.tokens else {}, expect=args.expect,
-                           expect_dates=dates)
+                           expect_dates=dates, server_events=events)
     serve(store, options, args.host, args.port, verbose=args.verbose)
     return 0
 

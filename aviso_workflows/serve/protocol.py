@@ -17,14 +17,19 @@ from typing import Any, TypeVar, cast
 
 from ..errors import ValidationError
 from ..etcd import KeyValue
+from ..fields import Field, check_characters
 from ..notification import NO_PAYLOAD, Notification
 from ..position import key_order
 from ..request import Request, check_location
 from ..schema import EventSchema, SchemaRegistry
 from ..status_chain import STATUS_TIME_FORMAT, status_record
+from . import server_config
+from .server_config import ServerEvent, StreamFilter, stored_envelope
 
-#: Fields of a request body (Aviso 2 refuses any other with UNKNOWN_FIELD).
-BODY_FIELDS = ("event_type", "identifier", "from_id", "from_date", "payload")
+#: Fields of a request body (Aviso 2 refuses any other with UNKNOWN_FIELD). ``to_id``/``to_date`` are not in
+#: aviso-server 0.7.1; newer servers end a replay with them (pyaviso 2.4.2's ``replay --until`` sends them),
+#: and serve takes them as those do: inclusive, on replays only.
+BODY_FIELDS = ("event_type", "identifier", "from_id", "from_date", "to_id", "to_date", "payload")
 #: Sequences per revision: index 0 to 999 of the notification keys written at one revision.
 SEQUENCE_SLOTS = 1000
 #: Stands in the annotations for a revision with too many notification keys to number.
@@ -80,6 +85,9 @@ class ApiRequest:
     from_id: int | None = None
     from_date: dt.datetime | None = None
     fields: frozenset[str] = field(default_factory=frozenset)
+    #: Where a replay ends (inclusive): a sequence, or a moment (naive, UTC).
+    to_id: int | None = None
+    to_date: dt.datetime | None = None
 
 
 def parse_body(body: bytes, kind: str, schemas: SchemaRegistry) -> ApiRequest:
@@ -101,7 +109,7 @@ def parse_body(body: bytes, kind: str, schemas: SchemaRegistry) -> ApiRequest:
         raise _parse_error(kind, "INVALID_REQUEST_SHAPE", "event_type must be text such as \"mars\"")
     if not isinstance(identifier, dict):
         raise _parse_error(kind, "INVALID_REQUEST_SHAPE", "identifier must be an object of field names and values")
-    for name in ("from_id", "from_date"):
+    for name in ("from_id", "from_date", "to_id", "to_date"):
         value = document.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int))):
             raise _parse_error(kind, "INVALID_REQUEST_SHAPE", f"{name} must be text or a whole number")
@@ -124,10 +132,17 @@ def _with_start(request: ApiRequest, document: Mapping[str, Any]) -> ApiRequest:
     """``request`` with its replay start checked against the rules of its kind."""
     raw_id, raw_date = document.get("from_id"), document.get("from_date")
     if request.kind == "notification":
-        given = [name for name in ("from_id", "from_date") if document.get(name) is not None]
+        given = [name for name in ("from_id", "from_date", "to_id", "to_date") if document.get(name) is not None]
         if given:
             raise invalid("notification", f"{given[0]} belongs to watch and replay requests, not to a notification")
         return request
+    ends = [name for name in ("to_id", "to_date") if document.get(name) is not None]
+    if ends and request.kind != "replay":
+        raise invalid(request.kind, f"{ends[0]} ends a replay; a watch has no end (use /api/v1/replay)")
+    if len(ends) > 1:
+        raise invalid(request.kind, "Cannot specify both to_id and to_date; give one end of the replay")
+    to_id = parse_from_id(request.kind, document["to_id"], "to_id") if "to_id" in ends else None
+    to_date = parse_from_date(request.kind, document["to_date"], "to_date") if "to_date" in ends else None
     from_id = parse_from_id(request.kind, raw_id) if raw_id is not None else None
     from_date = parse_from_date(request.kind, raw_date) if raw_date is not None else None
     if from_id is not None and from_date is not None:
@@ -136,26 +151,26 @@ def _with_start(request: ApiRequest, document: Mapping[str, Any]) -> ApiRequest:
     if request.kind == "replay" and from_id is None and from_date is None:
         raise invalid("replay", "Replay endpoint requires either from_id or from_date parameter")
     return ApiRequest(request.kind, request.event_type, request.identifier, request.payload, from_id, from_date,
-                      request.fields)
+                      request.fields, to_id, to_date)
 
 
-def parse_from_id(kind: str, value: str | int) -> int:
-    """A sequence to start from: a whole number of at least 0."""
+def parse_from_id(kind: str, value: str | int, name: str = "from_id") -> int:
+    """A sequence to start from (or end at): a whole number of at least 0."""
     text = str(value).strip()
     if not text.isdigit() or (isinstance(value, int) and value < 0):
-        raise invalid(kind, f"from_id must be a valid positive integer. Got: {str(value)!r}. Valid examples: "
+        raise invalid(kind, f"{name} must be a valid positive integer. Got: {str(value)!r}. Valid examples: "
                       "'1', '123', '9999'")
     return int(text)
 
 
-def parse_from_date(kind: str, value: str | int) -> dt.datetime:
+def parse_from_date(kind: str, value: str | int, name: str = "from_date") -> dt.datetime:
     """A moment (naive, UTC) from RFC 3339, ``YYYY-MM-DD HH:MM:SS[+HH:MM]``, a naive date-time (UTC), or Unix
     seconds (up to 11 digits) or milliseconds (12 digits or more)."""
     text = str(value).strip()
     try:
         return _moment(text)
     except (ValueError, OverflowError, OSError) as error:
-        raise invalid(kind, f"from_date must be a valid datetime/timestamp. Got: {text!r}. Error: {error}. Valid "
+        raise invalid(kind, f"{name} must be a valid datetime/timestamp. Got: {text!r}. Error: {error}. Valid "
                       "examples: '2025-06-09T13:15:00Z', '2025-06-09 13:15:00+00:00', '2025-06-09 13:15:00', "
                       "'1740509903', '1740509903710'") from None
 
@@ -178,19 +193,41 @@ def _moment(text: str) -> dt.datetime:
 
 
 # -- identifiers ---------------------------------------------------------------------------------
-def notify_request(api: ApiRequest, schemas: SchemaRegistry) -> tuple[Request, str | None]:
-    """The complete request of a notification and its location; constraint objects are refused."""
+def notify_request(api: ApiRequest, schemas: SchemaRegistry,
+                   events: Mapping[str, ServerEvent] | None = None) -> tuple[Request, str | None]:
+    """The complete request of a notification and its stored value; constraint objects, lists and ``a/b``
+    are refused (aviso-server takes one value per field). ``events``: those of an aviso-server configuration."""
+    event = (events or {}).get(api.event_type)
+    if event is not None:
+        return _server_notify(api, event)
     schema = schemas[api.event_type]
     for name, value in api.identifier.items():
         if isinstance(value, Mapping):
             raise invalid("notification", f"Field {name!r} constraint object is not allowed in this operation; "
                           "a notification gives values")
     try:
-        request = Request.build(schema, _values(api.identifier))
+        request = Request.build(schema, _values(api.identifier, one_value=True))
         request.require_complete("a notification")
         return request, _location(schema, api.payload)
     except ValidationError as error:
         raise invalid("notification", str(error)) from None
+
+
+def _server_notify(api: ApiRequest, event: ServerEvent) -> tuple[Request, str | None]:
+    """A notification of an aviso-server configuration's event: its checks, its canonical values, one key."""
+    try:
+        posting = server_config.notify_request(event, api.identifier, api.payload, "payload" in api.fields)
+        for name, value in posting.key_values.items():
+            check_characters(name, value)
+        return Request(event.schema, {name: (value,) for name, value in posting.key_values.items()}), \
+            check_location(posting.value)
+    except server_config.Refused as error:
+        if error.processing:
+            raise ApiError(500, "NOTIFICATION_PROCESSING_FAILED", "Notification Processing Failed", str(error),
+                           details=str(error)) from None
+        raise invalid("notification", str(error)) from None
+    except ValidationError as error:
+        raise invalid("notification", f"{error} (serve keeps topic values in etcd keys)") from None
 
 
 def _location(schema: EventSchema, payload: Any) -> str | None:
@@ -207,19 +244,55 @@ def _location(schema: EventSchema, payload: Any) -> str | None:
     return check_location(payload)
 
 
-def filter_request(api: ApiRequest, schemas: SchemaRegistry) -> Request:
-    """The request a watch or replay follows: values, lists and constraint objects; open fields match any value."""
+def filter_request(api: ApiRequest, schemas: SchemaRegistry,
+                   events: Mapping[str, ServerEvent] | None = None) -> tuple[Request, StreamFilter | None]:
+    """The request a watch or replay follows, and for an aviso-server configuration's event the filter of what
+    its keys do not hold (a point or polygon). Values and constraint objects as aviso-server takes them:
+    constraint objects only on int and enum fields (numbers for int fields), one value otherwise; open fields
+    match any value."""
+    event = (events or {}).get(api.event_type)
     try:
-        return Request.build_filter(schemas[api.event_type], _values(api.identifier))
+        if event is None:
+            schema = schemas[api.event_type]
+            values = _values(api.identifier, one_value=True)
+            for name, value in values.items():
+                if isinstance(value, Mapping):
+                    _check_constraint(schema.field(name), value)
+            return Request.build_filter(schema, values), None
+        wanted = server_config.stream_request(event, api.identifier, api.kind)
+        for name, value in wanted.raw.items():
+            if not isinstance(value, Mapping):
+                check_characters(name, value)
+        return Request.build_filter(event.schema, wanted.raw), wanted
+    except server_config.Refused as error:
+        raise invalid(api.kind, str(error)) from None
     except ValidationError as error:
         raise invalid(api.kind, str(error)) from None
 
 
-def _values(identifier: Mapping[str, Any]) -> dict[str, Any]:
-    """Identifier values as the request code reads them (numbers and text alike); null is refused by name."""
+def _check_constraint(fld: Field, constraint: Mapping[str, Any]) -> None:
+    """aviso-server's rule (aviso-validators/src/constraints.rs): constraint objects on int and enum fields only,
+    with JSON numbers as the operands of an int field and text as those of an enum field."""
+    if fld.kind not in ("int", "enum"):
+        raise ValidationError(fld.name, dict(constraint), "this field does not support constraint filters; give one "
+                              "value (constraint objects are for int and enum fields)")
+    for operand in constraint.values():
+        items = operand if isinstance(operand, list) else [operand]
+        wanted = (int,) if fld.kind == "int" else (str,)
+        if not all(isinstance(item, wanted) and not isinstance(item, bool) for item in items):
+            what = "JSON integers" if fld.kind == "int" else "text"
+            raise ValidationError(fld.name, dict(constraint), f"the operands of an {fld.kind} field are {what}")
+
+
+def _values(identifier: Mapping[str, Any], *, one_value: bool = False) -> dict[str, Any]:
+    """Identifier values as the request code reads them (numbers and text alike); null is refused by name, and
+    with ``one_value`` so are arrays and ``a/b`` lists (aviso-server takes one value, or a constraint object)."""
     for name, value in identifier.items():
         if value is None:
             raise ValidationError(name, None, "cannot be null; give a value or leave the field out")
+        if one_value and (isinstance(value, list) or (isinstance(value, str) and "/" in value)):
+            raise ValidationError(name, value, "give one value; several are a constraint object {\"in\": [...]} "
+                                  "on int and enum fields")
     return dict(identifier)
 
 
@@ -320,9 +393,16 @@ def stream_time(moment: dt.datetime | None = None) -> str:
     return (moment or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def cloud_event(notification: Notification, sequence: int, time: str | None, base_url: str) -> dict[str, Any]:
-    """The CloudEvent (structured JSON) of a notification, as Aviso 2 streams it."""
+def cloud_event(notification: Notification, sequence: int, time: str | None, base_url: str,
+                enveloped: bool = False) -> dict[str, Any]:
+    """The CloudEvent (structured JSON) of a notification, as Aviso 2 streams it; ``enveloped``: an event of an
+    aviso-server configuration, whose stored value holds its payload and the identifier outside the topic."""
     event = notification.event
+    identifier: dict[str, Any] = dict(notification.request)
+    payload: Any = notification.location
+    if enveloped:
+        payload, extras = stored_envelope(notification.location)
+        identifier.update(extras)
     return {
         "specversion": "1.0",
         "id": f"{event}@{sequence}",
@@ -331,7 +411,7 @@ def cloud_event(notification: Notification, sequence: int, time: str | None, bas
         "time": time or dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         "datacontenttype": "application/json",
         "dataschema": f"{base_url}/schema/{event}",
-        "data": {"identifier": dict(notification.request), "payload": notification.location},
+        "data": {"identifier": identifier, "payload": payload},
     }
 
 

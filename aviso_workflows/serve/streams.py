@@ -33,6 +33,7 @@ from ..request import Request
 from ..watch import Channel, HistorySource, one_line
 from .feeds import CUT, FeedHub, SharedFeed, Subscription, last_change, read_state
 from .protocol import NO_SEQUENCE, SEQUENCE_SLOTS, Batch, cloud_event, read_batch, stream_time, topic
+from .server_config import StreamFilter, stored_envelope
 
 if TYPE_CHECKING:
     from ..store import Store
@@ -65,6 +66,19 @@ class StreamPlan:
     start: Position | None = None
     from_id: int | None = None
     from_date: dt.datetime | None = None
+    #: Where a replay ends (inclusive): notifications after it are not sent.
+    to_id: int | None = None
+    to_date: dt.datetime | None = None
+    #: An aviso-server configuration's event: what its keys do not hold (a point or polygon filter).
+    spatial: StreamFilter | None = None
+    #: Stored values are ``{"payload", "identifier"}`` envelopes (an aviso-server configuration's event).
+    enveloped: bool = False
+
+    def keeps(self, notification: Notification) -> bool:
+        """True when the request matches the notification's key and the rest of the filter its stored value."""
+        if not self.request.matches(notification.request):
+            return False
+        return self.spatial is None or self.spatial.keeps(stored_envelope(notification.location)[1])
 
 
 class _Closing(Exception):
@@ -257,7 +271,7 @@ class Stream:
             self._batches.append(batch)
         if feed.kind in ("events", "snapshot"):
             request = self.plan.request
-            found = [n for n in batch.notifications.get(request.event, ()) if request.matches(n.request)]
+            found = [n for n in batch.notifications.get(request.event, ()) if self.plan.keeps(n)]
             follower.on_found(found, feed.revision)
         else:
             follower.feed(feed)
@@ -308,9 +322,20 @@ class Stream:
                                f"{notification.key} cannot be given a sequence")
         if self.plan.from_id is not None and sequence < self.plan.from_id:
             return None
-        base_url = self.settings.base_url
+        if self._after_end(sequence, when):
+            return None
+        base_url, enveloped = self.settings.base_url, self.plan.enveloped
         return batch.shared((label, notification.event, notification.revision, notification.key),
-                            lambda: _encoded(label, cloud_event(notification, sequence, when, base_url)))
+                            lambda: _encoded(label, cloud_event(notification, sequence, when, base_url, enveloped)))
+
+    def _after_end(self, sequence: int, when: str | None) -> bool:
+        """True for a notification after the replay's ``to_id`` or ``to_date``."""
+        if self.plan.to_id is not None and sequence > self.plan.to_id:
+            return True
+        if self.plan.to_date is not None and when is not None:
+            moment = dt.datetime.strptime(when, "%Y-%m-%dT%H:%M:%S.%fZ")
+            return moment > self.plan.to_date
+        return False
 
     def _sequence(self, notification: Notification) -> tuple[int, str | None, Batch]:
         """The notification's sequence and time, and the batch that numbered it."""
@@ -365,8 +390,14 @@ class EventStream(StreamingResponse):
 async def _wire(events: AsyncIterator[ServerSentEvent]) -> AsyncIterator[bytes]:
     """Each event as FastAPI would write it; a shared event's JSON (``raw_data``) is not encoded again."""
     async for event in events:
-        data = event.raw_data if event.raw_data is not None else None if event.data is None else json.dumps(event.data)
+        data = event.raw_data if event.raw_data is not None else None if event.data is None else compact(event.data)
         yield format_sse_event(data_str=data, event=event.event, id=event.id, retry=event.retry, comment=event.comment)
+
+
+def compact(data: Any) -> str:
+    """JSON as aviso-server writes it (serde_json: no spaces); clients such as aviso-server's own smoke checks
+    look for ``"type":"connection_established"`` in the stream's text."""
+    return json.dumps(data, separators=(",", ":"))
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
@@ -379,7 +410,7 @@ def _encoded(label: str, data: dict[str, Any]) -> ServerSentEvent:
     the wire (FastAPI sends it as it is, before looking at ``data``); ``data`` stays for readers in this
     process (the board). ServerSentEvent's validator refuses the two together, so it is built unvalidated;
     both hold the same JSON, so the wire is the same whichever is sent."""
-    return ServerSentEvent.model_construct(event=label, data=data, raw_data=json.dumps(data))
+    return ServerSentEvent.model_construct(event=label, data=data, raw_data=compact(data))
 
 
 __all__ = ["EventStream", "Stream", "StreamPlan", "StreamSettings"]
