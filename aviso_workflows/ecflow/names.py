@@ -6,12 +6,13 @@ anchor share that file, which is fine when their scripts are the same and wrong 
 notices only at deploy time ("Scripts deployed with the same name must be unique within one AnchorFamily
 or Suite"), naming the file but neither task. A ``WaitTask`` named ``wait`` beside a ``catchup_family``
 (whose wait task is also ``wait``) is the usual case. These checks run when a ``WaitTask`` or
-``NotifyTask`` is built (:func:`check_new_task`) and over the whole suite before it is deployed
-(:func:`check_suite`), and name both tasks.
+``NotifyTask`` is built (:func:`check_new_task`, against the request tasks built before it) and over every
+task of the suite before it is deployed (:func:`check_suite`), and name both tasks.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from ..errors import ValidationError
@@ -39,28 +40,41 @@ def _script(task: Any, *, complete: bool = False) -> str | None:
     return "\n".join(str(line) for line in lines)
 
 
-def _refuse(first: Any, second: Any, where: tuple[str, str]) -> ValidationError:
+def _refuse(first: str, second: str, task_name: str, where: tuple[str, str]) -> ValidationError:
     files, name = where
-    return ValidationError("name", second.name, f"{first.fullname} and {second.fullname} would both be deployed as "
+    return ValidationError("name", task_name, f"{first} and {second} would both be deployed as "
                            f"{name} in {files} with different scripts (pyflow: scripts deployed with the same name "
                            "must be unique within one AnchorFamily or Suite); give one of them another name, e.g. "
                            "catchup_family(..., wait='daily_wait'), or put it in a pf.AnchorFamily")
 
 
+#: Per suite (by id, while it lives): deploy file -> (path, own script lines) of the first request task there.
+_FIRST_BY_FILE: dict[int, tuple[weakref.ref[Any], dict[tuple[str, str], tuple[str, str]]]] = {}
+
+
+def _files_of(suite: Any) -> dict[tuple[str, str], tuple[str, str]]:
+    key = id(suite)
+    entry = _FIRST_BY_FILE.get(key)
+    if entry is None or entry[0]() is not suite:
+        entry = (weakref.ref(suite, lambda _: _FIRST_BY_FILE.pop(key, None)), {})
+        _FIRST_BY_FILE[key] = entry
+    return entry[1]
+
+
 def check_new_task(task: Any) -> None:
-    """Refuse ``task`` if a task of its suite built before it deploys to the same file with another script."""
+    """Refuse ``task`` if a request task (``WaitTask``, ``NotifyTask``) built before it in its suite deploys to the
+    same file with another script. Other tasks are compared by :func:`check_suite`, before deploy: their scripts
+    may be assigned after they are built. One lookup per task, so a suite of thousands of dates builds quickly."""
     suite = getattr(task, "suite", None)
     if suite is None or suite is task:
         return
+    script = str(task.script)  # its own lines: when they differ, so do the files (headers: check_suite)
+    if not script.strip():
+        return
     where = _deploy_file(task)
-    mine: str | None = None
-    for other in suite.all_tasks:
-        if other is task or other.name != task.name or _deploy_file(other) != where:
-            continue
-        theirs = _script(other)
-        mine = mine if mine is not None else _script(task)
-        if theirs is not None and mine is not None and theirs != mine:
-            raise _refuse(other, task, where)
+    first = _files_of(suite).setdefault(where, (task.fullname, script))
+    if first[1] != script:
+        raise _refuse(first[0], task.fullname, task.name, where)
 
 
 def check_suite(suite: Any) -> None:
@@ -74,7 +88,7 @@ def check_suite(suite: Any) -> None:
         if where not in first_of:
             first_of[where] = (task, script)
         elif first_of[where][1] != script:
-            raise _refuse(first_of[where][0], task, where)
+            raise _refuse(first_of[where][0].fullname, task.fullname, task.name, where)
 
 
 __all__ = ["check_new_task", "check_suite"]
