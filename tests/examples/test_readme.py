@@ -87,3 +87,24 @@ def test_the_flow_cylc_lines_pass_cylc_lint(tmp_path: Path) -> None:
 
 def test_readme_is_where_the_blocks_come_from() -> None:
     assert README.name == "README.md" and len(ALL) > len(RUNNABLE)
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("```\nplain\n```\n", "a fence without a language"),
+    ("<!-- fragment: why -->\n\n```bash\nx\n```\n", "right before a fence"),
+    ("<!-- fragment: -->\n```bash\nx\n```\n", "right before a fence"),
+    ("<!-- fragment -->\n```bash\nx\n```\n", "right before a fence"),
+    ("```bash\nnever closed\n", "never closed"),
+])
+def test_the_rules_of_blocks_and_markers_are_enforced(text: str, problem: str, tmp_path: Path) -> None:
+    (tmp_path / "README.md").write_text(text)
+    with pytest.raises(ReadmeError, match=problem):
+        blocks(tmp_path / "README.md")
+
+
+def test_a_marked_block_is_counted_as_a_fragment_and_an_unmarked_one_is_run(tmp_path: Path) -> None:
+    (tmp_path / "README.md").write_text("<!-- fragment: a synopsis -->\n```bash\nx [y]\n```\n\n```python\nz = 1\n```\n"
+                                        "\n```yaml\na: 1\n```\n")
+    found = blocks(tmp_path / "README.md")
+    assert [(b.language, b.fragment) for b in fragments(found)] == [("bash", "a synopsis")]
+    assert [(b.language, b.line, b.text) for b in runnable(found)] == [("python", 6, "z = 1\n")]
