@@ -122,6 +122,37 @@ def test_the_page_fits_a_phone(board: Board, page: Page) -> None:
         page.viewport(1280, 720)
 
 
+#: Elements outside the grid's scroller whose box or text reaches past the viewport.
+OVERFLOWING = """[...document.querySelectorAll('body *')]
+    .filter(e => !e.closest('.scroller') && (e.getBoundingClientRect().right > window.innerWidth + 0.5
+        || e.scrollWidth > e.clientWidth + 0.5 && getComputedStyle(e).overflowX === 'visible'))
+    .map(e => e.tagName.toLowerCase() + (e.className ? '.' + e.className : '') + ' ' +
+         Math.round(e.getBoundingClientRect().right))"""
+
+
+def fits_390(page: Page, what: str) -> None:
+    assert page.evaluate(OVERFLOWING) == [], f"wider than the screen: {what}"
+    page.evaluate("window.scrollTo(100, window.scrollY)")
+    assert page.evaluate("[document.documentElement.scrollWidth, window.scrollX]") == [390, 0], \
+        f"the page scrolls sideways: {what}"
+
+
+def test_nothing_but_the_grid_scrolls_sideways_at_390_px(board: Board, page: Page) -> None:
+    """At a phone's 390 px: no element outside the grid's scroller reaches past the viewport, whichever cell's
+    details show (a location, waiters), nor with a refused query quoting a long value."""
+    page.viewport(390, 844, mobile=True)
+    try:
+        page.open(f"{board.url}/board?{board.query}")
+        for step in (6, 12, 24, 0):
+            page.evaluate(f"document.getElementById('{board.cell(board.today, step)}').focus()")
+            fits_390(page, f"step {step}'s details")
+        page.open(f"{board.url}/board?{board.query}&expver={'x' * 80}", ready="document.readyState === 'complete'")
+        assert "Invalid board request" in page.evaluate("document.body.innerText")
+        fits_390(page, "a refused query")
+    finally:
+        page.viewport(1280, 720)
+
+
 def test_a_post_turns_its_cell_without_a_reload(board: Board, page: Page) -> None:
     page.open(f"{board.url}/board?{board.query}")
     page.evaluate("window.notReloaded = true")
