@@ -14,7 +14,7 @@ import os
 import re
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import requests
 
@@ -136,6 +136,9 @@ class AirflowAction:
         self.url, self.dag_id, self.credentials = url.rstrip("/"), dag_id, dict(credentials)
         self.timeout, self.retry = timeout, retry
         self._token: str | None = None
+        #: Runs this action started, and triggers Airflow refused because the run existed (a repeat).
+        self.started = 0
+        self.refused = 0
 
     def run_id(self, notification: Notification) -> str:
         """A run id that is the same whenever this notification triggers this DAG."""
@@ -150,18 +153,32 @@ class AirflowAction:
     def __call__(self, notification: Notification) -> None:
         url = self.endpoint(notification)
         body = {"dag_run_id": self.run_id(notification), "logical_date": None, "conf": notification_data(notification)}
-        self.retry.run(f"POST {redacted(url)}", lambda: self._trigger(url, body))
+        started = self.retry.run(f"POST {redacted(url)}", lambda: self._trigger(url, body))
+        dag_id = unquote(url.rsplit("/", 2)[-2])
+        if started:
+            self.started += 1
+            log.info("airflow: started DAG %s run %s for [%d] %s", dag_id, body["dag_run_id"], notification.revision,
+                     notification.key)
+        else:
+            self.refused += 1
+            log.info("airflow: DAG %s run %s exists already: repeat of [%d] %s refused, no second run", dag_id,
+                     body["dag_run_id"], notification.revision, notification.key)
 
-    def _trigger(self, url: str, body: dict[str, Any]) -> None:
+    def _trigger(self, url: str, body: dict[str, Any]) -> bool:
+        """True if the run was started, False if Airflow refused it as existing already."""
         what = f"POST {redacted(url)}"
         response = _send("POST", url, what=what, json=body, headers=self._headers(), timeout=self.timeout)
         if response.status_code == 401 and self._token is not None:
             self._token = None  # expired: sign in again on the next try
             raise TransientFailure(f"{what}: token refused")
         if response.status_code == 409:
-            log.info("%s: run %s exists already", what, body["dag_run_id"])
-            return
+            return False
         _expect_success(response, what)
+        return True
+
+    def summary(self) -> str:
+        """What the action did, for the listener's summary."""
+        return f"{self.started} DAG run(s) started, {self.refused} repeat(s) refused"
 
     def _headers(self) -> dict[str, str]:
         token = self.credentials.get("token") or self._sign_in()

@@ -108,6 +108,37 @@ def test_wrong_password_is_given_up_and_reported(store: Store, unique_date: str,
     assert any("HTTP 401" in r.getMessage() and "step=6" in r.getMessage() for r in caplog.records)
 
 
+def test_runs_started_and_repeats_refused_are_logged_and_summarised(
+        store: Store, unique_date: str, tmp_path: Path, receiver: Receiver, caplog: pytest.LogCaptureFixture) -> None:
+    runs: set[str] = set()
+
+    def once(request: Received) -> tuple[int, Any]:
+        if request.path != "/auth/token":
+            if request.json()["dag_run_id"] in runs:
+                return 409, {"detail": "exists"}
+            runs.add(request.json()["dag_run_id"])
+        return answer(request)
+
+    receiver.answer = once
+    path = write_listeners(tmp_path / "logged.yaml", [airflow_listener(receiver.url, unique_date)])
+    cursor = start_cursor(store, "logged")
+    keys = store.notify("mars", mars(unique_date, step="0/6")).keys
+    with caplog.at_level(logging.INFO, logger="aviso_workflows"):
+        assert listen_file(path, 2, "logged") == 0
+        saved = cursor.load()
+        assert saved is not None
+        cursor.save(Position(saved.revision - 1))  # both again: a listener that died before saving its position
+        assert listen_file(path, 2, "logged") == 0
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    started = [line for line in said if line.startswith("airflow: started DAG process_oper run aviso__")]
+    refused = [line for line in said if line.startswith("airflow: DAG process_oper run aviso__") and "refused" in line]
+    assert [line.rsplit(" ", 1)[-1] for line in started] == keys
+    assert [line.split(" refused")[0].rsplit(" ", 1)[-1] for line in refused] == keys
+    summaries = [line for line in said if line.startswith("listener stops after")]
+    assert summaries == ["listener stops after 2 notification(s); airflow: 2 DAG run(s) started, 0 repeat(s) refused",
+                         "listener stops after 2 notification(s); airflow: 0 DAG run(s) started, 2 repeat(s) refused"]
+
+
 # -- a real api-server -------------------------------------------------------------------------
 def airflow_environment(home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
@@ -183,3 +214,73 @@ def test_dag_runs_on_a_real_api_server(store: Store, unique_date: str, tmp_path:
         run = runs[action.run_id(notification)]
         assert run["conf"] == notification.to_dict() and run["run_type"] == "manual"
     assert len([r for r in runs if r.startswith("aviso__")]) == len(notifications) == 2
+
+
+def api_runs(url: str) -> dict[str, dict[str, Any]]:
+    token = requests.post(f"{url}/auth/token", json={"username": "aviso", "password": "live-secret"},
+                          timeout=10).json()["access_token"]
+    listed = requests.get(f"{url}/api/v2/dags/aviso_listener_target/dagRuns", params={"limit": 1000},
+                          headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    listed.raise_for_status()
+    return {run["dag_run_id"]: run for run in listed.json()["dag_runs"]}
+
+
+def wait_for(what: str, check: Any, seconds: float) -> Any:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if value := check():
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {seconds:g} s waiting for {what}")
+
+
+@pytest.mark.live
+@pytest.mark.slow
+def test_listener_killed_and_restarted_mid_stream_starts_each_run_once(
+        store: Store, unique_date: str, tmp_path: Path, api_server: str) -> None:
+    """``aviso-workflows listen`` with the airflow action, killed with SIGKILL (by pid) while notifications
+    come, then started again: every notification has exactly one DAG run; a repeat is refused by Airflow."""
+    spec = {"type": "airflow", "url": api_server, "dag_id": "aviso_listener_target", "username": "aviso",
+            "password": "live-secret", "backoff": 0.2}
+    request = {k: v for k, v in mars(unique_date).items() if k != "step"}
+    path = write_listeners(tmp_path / "kill.yaml", [{"event": "mars", "request": request, "triggers": [spec]}])
+    start_cursor(store, "kill9")
+    before = set(api_runs(api_server))
+    command = [str(Path(sys.executable).with_name("aviso-workflows")), "listen", str(path), "--cursor", "kill9", "-v"]
+    logs = [tmp_path / "first.log", tmp_path / "second.log"]
+
+    def start(log: Path) -> subprocess.Popen[bytes]:
+        with open(log, "ab") as output:
+            return subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+
+    posted: list[str] = []
+    first = start(logs[0])
+    try:
+        for step in range(4):
+            posted += store.notify("mars", mars(unique_date, step=step)).keys
+        wait_for("runs of the first notifications", lambda: len(set(api_runs(api_server)) - before) >= 2, 60)
+        os.kill(first.pid, signal.SIGKILL)  # mid-stream: runs of the others may be on their way
+        first.wait(timeout=10)
+        for step in range(4, 8):  # posted while no listener runs
+            posted += store.notify("mars", mars(unique_date, step=step)).keys
+        second = start(logs[1])
+        try:
+            new = wait_for("one run per notification", lambda: (runs := {
+                r: v for r, v in api_runs(api_server).items() if r not in before}) and len(runs) >= len(posted)
+                and runs, 90)
+        finally:
+            second.send_signal(signal.SIGTERM)
+            second.wait(timeout=30)
+    finally:
+        if first.poll() is None:
+            os.kill(first.pid, signal.SIGKILL)
+            first.wait(timeout=10)
+    assert sorted(run["conf"]["key"] for run in new.values()) == sorted(posted), "not one run per notification"
+    said = logs[1].read_text()
+    started = said.count("airflow: started DAG aviso_listener_target run aviso__")
+    refused = said.count("exists already: repeat of")
+    summary = [line for line in said.splitlines() if "listener stops after" in line]
+    assert summary and f"airflow: {started} DAG run(s) started, {refused} repeat(s) refused" in summary[-1], said
+    print(f"listener killed after {len(set(api_runs(api_server)) - before) - started} run(s) were started; "
+          f"the restarted one started {started} and refused {refused} repeat(s)")
