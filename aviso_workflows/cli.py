@@ -522,7 +522,17 @@ def _follow(store: Store, requests: list[Request], after: Position | None, curso
                 break
     except Stopped as stopped:  # the position stays before the notification in hand
         log.warning("stopped while %s waited; it runs again at the next start", stopped)
+    finally:
+        _log_summary(runtime, handled)
     return EXIT_OK
+
+
+def _log_summary(runtime: Runtime, handled: int) -> None:
+    """One INFO line as a listener stops: the notifications it handled and what actions that count say they did."""
+    summaries = [(kind, getattr(action, "summary", None)) for listener in runtime.listeners
+                 for kind, action in listener.actions]
+    said = [f"{kind}: {summary()}" for kind, summary in summaries if callable(summary)]
+    log.info("listener stops after %d notification(s)%s", handled, "".join(f"; {line}" for line in said))
 
 
 def _dead_letters(args: argparse.Namespace, runtime: Runtime) -> int:
