@@ -2,8 +2,9 @@
 
     python suites/consumer.py --host localhost --port 3141 [--date 20261122] [--endpoint http://127.0.0.1:2379]
 
-The wait task's meter ``steps`` counts the steps available, so ``early`` (steps 0-6) starts as soon
-as 7 steps are in, long before the whole forecast is.
+The wait task's meter ``steps`` counts the steps ready in order (0, 1, ... with none missing before
+them: a step posted early counts once the steps before it are in), so ``early`` (steps 0-6) starts as
+soon as steps 0 to 6 are in, long before the whole forecast is, and never before step 6 exists.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ then the task aborts with "killed by SIGTERM ...".
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 import shlex
@@ -34,6 +35,8 @@ SAFE_VALUE = re.compile(r"[A-Za-z0-9_.:+/-]+\Z")
 SAFE_CHARACTERS = "letters, digits and _ . : + / -"
 ECFLOW_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 EXIT_TIMEOUT = 1
+#: The latest a wait's data may be due after 00 UTC of its date (seconds: ten days).
+MAX_LATE_SECONDS = 10 * 86400
 KILL_SIGNALS = ("TERM", "INT", "HUP")
 
 ABORT_FUNCTION = """\
@@ -167,11 +170,12 @@ def _command(words: Iterable[str]) -> str:
 def wait_lines(template: RequestTemplate, *, timeout: float | None = None, meter: str | None = None,
                label: str | None = None, label_field: str | None = None, endpoints: Sequence[str] | str | None = None,
                command: str | None = None, any_key: bool = False, min_found: int | None = None,
-               missing_label: str | None = None) -> list[str]:
+               missing_label: str | None = None, late: Late | None = None) -> list[str]:
     """Lines that wait for ``template``; a meter and a label follow progress; a deadline or a kill aborts.
 
     With ``min_found``, a deadline that finds at least that many keys completes the task, the missing ones
-    shown in ``missing_label``. The wait is listed by ``aviso-workflows waiting`` with the task's path.
+    shown in ``missing_label``. With ``late``, the task turns late in ecFlow when its data is due and still
+    missing (:func:`late_lines`). The wait is listed by ``aviso-workflows waiting`` with the task's path.
     """
     argv = [shlex.quote(command or command_path()), "wait", template.shell_word()]
     argv += ["--who", "kind=ecflow-task", "--who", '"ecflow_path=${ECF_NAME:-}"']
@@ -192,11 +196,77 @@ def wait_lines(template: RequestTemplate, *, timeout: float | None = None, meter
     argv += progress_arguments(meter, label, label_field)
     lines = [f"# Wait until the data is available: {template.display()}", ABORT_FUNCTION]
     lines += template.check_lines() + kill_lines()
+    lines += ["aviso_status=0 aviso_started=$SECONDS"]
+    if late is not None:
+        lines += late_lines(template, late, endpoints, command)
     # In the background, so that the shell runs its kill trap at once instead of after the wait.
-    lines += ["aviso_status=0 aviso_started=$SECONDS", _command(argv) + " &", 'wait "$!" || aviso_status=$?',
-              "trap - " + " ".join(KILL_SIGNALS)]
+    lines += [_command(argv) + " &", 'wait "$!" || aviso_status=$?', "trap - " + " ".join(KILL_SIGNALS)]
+    if late is not None:
+        lines += ['aviso_late_stop', 'if [ "$aviso_status" -eq 0 ] && [ "$aviso_late" -eq 3 ]; then',
+                  f'  ecflow_client --label={ecflow_name(late.label)} "late since $aviso_due_text, complete at '
+                  '$(date -u +%Y-%m-%dT%H:%M:%SZ)" || true', "fi"]
     lines += _failure_lines(template, timeout, label)
     return lines
+
+
+@dataclass(frozen=True)
+class Late:
+    """When a wait's data is due: ``after`` seconds past 00 UTC of the request's ``date_field`` (the data
+    date); past it, still waiting, the task turns late and ``label`` says since when."""
+
+    after: int
+    label: str = "late"
+    date_field: str = "date"
+
+    @classmethod
+    def build(cls, after: Any, label: str = "late", date_field: str = "date") -> Late:
+        """From a ``datetime.timedelta`` or a number of seconds (0 to ten days after the data date's start)."""
+        seconds = after.total_seconds() if isinstance(after, dt.timedelta) else after
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds <= MAX_LATE_SECONDS:
+            raise ValidationError("late_after", after, "expected a datetime.timedelta or a number of seconds from 0 "
+                                  f"to {MAX_LATE_SECONDS} (ten days) after 00 UTC of the data date")
+        return cls(int(seconds), ecflow_name(label), date_field)
+
+
+def late_lines(template: RequestTemplate, late: Late, endpoints: Sequence[str] | str | None,
+               command: str | None) -> list[str]:
+    """A timer beside the wait: at the due time, if the data is still missing, it sets the task's ecFlow
+    ``late`` flag (``ecflow_client --alter set_flag late``, what ecFlow's own late attribute sets, cleared
+    by a requeue) and the label ``late since <due time>``.
+
+    The due time is computed by the job from the request's date (an ecFlow variable such as ``%YMD%``
+    is the value of this date's family or repeat), so one script serves every date. Before flagging, the
+    timer looks at the store once: data posted long ago for a date already past due is not late, even
+    while the wait is still starting. The timer sleeps in the background and ends with the wait.
+    """
+    if late.date_field not in template.fields:
+        raise ValidationError("late_after", late.after, f"needs the request's {late.date_field!r} field (the data "
+                              "date the due time counts from)")
+    look = [shlex.quote(command or command_path()), "wait", template.shell_word(), "--timeout", "0", "--quiet"]
+    look += [shlex.quote(a) for a in endpoint_arguments(endpoints)]
+    date_word = quote_with_references(template.fields[late.date_field])
+    return [
+        f"aviso_day=$(date -u -d {date_word} +%s) "
+        f"|| aviso_abort {shlex.quote(f'cannot tell when the data is due: {late.date_field} is not a date')}",
+        f"aviso_due=$((aviso_day + {late.after}))",
+        'aviso_due_text=$(date -u -d "@$aviso_due" +%Y-%m-%dT%H:%M:%SZ)',
+        "aviso_late_timer() {  # at the due time, flag the task late if the data is still missing",
+        '  trap \'[ -n "${aviso_sleep:-}" ] && { kill "$aviso_sleep" 2>/dev/null || true; }; exit 0\' TERM',
+        '  aviso_delay=$((aviso_due - $(date -u +%s)))',
+        '  if [ "$aviso_delay" -gt 0 ]; then sleep "$aviso_delay" & aviso_sleep=$!; wait "$aviso_sleep"; fi',
+        "  " + _command(look) + " >/dev/null 2>&1 && exit 0",
+        f'  ecflow_client --label={ecflow_name(late.label)} "late since $aviso_due_text" || true',
+        '  ecflow_client --alter set_flag late "$ECF_NAME" || true  # after the label: a late task says why',
+        "  exit 3",
+        "}",
+        "aviso_late_stop() {  # end the timer; aviso_late=3 if it flagged the task late",
+        '  [ -n "${aviso_late_pid:-}" ] && { kill -TERM "$aviso_late_pid" 2>/dev/null || true; }',
+        '  aviso_late=0; [ -n "${aviso_late_pid:-}" ] && { wait "$aviso_late_pid" || aviso_late=$?; }',
+        "  aviso_late_pid=",
+        "}",
+        "aviso_late_timer &",
+        "aviso_late_pid=$!",
+    ]
 
 
 def progress_arguments(meter: str | None, label: str | None, label_field: str | None) -> list[str]:
@@ -221,9 +291,11 @@ def kill_lines() -> list[str]:
     The wait is ended and waited for first: an ``ecflow_client --meter`` reaching the server after the
     abort would be a zombie that blocks.
     """
-    lines = ["aviso_killed() {  # SIGNAL: end the wait, then abort with the reason",
+    lines = ["aviso_killed() {  # SIGNAL: end the wait (and a late timer), then abort with the reason",
              "  trap - " + " ".join(KILL_SIGNALS),
              '  if [ -n "${!:-}" ]; then kill -TERM "$!" 2>/dev/null && wait "$!" || true; fi',
+             '  if [ -n "${aviso_late_pid:-}" ]; then { kill -TERM "$aviso_late_pid" 2>/dev/null && '
+             'wait "$aviso_late_pid"; } || true; fi',
              '  aviso_abort "killed by $1 while waiting for the data"',
              "}"]
     return lines + [f"trap 'aviso_killed SIG{name}' {name}" for name in KILL_SIGNALS]

@@ -50,7 +50,7 @@ def test_catch_up_completes_past_dates_at_once_and_waits_for_the_future(
     dates = [first + dt.timedelta(days=i) for i in range(5)]
     for day in dates[:4]:
         store.notify("mars", {**catchup.ANALYSIS, "date": day.strftime("%Y%m%d")})
-    suite = catchup.build(home, dates[0], dates[-1], [etcd_url], name="catchup", timeout=120)
+    suite = catchup.build(home, dates[0], dates[-1], [etcd_url], name="catchup", timeout=120, ordered=True)
     play(suite, "localhost", ecflow_server.port)
 
     def on_future_date(defs: object) -> bool:
