@@ -24,6 +24,11 @@ DEFAULT_ENDPOINT = f"http://127.0.0.1:{DEFAULT_PORT}"
 ENDPOINTS_VARIABLE = "AVISO_WORKFLOWS_ENDPOINTS"
 CONFIG_VARIABLE = "AVISO_WORKFLOWS_CONFIG"
 STATE_VARIABLE = "AVISO_WORKFLOWS_STATE_DIR"
+TRANSPORT_VARIABLE = "AVISO_WORKFLOWS_TRANSPORT"
+#: How to talk to etcd: ``grpc`` (its native API), ``gateway`` (its HTTP/JSON gateway, also what proxies
+#: forward), ``auto`` (gRPC unless the config has HTTP-only settings or the gRPC stubs do not load).
+TRANSPORTS = ("auto", "grpc", "gateway")
+DEFAULT_TRANSPORT = "gateway"
 _SECRET = "***"
 
 
@@ -113,6 +118,8 @@ class StoreConfig:
     max_txn_ops: int = 128
     #: aviso-server only: hours before a request's earliest date that a wait's replay starts (0: that date, 00:00 UTC).
     replay_lookback_hours: float = 0.0
+    #: One of TRANSPORTS; ``AVISO_WORKFLOWS_TRANSPORT`` when not given.
+    transport: str = field(default_factory=lambda: os.environ.get(TRANSPORT_VARIABLE) or DEFAULT_TRANSPORT)
 
     def __post_init__(self) -> None:
         if not self.endpoints:
@@ -132,6 +139,7 @@ class StoreConfig:
             raise ValidationError("poll_interval", self.poll_interval, "expected a positive number of seconds")
         _check_credentials(self)
         _check_tls_files(self)
+        _check_transport(self)
 
     def __repr__(self) -> str:
         shown = {f.name: getattr(self, f.name) for f in fields(self) if f.repr}
@@ -154,7 +162,8 @@ class StoreConfig:
         It holds the credentials: never log it.
         """
         return (self.endpoints, self.username, self.password, tuple(sorted(self.headers.items())),
-                self.token, self.auth_type, self.email, self.key, self.ca_cert, self.client_cert, self.client_key)
+                self.token, self.auth_type, self.email, self.key, self.ca_cert, self.client_cert, self.client_key,
+                self.transport)
 
     @property
     def auth_headers(self) -> dict[str, str]:
@@ -209,6 +218,13 @@ def _check_tls_files(config: StoreConfig) -> None:
             raise ValidationError(name, path, "expected the path of an existing PEM file")
 
 
+def _check_transport(config: StoreConfig) -> None:
+    if config.transport not in TRANSPORTS:
+        raise ValidationError("transport", config.transport, "expected one of " + ", ".join(TRANSPORTS))
+    if config.transport == "grpc" and (config.headers or config.token is not None or config.email is not None):
+        raise ValidationError("transport", config.transport, "headers, token and email/key are HTTP headers for "
+                              "a proxy in front of etcd's HTTP gateway: use transport gateway (or auto) with them")
+
 
 def _read_config_file(path: Path) -> dict[str, Any]:
     if not path.exists():
@@ -245,6 +261,8 @@ def resolve_config(endpoints: Sequence[str] | str | None = None, *, config_file:
     environment = {name: os.environ[variable] for name, variable in CREDENTIAL_VARIABLES.items()
                    if os.environ.get(variable)}
     given = {k: v for k, v in overrides.items() if v is not None}
+    if os.environ.get(TRANSPORT_VARIABLE):
+        values["transport"] = os.environ[TRANSPORT_VARIABLE]
     values.update(environment)
     values.update(given)
     _keep_one_credential_kind(values, (("arguments", given), ("environment", environment), (str(path), document)))
