@@ -82,17 +82,13 @@ def test_cylc_workflow_validates_and_passes_lint(example_env: dict[str, str]) ->
 
 
 def _describe_each(store: Store, path: Path, request: dict[str, object], capsys: pytest.CaptureFixture[str]) -> str:
-    """Load a listener file and show (dry run) what one notification matching ``request`` would do."""
+    """Load a listener file and show (dry run) what a posted notification matching ``request`` would do."""
     listeners = load_listener_file(store, path)
     try:
-        notification = store.notify("mars", request, location="file:///data/x.grib")
-        found = store.value("mars", request)
-        assert found, notification
-        from aviso_workflows import Notification
-
-        key, value = next(iter(found.items()))
-        fields = dict(part.split("=", 1) for part in key.rsplit("/", 1)[1].split(","))
-        dispatch(listeners, Notification("mars", fields, value, key, 1), dry_run=True)
+        store.notify("mars", request, location="file:///data/x.grib")
+        _, found = store.read(store.request("mars", request))
+        assert len(found) == 1
+        dispatch(listeners, found[0], dry_run=True)
     finally:
         for listener in listeners:
             for _, action in listener.actions:
