@@ -109,7 +109,12 @@ def parse_body(body: bytes, kind: str, schemas: SchemaRegistry) -> ApiRequest:
         raise _parse_error(kind, "INVALID_REQUEST_SHAPE", "event_type must be text such as \"mars\"")
     if not isinstance(identifier, dict):
         raise _parse_error(kind, "INVALID_REQUEST_SHAPE", "identifier must be an object of field names and values")
-    for name in ("from_id", "from_date", "to_id", "to_date"):
+    for name in ("from_id", "from_date"):  # strings in aviso-server's request type (src/types/request.rs)
+        value = document.get(name)
+        if value is not None and not isinstance(value, str):
+            raise _parse_error(kind, "INVALID_REQUEST_SHAPE", f"Request deserialization failed: {name} must be "
+                               f"a string such as \"1\", not {json.dumps(value)}")
+    for name in ("to_id", "to_date"):  # newer servers' fields: text or a whole number
         value = document.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int))):
             raise _parse_error(kind, "INVALID_REQUEST_SHAPE", f"{name} must be text or a whole number")

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -141,3 +144,36 @@ def mars(date: str, step: Any = 0, **fields: Any) -> dict[str, Any]:
 def sequence(event: dict[str, Any]) -> int:
     """The sequence of a CloudEvent: its id after '@'."""
     return int(event["id"].split("@", 1)[1])
+
+
+SERVE_COMMAND = [str(Path(sys.executable).with_name("aviso-workflows")), "serve"]
+
+
+@contextmanager
+def serve_process(etcd_url: str, port: int, log: Path, *args: str) -> Iterator[str]:
+    """``aviso-workflows serve`` as a command on 127.0.0.1:``port`` (its output in ``log``); stopped by its pid."""
+    with log.open("a") as output:
+        process = subprocess.Popen([*SERVE_COMMAND, "--port", str(port), "--endpoint", etcd_url, *args],
+                                   stdout=output, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_SECONDS
+        while not _healthy(url):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"serve did not become healthy; its log:\n{log.read_text()[-3000:]}")
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=STOP_SECONDS)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
