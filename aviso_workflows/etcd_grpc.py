@@ -20,9 +20,13 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
-import grpc
-from aetcd.rpc import kv_pb2, rpc_pb2, rpc_pb2_grpc
-from google.protobuf import json_format
+# grpc's C core logs failed handshakes to stderr on its own; the store reports them as errors (a
+# user may still ask for its logs with GRPC_VERBOSITY)
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
+import grpc  # noqa: E402
+from aetcd.rpc import kv_pb2, rpc_pb2, rpc_pb2_grpc  # noqa: E402
+from google.protobuf import json_format  # noqa: E402
 
 from .config import StoreConfig
 from .errors import HistoryCompacted, PermissionDenied, StoreError, StoreUnavailable, TlsRefused
@@ -46,11 +50,11 @@ T = TypeVar("T")
 CHANNEL_OPTIONS = (
     ("grpc.max_receive_message_length", -1),
     ("grpc.initial_reconnect_backoff_ms", 50),
-    ("grpc.min_reconnect_backoff_ms", 50),
     ("grpc.max_reconnect_backoff_ms", 1000),
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.enable_retries", 0),
+    ("grpc.http2.lookahead_bytes", 8 << 20),
 )
 _CHANNELS: dict[tuple[Any, ...], grpc.Channel] = {}
 _CHANNELS_LOCK = threading.Lock()
@@ -172,6 +176,7 @@ class GrpcGateway(EtcdGateway):
             return (("token", self._token),)
 
     def _authenticate(self, endpoint: str) -> str:
+        log.debug("signing in to etcd at %s as %r", endpoint, self.config.username)
         request = rpc_pb2.AuthenticateRequest(name=self.config.username or "", password=self.config.password or "")
         try:
             answer = self._stubs(endpoint).auth.Authenticate(request, timeout=self.config.timeout)

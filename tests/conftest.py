@@ -14,6 +14,20 @@ from aviso_workflows import Store, server
 
 ROOT = Path(__file__).resolve().parent.parent
 _unique = itertools.count()
+#: Modules whose ``store`` tests run over both of etcd's transports (the rest use the configured one).
+BOTH_TRANSPORTS = {"test_wait.py", "test_listen.py", "test_store_notify.py", "test_store_read.py"}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """The behaviour tests of BOTH_TRANSPORTS run once over the HTTP gateway and once over gRPC."""
+    if "store" in metafunc.fixturenames and Path(str(metafunc.module.__file__)).name in BOTH_TRANSPORTS:
+        metafunc.parametrize("etcd_transport", ["gateway", "grpc"], indirect=True)
+
+
+@pytest.fixture
+def etcd_transport(request: pytest.FixtureRequest) -> str | None:
+    """The transport a ``store`` test asks for (None: the configured one)."""
+    return getattr(request, "param", None)
 
 
 @pytest.fixture(scope="session")
@@ -37,8 +51,10 @@ def delaying_proxy(etcd_url: str) -> Iterator[TcpProxy]:
 
 
 @pytest.fixture
-def store(etcd_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Store:
+def store(etcd_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, etcd_transport: str | None) -> Store:
     """A store on the session's etcd; cursors and config isolated in a temp dir."""
+    if etcd_transport:
+        monkeypatch.setenv("AVISO_WORKFLOWS_TRANSPORT", etcd_transport)
     monkeypatch.setenv("AVISO_WORKFLOWS_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("AVISO_WORKFLOWS_CONFIG", str(tmp_path / "no-config.yaml"))
     monkeypatch.setenv("AVISO_WORKFLOWS_ENDPOINTS", etcd_url)
