@@ -8,12 +8,17 @@
 
 Bodies as aviso-server's: ``{success, message, request_id}`` (and ``notification_id`` for a delete). They
 are writes: with ``--tokens`` or ``--etcd-auth`` the caller needs write access to each event touched.
+
+etcd's history cannot be edited, and replays read it: so each of these also writes a marker under
+``/aviso-workflows/admin/`` in the same transaction — the sequence deleted, or the revision an event was
+wiped at — and a stream opened later leaves out what the markers name (:func:`removed`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter
@@ -21,7 +26,7 @@ from fastapi import Request as HttpRequest
 from fastapi.responses import JSONResponse
 
 from ..errors import PermissionDenied, StoreError
-from ..etcd import range_op
+from ..etcd import b64, put_op, range_op
 from ..position import key_order
 from ..schema import EventSchema
 from ..watch import one_line
@@ -47,8 +52,38 @@ def _resolve(state: ServeState, name: str) -> EventSchema | None:
     return None
 
 
-def _delete_prefix(store: Store, prefix: str) -> None:
-    store.gateway.call("kv/deleterange", range_op(prefix, prefix_of=prefix))
+#: Where the markers of deletes and wipes are kept.
+MARKERS = "/aviso-workflows/admin/"
+
+
+@dataclass(frozen=True)
+class Removed:
+    """What the admin routes removed from an event: sequences, and everything up to a revision."""
+
+    sequences: frozenset[int] = frozenset()
+    wiped_at: int = 0
+
+    def hides(self, sequence: int) -> bool:
+        return sequence in self.sequences or sequence // SEQUENCE_SLOTS <= self.wiped_at
+
+
+def removed(store: Store, event: str) -> Removed:
+    """The markers of ``event`` (none if the store's user may not read them)."""
+    try:
+        _, kvs = store.gateway.range_all(f"{MARKERS}{event}/")
+    except PermissionDenied:
+        return Removed()
+    sequences = {int(kv.key.rsplit("/", 1)[1]) for kv in kvs if kv.key.startswith(f"{MARKERS}{event}/deleted/")}
+    wiped = [int(kv.value) for kv in kvs if kv.key == f"{MARKERS}{event}/wiped" and kv.value.isdigit()]
+    return Removed(frozenset(sequences), max(wiped, default=0))
+
+
+def _wipe(store: Store, event: str, prefix: str) -> None:
+    """Delete every key under ``prefix``, then mark the event wiped up to the revision of that delete."""
+    whole = range_op(prefix, prefix_of=prefix)
+    delete = {"request_delete_range": {"key": whole["key"], "range_end": whole["range_end"]}}
+    revision = int(store.gateway.txn([], [delete])["header"]["revision"])
+    store.gateway.txn([], [put_op(f"{MARKERS}{event}/wiped", str(revision))])
 
 
 def _delete_sequence(store: Store, prefix: str, schemas: list[EventSchema], schema: EventSchema,
@@ -59,9 +94,13 @@ def _delete_sequence(store: Store, prefix: str, schemas: list[EventSchema], sche
     _, written = store.gateway.range_all(prefix, min_mod_revision=revision, max_mod_revision=revision)
     keys = sorted({kv.key for kv in written if any(s.parse_key(kv.key) is not None for s in schemas)},
                   key=lambda key: (key_order(key), key))
-    if index >= len(keys) or schema.parse_key(keys[index]) is None:
+    if index >= len(keys) or schema.parse_key(keys[index]) is None or removed(store, schema.name).hides(sequence):
         return False
-    store.gateway.delete(keys[index])
+    key = keys[index]
+    still = [{"key": b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": revision}]
+    delete = {"request_delete_range": {"key": b64(key)}}
+    marker = put_op(f"{MARKERS}{schema.name}/deleted/{sequence}", key)
+    store.gateway.txn(still, [delete, marker], [marker])  # written again since: the newer post stays, marked
     return True
 
 
@@ -127,16 +166,16 @@ def admin_router(state: ServeState) -> APIRouter:
             return answer(request, 500, {"success": False, "message": f"Failed to wipe stream: stream {name!r} is "
                                          f"not served; streams: {', '.join(sorted(state.registry.names()))}"})
         store = writer(request, schema)
-        failed = await run(request, lambda: _delete_prefix(store, event_prefix(schema)), "Failed to wipe stream")
+        failed = await run(request, lambda: _wipe(store, schema.name, event_prefix(schema)), "Failed to wipe stream")
         return failed or answer(request, 200, {"success": True, "message": f"Successfully wiped stream: {name}"})
 
     @router.delete("/api/v1/admin/wipe/all")
     async def wipe_all(request: HttpRequest) -> JSONResponse:
-        stores = [(writer(request, schema), event_prefix(schema)) for schema in state.schemas]
+        stores = [(writer(request, schema), schema) for schema in state.schemas]
 
         def work() -> None:
-            for store, prefix in stores:
-                _delete_prefix(store, prefix)
+            for store, schema in stores:
+                _wipe(store, schema.name, event_prefix(schema))
 
         failed = await run(request, work, "Failed to wipe all data")
         return failed or answer(request, 200, {"success": True, "message": "Successfully wiped all data"})
@@ -144,4 +183,4 @@ def admin_router(state: ServeState) -> APIRouter:
     return router
 
 
-__all__ = ["admin_router", "event_prefix"]
+__all__ = ["MARKERS", "Removed", "admin_router", "event_prefix", "removed"]

@@ -32,7 +32,7 @@ from ..schema import SchemaRegistry
 from ..status_chain import revision_windows
 from ..store import Store
 from ..watch import one_line
-from .admin import admin_router
+from .admin import admin_router, removed
 from .auth import Authenticator, Grant, refusal
 from .board import board_router
 from .feeds import FeedHub
@@ -259,6 +259,7 @@ async def _plan(state: ServeState, request: HttpRequest, kind: str) -> StreamPla
         if state.auth.mode == "etcd":
             await asyncio.to_thread(_may_read, store, state.hub.prefix)
         start = await asyncio.to_thread(_start, store, following, api)
+        hidden = await asyncio.to_thread(removed, store, api.event_type) if start is not None else None
     except PermissionDenied as error:
         raise refusal(error) from None
     except StoreError as error:
@@ -266,7 +267,7 @@ async def _plan(state: ServeState, request: HttpRequest, kind: str) -> StreamPla
                        "the store could not be read", details=one_line(error)) from None
     return StreamPlan(kind, f"/api/v1/{kind}", store, following, _request_id(request), start, api.from_id,
                       api.from_date, to_id=api.to_id, to_date=api.to_date, spatial=wanted,
-                      enveloped=api.event_type in state.events)
+                      enveloped=api.event_type in state.events, removed=hidden)
 
 
 def _may_read(store: Store, prefix: str) -> None:

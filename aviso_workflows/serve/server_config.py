@@ -408,10 +408,12 @@ class StreamFilter:
     point: tuple[float, float] | None = None
     #: Identifier fields outside the topic given as values (matched against the stored identifier).
     extras: dict[str, str] = field(default_factory=dict)
+    #: Both a polygon and a point: aviso-server then matches nothing (src/notification/wildcard_matcher.rs).
+    nothing: bool = False
 
     def keeps(self, stored: Mapping[str, str]) -> bool:
         """True when a notification's stored identifier (outside the topic) passes the filter."""
-        if any(stored.get(name) != value for name, value in self.extras.items()):
+        if self.nothing or any(stored.get(name) != value for name, value in self.extras.items()):
             return False
         if self.polygon is None and self.point is None:
             return True
@@ -456,8 +458,8 @@ def stream_request(event: ServerEvent, identifier: Mapping[str, Any], operation:
         if isinstance(identifier["point"], Mapping):
             raise Refused("Field 'point' constraint object is not supported")
         where = point(scalar_text("point", identifier["point"]))
-        if polygon is not None:  # aviso-server then matches nothing (wildcard_matcher.rs)
-            return StreamFilter(raw, [], where, extras)
+        if polygon is not None:
+            return StreamFilter(raw, polygon, where, extras, nothing=True)
     return StreamFilter(raw, polygon, where, extras)
 
 

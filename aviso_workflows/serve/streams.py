@@ -37,6 +37,7 @@ from .server_config import StreamFilter, stored_envelope
 
 if TYPE_CHECKING:
     from ..store import Store
+    from .admin import Removed
 
 log = logging.getLogger(__name__)
 #: Returned by a wait whose time ran out (a heartbeat may be due).
@@ -73,6 +74,8 @@ class StreamPlan:
     spatial: StreamFilter | None = None
     #: Stored values are ``{"payload", "identifier"}`` envelopes (an aviso-server configuration's event).
     enveloped: bool = False
+    #: What the admin routes deleted or wiped from history before the stream opened (left out of it).
+    removed: Removed | None = None
 
     def keeps(self, notification: Notification) -> bool:
         """True when the request matches the notification's key and the rest of the filter its stored value."""
@@ -322,7 +325,7 @@ class Stream:
                                f"{notification.key} cannot be given a sequence")
         if self.plan.from_id is not None and sequence < self.plan.from_id:
             return None
-        if self._after_end(sequence, when):
+        if self._after_end(sequence, when) or (self.plan.removed is not None and self.plan.removed.hides(sequence)):
             return None
         base_url, enveloped = self.settings.base_url, self.plan.enveloped
         return batch.shared((label, notification.event, notification.revision, notification.key),
