@@ -114,10 +114,14 @@ class _Tracker:
         self.min_found = check_min_found(min_found, request, mode)
         self.progress = on_progress
         self.ready = on_ready
+        self.registration = None if who is None else self._register(store, request, mode, timeout, known, who)
+
+    @staticmethod
+    def _register(store: Store, request: Request, mode: str, timeout: float | None, known: list[Notification],
+                  who: Mapping[str, Any]) -> waiters.Registration:
         have = {n.key for n in known}
         ready = ready_prefix(request.keys(), have) if mode == "all" and request.is_complete else len(have)
-        self.registration = None if who is None else waiters.register(
-            store, request, who=who, mode=mode, found=len(have), ready=ready, timeout=timeout)
+        return waiters.register(store, request, who=who, mode=mode, found=len(have), ready=ready, timeout=timeout)
 
     def on_progress(self, progress: Progress) -> None:
         if self.registration is not None:
