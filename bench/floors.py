@@ -1,0 +1,235 @@
+"""Our figures over each transport against etcd's own floors, measured in one run on one etcd.
+
+- notify → wait release, p50 and p99, over the HTTP gateway and over gRPC, each divided by etcd's gRPC
+  put → watch delivery (a bare put seen by a bare watch on a raw gRPC channel: the fastest etcd can
+  tell a client about a write);
+- batched notify of a forecast's 241 steps, over each transport, against the same keys written as raw
+  gRPC transactions of at most ``max_txn_ops`` operations (keys per second; ratio ≥ 1 is faster).
+
+The gateway's own put → watch (etcd3gw) is reported beside it. Rounds of every kind alternate, so all
+see the same machine. Each figure also goes into ``bench/history.csv`` (via run.py, or ``--history``
+when run alone) as commit, figure, transport, value, floor and ratio, so a regression shows in the commit
+that made it (plot: ``history.py``).
+
+Usage: floors.py RESULTS.json [--history]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import sys
+import threading
+import time
+from typing import Any
+
+from common import MARS, Figure, at_least, at_most, percentile, private_etcd, reported, results_path, wait_until
+from etcd3gw.client import Etcd3Client
+
+ROUNDS = int(os.environ.get("AVISO_BENCH_ROUNDS", "300"))  # releases per transport
+BATCHES = int(os.environ.get("AVISO_BENCH_BATCHES", "20"))  # batched notifies per transport
+STEPS = 241
+TRANSPORTS = ("gateway", "grpc")
+RELEASE_BOUND = 10.0
+STATUS_VALUE = json.dumps({"etcd_user": None, "message": "notification to 241 keys", "unix_user": "bench",
+                           "aviso_version": "raw", "engine": "ETCD_GRPC", "hostname": "bench",
+                           "date_time": "2030-01-01T00:00:00.000000Z", "prev_rev": 1})
+
+
+class GrpcFloor:
+    """etcd's gRPC API with nothing of ours: a raw channel, a watch stream in a thread, bare puts and txns."""
+
+    def __init__(self, url: str) -> None:
+        import grpc
+        from aetcd.rpc import rpc_pb2, rpc_pb2_grpc
+
+        self.pb = rpc_pb2
+        self.channel = grpc.insecure_channel(url.split("://", 1)[1])
+        self.kv = rpc_pb2_grpc.KVStub(self.channel)
+        self.seen: queue.SimpleQueue[tuple[bytes, float]] = queue.SimpleQueue()
+        self.requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        create = rpc_pb2.WatchCreateRequest(key=b"/floor/", range_end=b"/floor0")
+        self.requests.put(rpc_pb2.WatchRequest(create_request=create))
+        self.call = rpc_pb2_grpc.WatchStub(self.channel).Watch(iter(self.requests.get, None))
+        self.thread = threading.Thread(target=self._follow, daemon=True)
+        self.thread.start()
+
+    def _follow(self) -> None:
+        try:
+            for response in self.call:
+                now = time.perf_counter()
+                for event in response.events:
+                    self.seen.put((event.kv.key, now))
+        except Exception:  # noqa: BLE001 - cancelled at close
+            pass
+
+    def put_to_watch(self, step: int) -> float:
+        """Seconds from a put to its event in the watch thread."""
+        key = f"/floor/{step}".encode()
+        started = time.perf_counter()
+        self.kv.Put(self.pb.PutRequest(key=key, value=b"file:///x"))
+        while True:
+            seen, at = self.seen.get(timeout=RELEASE_BOUND)
+            if seen == key:
+                return at - started
+
+    def notify(self, keys: list[str], limit: int) -> float:
+        """Seconds to write ``keys`` and a status key as our notify does, in raw transactions."""
+        pb = self.pb
+        started = time.perf_counter()
+        for start in range(0, len(keys), limit - 1):
+            ops = [pb.RequestOp(request_put=pb.PutRequest(key=k.encode(), value=b"file:///x"))
+                   for k in keys[start:start + limit - 1]]
+            ops.append(pb.RequestOp(request_put=pb.PutRequest(key=b"/raw/mars/", value=STATUS_VALUE.encode())))
+            self.kv.Txn(pb.TxnRequest(success=ops))
+        return time.perf_counter() - started
+
+    def close(self) -> None:
+        self.requests.put(None)
+        self.call.cancel()
+        self.channel.close()
+
+
+class GatewayFloor:
+    """The same put → watch through etcd3gw (the HTTP gateway)."""
+
+    def __init__(self, port: int) -> None:
+        self.client = Etcd3Client(host="127.0.0.1", port=port, api_path="/v3/")
+        self.events, self.cancel = self.client.watch_prefix("/gwfloor/")
+        self.seen: queue.SimpleQueue[tuple[str, float]] = queue.SimpleQueue()
+        threading.Thread(target=self._follow, daemon=True).start()
+
+    def _follow(self) -> None:
+        for event in self.events:
+            key = event["kv"]["key"]
+            self.seen.put((key.decode() if isinstance(key, bytes) else str(key), time.perf_counter()))
+
+    def put_to_watch(self, step: int) -> float:
+        key = f"/gwfloor/{step}"
+        started = time.perf_counter()
+        self.client.put(key, "file:///x")
+        while True:
+            seen, at = self.seen.get(timeout=RELEASE_BOUND)
+            if seen == key:
+                return at - started
+
+
+def subscribers() -> int:
+    from aviso_workflows.listen import HUB
+
+    return sum(w.subscriber_count for w in HUB.watches())
+
+
+def release(store: Any, transport: str, step: int) -> float:
+    """Seconds from calling notify to the return of a blocking wait that was subscribed before it."""
+    fields = {**MARS, "date": "20300101" if transport == "gateway" else "20300102", "step": step}
+    released: list[float] = []
+    before = subscribers()
+
+    def body() -> None:
+        store.wait("mars", fields, timeout=RELEASE_BOUND)
+        released.append(time.perf_counter())
+
+    thread = threading.Thread(target=body, daemon=True)
+    thread.start()
+    wait_until(lambda: subscribers() > before, RELEASE_BOUND, what="the waiter to subscribe")
+    time.sleep(0.003)  # the waiter's first read is done before the post, as in latency.py
+    started = time.perf_counter()
+    store.notify(store.request("mars", fields))
+    thread.join(RELEASE_BOUND)
+    if not released:
+        raise TimeoutError(f"a wait over {transport} was not released within {RELEASE_BOUND:g} s")
+    return released[0] - started
+
+
+def batched(store: Any, floor: GrpcFloor, transport: str, day: int) -> tuple[float, float]:
+    """Seconds of our notify of 241 steps and of raw gRPC transactions of the same keys."""
+    date = f"2031{(day // 28) % 12 + 1:02d}{day % 28 + 1:02d}" if transport == "gateway" else \
+        f"2032{(day // 28) % 12 + 1:02d}{day % 28 + 1:02d}"
+    request = store.request("mars", {**MARS, "date": date, "step": f"0/to/{STEPS - 1}"})
+    raw_keys = [key.replace("/ec/mars/", "/raw/mars/", 1) for key in request.keys()]
+    started = time.perf_counter()
+    store.notify(request, location="file:///x")
+    ours = time.perf_counter() - started
+    return ours, floor.notify(raw_keys, store.config.max_txn_ops)
+
+
+def measure(url: str, port: int) -> dict[str, list[float]]:
+    from aviso_workflows import Store
+    from aviso_workflows.config import StoreConfig
+
+    stores = {t: Store(config=StoreConfig(endpoints=(url,), transport=t)) for t in TRANSPORTS}
+    grpc_floor, gateway_floor = GrpcFloor(url), GatewayFloor(port)
+    samples: dict[str, list[float]] = {}
+    try:
+        for step in range(-20, ROUNDS):  # the first 20: warm-up, not kept
+            pairs = [("grpc put→watch", grpc_floor.put_to_watch(step + 1000)),
+                     ("gateway put→watch", gateway_floor.put_to_watch(step + 1000))]
+            pairs += [(f"release {t}", release(stores[t], t, step + 1000)) for t in TRANSPORTS]
+            for name, seconds in pairs:
+                if step >= 0:
+                    samples.setdefault(name, []).append(seconds * 1000)
+        for day in range(BATCHES):
+            for transport in TRANSPORTS:
+                ours, raw = batched(stores[transport], grpc_floor, transport, day)
+                samples.setdefault(f"batched {transport}", []).append(ours)
+                samples.setdefault(f"raw batched {transport}", []).append(raw)
+    finally:
+        grpc_floor.close()
+    return samples
+
+
+def history_rows(samples: dict[str, list[float]]) -> list[dict[str, Any]]:
+    """commit-independent rows: figure, transport, value, floor, ratio (the ratio is what targets bound)."""
+    rows = []
+    for transport in TRANSPORTS:
+        for fraction, label in ((0.5, "p50"), (0.99, "p99")):
+            value = percentile(samples[f"release {transport}"], fraction)
+            floor = percentile(samples["grpc put→watch"], fraction)
+            rows.append({"figure": f"notify→release {label} ÷ gRPC put→watch", "transport": transport,
+                         "value": value, "floor": floor, "ratio": value / floor, "unit": "ms"})
+        ours = STEPS / percentile(samples[f"batched {transport}"], 0.5)
+        raw = STEPS / percentile(samples[f"raw batched {transport}"], 0.5)
+        rows.append({"figure": "batched notify ÷ raw gRPC txn", "transport": transport, "value": ours,
+                     "floor": raw, "ratio": ours / raw, "unit": "keys/s"})
+    return rows
+
+
+TARGETS = {"notify→release p50 ÷ gRPC put→watch": ("≤", 1.3), "notify→release p99 ÷ gRPC put→watch": ("≤", 2.0),
+           "batched notify ÷ raw gRPC txn": ("≥", 0.9)}
+
+
+def figures(samples: dict[str, list[float]], rows: list[dict[str, Any]]) -> list[Figure]:
+    found = [reported("etcd gRPC put→watch p50", percentile(samples["grpc put→watch"], 0.5), "ms"),
+             reported("etcd gRPC put→watch p99", percentile(samples["grpc put→watch"], 0.99), "ms"),
+             reported("etcd gateway put→watch p50", percentile(samples["gateway put→watch"], 0.5), "ms")]
+    for row in rows:
+        name = f"{row['figure']} ({row['transport']}; {row['value']:.3g} {row['unit']} / {row['floor']:.3g})"
+        sense, limit = TARGETS[row["figure"]]
+        found.append(at_most(name, row["ratio"], "×", limit) if sense == "≤" else at_least(name, row["ratio"], "×",
+                                                                                          limit))
+    return found
+
+
+def main() -> None:
+    with private_etcd() as info:
+        samples = measure(info.client_url, info.port)
+    rows = history_rows(samples)
+    load = os.getloadavg()[0]
+    notes = [f"Floors and ours over both transports, interleaved, {ROUNDS} releases and {BATCHES} batches each; "
+             f"load average {load:.1f} on {os.cpu_count()} cores while measuring."]
+    found = figures(samples, rows)
+    results = {"figures": [f.row() for f in found], "notes": notes, "history": rows}
+    results_path().write_text(json.dumps(results, indent=1))
+    if "--history" in sys.argv:
+        from history import append, plot
+
+        append(rows)
+        plot()
+    for figure in found:
+        print(f"{figure.name}: {figure.value} {figure.unit} (target {figure.target}, met {figure.meets_target})")
+
+
+if __name__ == "__main__":
+    main()
