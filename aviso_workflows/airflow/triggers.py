@@ -15,21 +15,28 @@ from collections.abc import AsyncGenerator, AsyncIterator, Hashable, Sequence
 from contextlib import aclosing
 from typing import Any
 
-from airflow.sdk import conf
 from airflow.triggers.base import BaseEventTrigger, BaseTrigger, TriggerEvent
 from airflow.triggers.shared_stream import AdvanceItem, SharedStreamProducer
 
-from ..errors import AvisoWorkflowsError, WaitTimeout
-from ..listen import END_OF_REVISION, Position, listen_async, wait_async
+from ..errors import AvisoWorkflowsError, ValidationError, WaitTimeout
+from ..etcd import WatchIdle
+from ..listen import END_OF_REVISION, HUB, Position, listen_async, wait_async
+from ..position import place
 from ..store import Notification, Store
+from ..watch import one_line
 from . import _requests
 from .hooks import AvisoHook
+from .listener import STORED_KEY
 
 log = logging.getLogger(__name__)
 #: Where an AvisoEventTrigger keeps its position in the asset's state store.
 CURSOR_KEY = "aviso_cursor"
-#: Notifications an asset watcher hands to Airflow before their asset events are confirmed stored.
-MAX_UNCONFIRMED = 256
+#: Notifications in one asset event at most: a long catch-up becomes several events.
+MAX_BATCH = 500
+#: Seconds at least between two asset events of one watcher (``event_interval``): see NotificationStream.
+DEFAULT_EVENT_INTERVAL = 5.0
+#: Seconds between two looks at the health of the shared watch a deferred sensor waits on.
+OUTAGE_CHECK_SECONDS = 1.0
 #: Bound on saving the position (the triggerer's channel stops answering while it shuts down).
 SAVE_SECONDS = 10.0
 
@@ -61,6 +68,7 @@ class AvisoTrigger(BaseTrigger):
         self.deadline = deadline
         self.min_found = min_found
         self.who = dict(who) if who is not None else {"kind": "airflow-trigger"}
+        self._store: Store | None = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return f"{type(self).__module__}.{type(self).__qualname__}", {
@@ -70,9 +78,36 @@ class AvisoTrigger(BaseTrigger):
         }
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        outages = asyncio.create_task(self._report_outages())
+        try:
+            async for event in self._wait():
+                yield event
+        finally:
+            outages.cancel()
+
+    async def _report_outages(self) -> None:
+        """Say in this trigger's log (which Airflow shows in the task's log) when the shared watch it waits on
+        loses etcd, and when it is back with how long it was gone: the watch's own thread logs without the
+        trigger's context, so its lines would reach only the triggerer's log."""
+        since: float | None = None
+        while True:
+            await asyncio.sleep(OUTAGE_CHECK_SECONDS)
+            broken = [watch for watch in HUB.watches() if self._store is not None
+                      and watch.config.identity == self._store.config.identity
+                      and watch.last_error is not None and not isinstance(watch.last_error, WatchIdle)]
+            if broken and since is None:
+                since = time.monotonic()
+                self.log.warning("etcd unreachable: %s interrupted (%s); still waiting, reconnecting",
+                                 broken[0].label, one_line(broken[0].last_error or Exception()))
+            elif not broken and since is not None:
+                self.log.info("etcd reachable again after %.1f s; still waiting", time.monotonic() - since)
+                since = None
+
+    async def _wait(self) -> AsyncIterator[TriggerEvent]:
         timeout = None if self.deadline is None else max(0.0, self.deadline - time.time())
         try:
             store = await AvisoHook(self.aviso_conn_id).aget_conn()
+            self._store = store
             request = store.request(self.event, self.request)
             found = await wait_async(store, request, mode=self.wait_for, timeout=timeout,
                                      known=[Notification.from_dict(n) for n in self.known],
@@ -94,40 +129,50 @@ class AvisoTrigger(BaseTrigger):
 
 
 class AvisoEventTrigger(BaseEventTrigger):
-    """Yields one event per notification matching ``request``, in write order, for AssetWatcher.
+    """Follows the notifications matching ``request``, in write order, for AssetWatcher.
 
-    The payload is the notification's dict (``event``, ``request``, ``location``, ``key``,
-    ``revision``); Airflow puts it in the asset event's extra under ``payload``. The position reached
-    is kept in the asset's state store. In a triggerer the notifications flow through Airflow's
+    Each asset event carries the notifications seen together (one etcd transaction, or everything that
+    arrived while the previous event was being stored) in its extra's ``payload`` as
+    ``{"notifications": [...]}``, each a notification's dict (``event``, ``request``, ``location``,
+    ``key``, ``revision``); read them with :func:`aviso_notifications`. Two asset events of one watcher are
+    at least ``event_interval`` seconds apart (see :class:`NotificationStream`). The position reached is
+    kept in the asset's state store. In a triggerer the notifications flow through Airflow's
     acknowledged shared stream: the position moves past a notification only once Airflow has stored
     its asset event, so a triggerer that stops or dies resumes at the first notification not yet
-    stored (one stored just before the stop may come again; none is lost). Without a state store (a
-    trigger run by hand) it starts from now.
+    stored. Without a state store (a trigger run by hand) it starts from now.
     """
 
     def __init__(self, *, event: str, request: dict[str, Any], aviso_conn_id: str = AvisoHook.default_conn_name,
-                 **kwargs: Any) -> None:
+                 event_interval: float = DEFAULT_EVENT_INTERVAL, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         # Checked here, so a typo is an import error of the DAG file rather than a watcher failing in a loop.
         _requests.check_static(event, request, templates=False)
         _requests.check_conn_id(aviso_conn_id)
+        if isinstance(event_interval, bool) or not isinstance(event_interval, int | float) or event_interval < 0:
+            raise ValidationError("event_interval", event_interval, "expected a number of seconds >= 0")
         self.event = event
         self.request = request
         self.aviso_conn_id = aviso_conn_id
+        self.event_interval = float(event_interval)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return f"{type(self).__module__}.{type(self).__qualname__}", {
             "event": self.event, "request": self.request, "aviso_conn_id": self.aviso_conn_id,
+            "event_interval": self.event_interval,
         }
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Used when run by hand: the position is saved when the caller asks for the next event."""
-        async with aclosing(_follow(self.serialize()[1], self.asset_state_store)) as notifications:
-            async for notification in notifications:
+        gatherer = Gatherer(_follow(self.serialize()[1], self.asset_state_store))
+        try:
+            while True:
+                batch = await gatherer.take()
                 try:
-                    yield TriggerEvent(notification.to_dict())
+                    yield TriggerEvent(batch_payload(batch))
                 finally:
-                    await _save_position(self.asset_state_store, Position(notification.revision, notification.key))
+                    await _save_position(self.asset_state_store, Position(batch[-1].revision, batch[-1].key))
+        finally:
+            await gatherer.close()
 
     def shared_stream_key(self) -> Hashable | None:
         """In a triggerer (which gives a state store): use Airflow's acknowledged shared stream."""
@@ -155,29 +200,95 @@ def _stream_key(classpath: str, kwargs: dict[str, Any]) -> tuple[str, str]:
     return classpath, json.dumps(kwargs, sort_keys=True, default=str)
 
 
+def batch_payload(batch: Sequence[Notification]) -> dict[str, Any]:
+    """The payload of the asset event carrying ``batch``."""
+    return {"notifications": [notification.to_dict() for notification in batch]}
+
+
+class Gatherer:
+    """Reads notifications ahead (at most ``limit`` waiting), so that one asset event can carry all those
+    already seen: a transaction's keys arrive together and are taken together."""
+
+    def __init__(self, notifications: AsyncGenerator[Notification, None], limit: int = MAX_BATCH) -> None:
+        self._waiting: asyncio.Queue[Notification] = asyncio.Queue(limit)
+        self._arrived = asyncio.Event()
+        self._limit = limit
+        self._reader = asyncio.create_task(self._read(notifications))
+
+    async def _read(self, notifications: AsyncGenerator[Notification, None]) -> None:
+        try:
+            async with aclosing(notifications) as found:
+                async for notification in found:
+                    await self._waiting.put(notification)
+                    self._arrived.set()
+        finally:
+            self._arrived.set()  # wake the taker: it reports how the reading ended
+
+    async def ready(self) -> None:
+        """Return once a notification waits; raise why the reading ended if it did."""
+        while self._waiting.empty():
+            if self._reader.done():
+                self._reader.result()
+                raise AvisoWorkflowsError("the watcher's notifications ended")
+            self._arrived.clear()
+            await self._arrived.wait()
+
+    async def take(self) -> list[Notification]:
+        """Every notification waiting now (at least one; at most ``limit``), in write order."""
+        await self.ready()
+        return [self._waiting.get_nowait() for _ in range(min(self._waiting.qsize(), self._limit))]
+
+    async def close(self) -> None:
+        self._reader.cancel()
+        try:
+            await self._reader
+        except (asyncio.CancelledError, Exception):  # noqa: BLE001 - ending: why the reading ended was reported
+            pass
+
+
 class NotificationStream(SharedStreamProducer):
-    """The notifications after the saved position; :meth:`advance` moves the position once Airflow has
-    stored their asset events. At most ``MAX_UNCONFIRMED`` notifications (fewer if the triggerer's
-    subscriber queue is smaller) are handed over unconfirmed, so a long catch-up never overflows it.
+    """The notifications after the saved position, one batch per asset event; :meth:`advance` moves the
+    position once Airflow has stored the batch's asset event.
+
+    Why one batch at a time, ``event_interval`` apart: Airflow 3.3 queues an asset-triggered DAG with one
+    row per asset (AssetDagRunQueue) made when the first unconsumed event is stored; the scheduler's run
+    takes the events stored up to that row's creation and deletes the row. An event stored while the row
+    waits is left behind until the asset's next event. One event per batch puts a transaction's keys in
+    one run; holding the next batch until the previous event is stored and ``event_interval`` seconds
+    have passed gives the scheduler time to consume the row, so the next event makes a row of its own.
     """
 
     def __init__(self, arguments: dict[str, Any], state_store: Any) -> None:
         self.arguments = arguments
         self.state_store = state_store
-        queue_size = conf.getint("triggerer", "shared_stream_subscriber_queue_size", fallback=MAX_UNCONFIRMED)
-        self.unconfirmed = asyncio.Semaphore(max(1, min(MAX_UNCONFIRMED, queue_size)))
+        self.event_interval = float(arguments.get("event_interval", DEFAULT_EVENT_INTERVAL))
+        self.unconfirmed = asyncio.Semaphore(1)
+        self.last_stored: float | None = None
 
     async def open_stream(self) -> AsyncGenerator[tuple[dict[str, Any], Position], None]:
-        async with aclosing(_follow(self.arguments, self.state_store)) as notifications:
-            async for notification in notifications:
+        gatherer = Gatherer(_follow(self.arguments, self.state_store))
+        try:
+            while True:
+                await gatherer.ready()
                 await self.unconfirmed.acquire()
-                yield notification.to_dict(), Position(notification.revision, notification.key)
+                await self._keep_apart()
+                batch = await gatherer.take()  # what arrived meanwhile joins this event
+                yield batch_payload(batch), Position(batch[-1].revision, batch[-1].key)
+        finally:
+            await gatherer.close()
+
+    async def _keep_apart(self) -> None:
+        if self.last_stored is not None:
+            delay = self.last_stored + self.event_interval - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
 
     async def advance(self, batch: Sequence[AdvanceItem]) -> None:
         stored = list(itertools.takewhile(lambda item: item.outcome.is_clean, batch))
         for _ in batch:
             self.unconfirmed.release()
         if stored:
+            self.last_stored = time.monotonic()
             await asyncio.wait_for(_save_position(self.state_store, stored[-1].broker_payload), SAVE_SECONDS)
         if len(stored) < len(batch):  # ending the stream makes the triggerer start the watcher again from here
             missed = batch[len(stored)]
@@ -195,11 +306,16 @@ async def _follow(arguments: dict[str, Any], state_store: Any) -> AsyncGenerator
 
 
 async def _load_position(state_store: Any, store: Store) -> Position:
-    """The saved position, or now (saved at once, so a watcher that stops early misses nothing after it)."""
-    saved = await state_store.aget(CURSOR_KEY) if state_store is not None else None
-    revision = saved.get("revision") if isinstance(saved, dict) else None
-    if isinstance(revision, int) and isinstance(saved, dict):
-        position = Position(revision, str(saved.get("key", END_OF_REVISION)))
+    """The saved position, or now (saved at once, so a watcher that stops early misses nothing after it).
+
+    Two entries say where the watcher is: its own position (moved once Airflow confirms storing an event)
+    and ``aviso_stored``, written by the plugin's listener in the very transaction that stores an event;
+    the later one wins, so notifications whose events were stored before a crash are not stored again.
+    """
+    found = [position for position in [_position(await state_store.aget(name)) if state_store is not None else None
+                                       for name in (CURSOR_KEY, STORED_KEY)] if position is not None]
+    if found:
+        position = max(found, key=lambda p: place(p.revision, p.key))
         log.info("asset watcher resumes after its saved position: revision %d, key %s", position.revision,
                  position.key)
         return position
@@ -207,6 +323,13 @@ async def _load_position(state_store: Any, store: Store) -> Position:
     log.info("asset watcher starts from now: revision %d (no saved position)", position.revision)
     await _save_position(state_store, position)
     return position
+
+
+def _position(saved: Any) -> Position | None:
+    revision = saved.get("revision") if isinstance(saved, dict) else None
+    if isinstance(saved, dict) and isinstance(revision, int):
+        return Position(revision, str(saved.get("key", END_OF_REVISION)))
+    return None
 
 
 async def _save_position(state_store: Any, position: Position) -> None:

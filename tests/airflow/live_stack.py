@@ -119,7 +119,8 @@ class LiveStack:
         """Start one service (again), in its own session, its output appended to ``<name>.log``."""
         log = open(self.home / f"{name}.log", "ab")
         self.logs.append(log)
-        command = [str(AIRFLOW)] + [a.format(port=self.port) for a in COMPONENTS[name]]
+        kind = "triggerer" if name.startswith("triggerer") else name  # "triggerer-2": a second triggerer (HA)
+        command = [str(AIRFLOW)] + [a.format(port=self.port) for a in COMPONENTS[kind]]
         process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True)
         self.processes[name] = process
@@ -205,6 +206,23 @@ class LiveStack:
         rows = self.query("select e.extra from asset_event e join asset a on a.id = e.asset_id where a.name = ? "
                           "order by e.id", asset_name)
         return [json.loads(extra).get("payload", {}) for (extra,) in rows]
+
+    def running_triggerer_jobs(self) -> set[int]:
+        """Ids of the triggerer jobs that still run (a killed one stays "running" until found stale)."""
+        return {row[0] for row in self.query("select id from job where job_type = 'TriggererJob' and "
+                                             "state = 'running' and end_date is null")}
+
+    def watcher_triggerer(self, asset_name: str) -> int | None:
+        """The triggerer job running the watcher of ``asset_name``, if one does."""
+        rows = self.query("select t.triggerer_id from trigger t join asset_watcher w on w.trigger_id = t.id "
+                          "join asset a on a.id = w.asset_id where a.name = ?", asset_name)
+        return rows[0][0] if rows and rows[0][0] is not None else None
+
+    def asset_notifications(self, asset_name: str) -> list[dict[str, Any]]:
+        """The notifications the asset's events carry, event after event, as stored."""
+        from aviso_workflows.airflow.assets import payload_notifications
+
+        return [n for payload in self.asset_payloads(asset_name) for n in payload_notifications(payload)]
 
     def asset_state(self, asset_name: str) -> list[tuple[str, str]]:
         return self.query("select s.key, s.value from asset_state_store s join asset a on a.id = s.asset_id "

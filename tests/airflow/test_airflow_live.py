@@ -20,6 +20,7 @@ from airflow_helpers import AIRFLOW, DAGS, connection_json
 from live_stack import LiveStack, eventually
 
 from aviso_workflows import Store
+from aviso_workflows.airflow.assets import payload_notifications
 from aviso_workflows.position import place
 
 pytestmark = [
@@ -70,7 +71,7 @@ def test_asset_driven_dag_runs_once_per_notification(stack: LiveStack, store: St
     eventually("the asset runs to succeed", lambda: all(
         s == "success" for _, s in stack.runs("aviso_asset_driven")), RUN_SECONDS)
     assert len(stack.runs("aviso_asset_driven")) == 3
-    assert [p["key"] for p in stack.asset_payloads(ASSET)] == posted
+    assert [n["key"] for n in stack.asset_notifications(ASSET)] == posted
     print("separate posts, one at a time: " + latencies([r for r in consumed(stack) if r[1] in when], when))
 
 
@@ -80,8 +81,8 @@ def consumed(stack: LiveStack) -> list[tuple[str, str, float, float]]:
         "select r.run_id, e.extra, (julianday(r.start_date) - 2440587.5) * 86400 from asset_event e "
         "join asset a on a.id = e.asset_id join dagrun_asset_event d on d.event_id = e.id "
         "join dag_run r on r.id = d.dag_run_id where a.name = ? and r.start_date is not null order by e.id", ASSET)
-    return [(run_id, json.loads(extra)["payload"]["key"], started, json.loads(extra)["payload"]["revision"])
-            for run_id, extra, started in rows]
+    return [(run_id, n["key"], started, n["revision"]) for run_id, extra, started in rows
+            for n in payload_notifications(json.loads(extra)["payload"])]
 
 
 def test_bursts_reach_runs_in_order_each_event_once(stack: LiveStack, store: Store) -> None:
@@ -103,7 +104,7 @@ def test_bursts_reach_runs_in_order_each_event_once(stack: LiveStack, store: Sto
     rows = [row for row in consumed(stack) if row[1] in posted]
     keys = [key for _, key, *_ in rows]
     assert len(keys) == len(set(keys)), "an event was consumed by two runs"
-    events = [p for p in stack.asset_payloads(ASSET) if p["key"] in posted]
+    events = [n for n in stack.asset_notifications(ASSET) if n["key"] in posted]
     written = [p["key"] for p in events]
     assert sorted(written) == sorted(posted), "not one asset event per notification"
     assert written == [p["key"] for p in sorted(events, key=lambda p: place(p["revision"], p["key"]))], \

@@ -24,6 +24,7 @@ from aviso_workflows.airflow import (
     AvisoSensor,
     AvisoTrigger,
     asset_notifications,
+    aviso_notifications,
     hooks,
 )
 from aviso_workflows.airflow.hooks import config_from_connection
@@ -256,6 +257,25 @@ def test_asset_notifications_reads_every_event_in_write_order() -> None:
     events = [event(9, 12), event(7, 0), event(9, 6), SimpleNamespace(extra={"note": "made by a task"})]
     assert [n["location"] for n in asset_notifications(events)] == ["file:///0", "file:///6", "file:///12"]
     assert asset_notifications(None) == []
+
+
+def test_aviso_notifications_reads_every_event_of_the_run_and_every_notification_of_an_event() -> None:
+    def notification(revision: int, step: int) -> dict[str, Any]:
+        return {"key": f"/ec/mars/date=20300101,step={step}", "revision": revision, "location": f"file:///{step}"}
+
+    def event(*carried: dict[str, Any]) -> SimpleNamespace:
+        return SimpleNamespace(extra={"from_trigger": True, "payload": {"notifications": list(carried)}})
+
+    transaction = event(notification(7, 0), notification(7, 6), notification(7, 12))
+    later = event(notification(9, 18))
+    context = {"triggering_asset_events": {"a": [later, transaction], "b": [event(notification(7, 6))]}}
+    assert [n["location"] for n in aviso_notifications(context)] == [f"file:///{s}" for s in (0, 6, 12, 18)]
+    assert aviso_notifications({}) == []
+
+
+def test_asset_watcher_event_interval_is_checked() -> None:
+    with pytest.raises(ValidationError, match="event_interval: -1 is not valid"):
+        AvisoEventTrigger(event="mars", request={"class": "od"}, event_interval=-1)
 
 
 def test_asset_watcher_logs_where_it_starts(store: Store, caplog: pytest.LogCaptureFixture) -> None:

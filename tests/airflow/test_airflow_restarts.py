@@ -185,7 +185,7 @@ class Producer:
 
 
 def event_keys(stack: LiveStack) -> list[str]:
-    return [payload["key"] for payload in stack.asset_payloads(ASSET)]
+    return [notification["key"] for notification in stack.asset_notifications(ASSET)]
 
 
 def replayed_tail(posted: list[str], received: list[str]) -> tuple[int, int] | None:
@@ -213,7 +213,7 @@ def test_restart_between_notifications_releases_sensors_and_repeats_nothing(
     sensors = Sensors(stack, store, month=1 if signum == signal.SIGTERM else 2)
     sensors.trigger()
     eventually("every sensor to be deferred", lambda: sensors.states() == ["deferred"] * SENSOR_RUNS, RUN_SECONDS)
-    events_before = len(stack.asset_payloads(ASSET))
+    events_before = len(stack.asset_notifications(ASSET))
     producer = Producer(store, unique_date)
     producer.post(STREAM["before"])
     eventually("the watcher to confirm the notifications", lambda: confirmed_key(stack) == producer.keys[-1],
@@ -242,7 +242,7 @@ def test_restart_mid_stream_loses_no_notification(stack: LiveStack, store: Store
                                                   signum: signal.Signals) -> None:
     """Notifications keep coming while the triggerer stops: none is lost, the order is kept, and only
     those whose asset events were stored in the moments before the stop may come again."""
-    events_before = len(stack.asset_payloads(ASSET))
+    events_before = len(stack.asset_notifications(ASSET))
     producer = Producer(store, unique_date)
     producer.post(STREAM["before"])
     stopping = producer.post_in_background(STREAM["while_down"])  # posts go on while the triggerer stops
@@ -292,23 +292,24 @@ class Watcher:
     """An AvisoEventTrigger run the way the triggerer runs an asset watcher: subscribed to Airflow's
     SharedStreamManager, each event bound to its persist-confirmation number as it is taken."""
 
-    def __init__(self, state: MemoryStateStore, aviso_conn: str) -> None:
+    def __init__(self, state: MemoryStateStore, aviso_conn: str, event_interval: float = 0.2) -> None:
         from airflow.triggers.shared_stream import SharedStreamManager
 
         self.manager = SharedStreamManager()
-        self.trigger = AvisoEventTrigger(event="mars", request=dict(STREAM_DATA), aviso_conn_id=aviso_conn)
+        self.trigger = AvisoEventTrigger(event="mars", request=dict(STREAM_DATA), aviso_conn_id=aviso_conn,
+                                         event_interval=event_interval)
         self.trigger.asset_state_store = state  # type: ignore[assignment]
         self.key = self.trigger.shared_stream_key()
         assert self.key is not None, "a watcher with a state store uses the acknowledged stream"
         self.events = self.trigger.filter_shared_stream(self.manager.subscribe(trigger_id=1, trigger=self.trigger,
                                                                                key=self.key))
 
-    async def take(self) -> tuple[str, int]:
-        """The next event's key and the number Airflow confirms it by once stored."""
-        event = await asyncio.wait_for(anext(self.events), 30)
+    async def take(self, timeout: float = 30) -> tuple[list[str], int]:
+        """The keys of the next event's notifications and the number Airflow confirms it by once stored."""
+        event = await asyncio.wait_for(anext(self.events), timeout)
         seq = self.manager.bind_pending_event(trigger_id=1, key=self.key)
         assert seq is not None
-        return event.payload["key"], seq
+        return [n["key"] for n in event.payload["notifications"]], seq
 
     async def stop(self) -> None:
         await self.events.aclose()
@@ -323,31 +324,48 @@ async def eventually_async(what: str, check: Callable[[], bool], timeout: float 
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
+async def notify(store: Store, date: str, steps: str | int) -> list[str]:
+    return (await asyncio.to_thread(store.notify, "mars", {**STREAM_DATA, "date": date, "step": steps})).keys
+
+
 async def test_watcher_position_moves_only_past_confirmed_events(store: Store, unique_date: str,
                                                                  aviso_conn: str) -> None:
     state = MemoryStateStore()
     first = Watcher(state, aviso_conn)
     taking = asyncio.create_task(first.take())
     await eventually_async("the watcher to save where it starts", lambda: CURSOR_KEY in state.values)
-    keys = []
-    for step in range(3):
-        result = await asyncio.to_thread(store.notify, "mars", {**STREAM_DATA, "date": unique_date, "step": step})
-        keys += result.keys
-    taken = [await taking, await first.take(), await first.take()]
-    assert [key for key, _ in taken] == keys
+    one = await notify(store, unique_date, 0)
+    taken, seq = await taking
+    assert taken == one
     start = dict(state.values[CURSOR_KEY])
-    await asyncio.sleep(0.5)
+    next_event = asyncio.create_task(first.take())
+    later = await notify(store, unique_date, "6/12")  # posted while the first event is not yet stored
+    await asyncio.sleep(0.5)  # not a synchronisation: the time in which nothing may happen
+    assert not next_event.done(), "the next event waits until the first one is stored"
     assert state.values[CURSOR_KEY] == start, "nothing confirmed: the position stays"
-    first.manager.confirm_persisted([seq for _, seq in taken[:2]])  # the third is never stored: a crash
-    await eventually_async("the position to pass the confirmed events",
-                           lambda: state.values[CURSOR_KEY]["key"] == keys[1])
-    await first.stop()
+    first.manager.confirm_persisted([seq])
+    await eventually_async("the position to pass the confirmed event",
+                           lambda: state.values[CURSOR_KEY]["key"] == one[-1])
+    keys, _ = await next_event
+    assert keys == later, "what arrived meanwhile goes in one event"
+    await first.stop()  # this event is never stored: a crash
 
     again = Watcher(state, aviso_conn)
     try:
-        assert (await again.take())[0] == keys[2], "the unconfirmed notification comes again, the others do not"
+        assert (await again.take())[0] == later, "the unconfirmed notifications come again, the others do not"
     finally:
         await again.stop()
+
+
+async def test_one_transaction_is_one_event(store: Store, unique_date: str, aviso_conn: str) -> None:
+    watcher = Watcher(MemoryStateStore(), aviso_conn)
+    try:
+        taking = asyncio.create_task(watcher.take())
+        await eventually_async("the watcher to start", lambda: CURSOR_KEY in watcher.trigger.asset_state_store.values)
+        keys = await notify(store, unique_date, "0/to/24/by/6")
+        assert (await taking)[0] == keys
+    finally:
+        await watcher.stop()
 
 
 async def test_unconfirmed_event_stops_the_position_and_the_stream() -> None:

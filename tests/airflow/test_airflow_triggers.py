@@ -96,6 +96,54 @@ async def test_a_trigger_started_during_an_outage_is_released_once_etcd_is_back(
     assert [n["location"] for n in event.payload["notifications"]] == ["file:///after-the-outage"]
 
 
+class TriggerLog:
+    """What a trigger's own logger wrote: Airflow's task-SDK loggers write through structlog to stdout."""
+
+    def __init__(self, capsys: pytest.CaptureFixture[str]) -> None:
+        self.capsys = capsys
+        self.text = ""
+
+    async def line_with(self, text: str, seconds: float = 30) -> str:
+        for _ in range(int(seconds / 0.1)):
+            self.text += self.capsys.readouterr().out
+            found = [line for line in self.text.splitlines() if text in line]
+            if found:
+                return found[0]
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"no log line with {text!r} within {seconds} s")
+
+
+async def test_an_outage_during_the_wait_is_in_the_triggers_own_log(
+        monkeypatch: pytest.MonkeyPatch, unique_date: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Airflow shows a trigger's log lines in the task's log only if the trigger's logger writes them: the
+    shared watch's thread has no trigger context, so the trigger itself says when etcd went and came back."""
+    port = free_port()
+    info = await asyncio.to_thread(server.start, tmp_path / "etcd", port)
+    monkeypatch.setenv("AIRFLOW_CONN_AVISO_FLAKY", connection_json(info.client_url, timeout=1))
+    flaky = Store([info.client_url])
+    trigger = AvisoTrigger(event="mars", request=request_of(flaky, unique_date, step=0), aviso_conn_id="aviso_flaky")
+    log = TriggerLog(capsys)
+    waiting = asyncio.create_task(anext(trigger.run()))
+    try:
+        for _ in range(300):  # the trigger has read what exists and follows the shared watch
+            if any(w.ready and w.config.endpoints == flaky.config.endpoints for w in HUB.watches()):
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.to_thread(server.stop, tmp_path / "etcd")
+        down = await log.line_with("etcd unreachable:")
+        await asyncio.to_thread(server.start, tmp_path / "etcd", port)
+        back = await log.line_with("etcd reachable again after")
+        await notify(flaky, unique_date, 0, location="file:///after")
+        event = await asyncio.wait_for(waiting, 30)
+    finally:
+        waiting.cancel()
+        await asyncio.to_thread(server.stop, tmp_path / "etcd")
+    trigger_logger = f"[{type(trigger).__module__}.{type(trigger).__qualname__}]"
+    assert "watch on /ec/mars/ interrupted" in down and trigger_logger in down, down
+    assert trigger_logger in back, back
+    assert event.payload["status"] == "success"
+
+
 async def test_error_when_etcd_refuses_the_request(monkeypatch: pytest.MonkeyPatch, store: Store, etcd_url: str,
                                                    unique_date: str) -> None:
     """A refusal is not an outage: the trigger reports it at once."""
@@ -121,9 +169,13 @@ def test_serialize_round_trip(trigger: AvisoTrigger | AvisoEventTrigger) -> None
 
 
 async def collect(trigger: AvisoEventTrigger, count: int, timeout: float = 10) -> list[dict[str, Any]]:
+    """The first ``count`` notifications of the trigger's events (an event carries those seen together)."""
     events = trigger.run()
+    found: list[dict[str, Any]] = []
     try:
-        return [(await asyncio.wait_for(anext(events), timeout)).payload for _ in range(count)]
+        while len(found) < count:
+            found += (await asyncio.wait_for(anext(events), timeout)).payload["notifications"]
+        return found
     finally:
         await events.aclose()
 
@@ -158,4 +210,5 @@ def test_message_queue_trigger_uses_the_aviso_scheme() -> None:
     trigger = MessageQueueTrigger(scheme="aviso", event="mars", request={"class": "od"}, aviso_conn_id="x")
     assert isinstance(trigger.trigger, AvisoEventTrigger)
     assert trigger.serialize() == ("aviso_workflows.airflow.triggers.AvisoEventTrigger",
-                                   {"event": "mars", "request": {"class": "od"}, "aviso_conn_id": "x"})
+                                   {"event": "mars", "request": {"class": "od"}, "aviso_conn_id": "x",
+                                    "event_interval": 5.0})

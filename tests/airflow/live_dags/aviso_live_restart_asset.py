@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from airflow.sdk import DAG, Asset, AssetWatcher, task
 
-from aviso_workflows.airflow import AvisoEventTrigger
+from aviso_workflows.airflow import AvisoEventTrigger, aviso_notifications
 
 STREAM = Asset("aviso_restart_stream", watchers=[AssetWatcher(
     name="aviso_restart_stream_watcher",
@@ -15,9 +17,8 @@ STREAM = Asset("aviso_restart_stream", watchers=[AssetWatcher(
 with DAG("aviso_live_restart_asset", schedule=[STREAM], catchup=False, max_active_runs=1):
 
     @task
-    def keys(triggering_asset_events=None) -> list[str]:
+    def keys(**context: Any) -> list[str]:
         """The notification keys of the asset events this run consumed."""
-        events = triggering_asset_events[STREAM] if triggering_asset_events else []
-        return [event.extra["payload"]["key"] for event in events]
+        return [notification["key"] for notification in aviso_notifications(context)]
 
     keys()
