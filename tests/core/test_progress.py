@@ -74,7 +74,7 @@ def test_ready_prefix_is_the_run_of_found_keys_from_the_start() -> None:
 
 
 def test_a_later_step_posted_early_does_not_count_until_the_gap_is_filled(store: Store, unique_date: str) -> None:
-    """The bug of issue 24: with 0, 6, 12, 18 and 30 posted, progress said 5 and ``latest step=30``."""
+    """The bug: with 0, 6, 12, 18 and 30 posted, progress said 5 and ``latest step=30``."""
     request = store.request(mars(unique_date, step="0/to/48/by/6"))
     store.notify(mars(unique_date, step="/".join(map(str, OUT_OF_ORDER))))
     recorder = Recorder()

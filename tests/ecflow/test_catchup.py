@@ -16,7 +16,7 @@ from typing import Any
 import ecflow
 import pyflow as pf
 import pytest
-from ecflow_helpers import Watcher, node_state
+from ecflow_helpers import Watcher, no_job_processes_within, node_state
 
 from aviso_workflows import Store
 from aviso_workflows.ecflow import LiteralTask, LoopbackHost, catchup_family
@@ -58,6 +58,8 @@ def test_a_missing_date_turns_late_holds_back_no_other_and_completes_when_posted
     watcher.until(lambda d: node_state(d, first) == node_state(d, last) == "complete", 30,
                   "dates 1 and 3 completing while date 2 has no data")
     assert node_state(watcher.defs(), middle + "/wait") == "active"
+    # Date 3 is due tomorrow: its timer's sleep ends with its wait, not tomorrow.
+    no_job_processes_within(ecflow_server, last + "/wait", 10, "date 3's job and its late timer ending")
     watcher.until(lambda d: is_late(d, middle + "/wait"), DUE_IN + 30, "date 2 turning late")
     flagged = time.time()
     defs = watcher.defs()
