@@ -345,3 +345,84 @@ def test_pyaviso2_listener_resumes_across_restarts_of_serve_and_itself(etcd_url:
     assert sequences == sorted(set(sequences))
     saved = json.loads(state.read_text())["checkpoints"]
     assert [c["last_committed_sequence"] for c in saved.values()] == [sequences[-1]]
+
+
+# -- replay windows, schema and admin (aviso-server's routes, src/routes/{replay,schema,admin}.rs, 0.7.1) ------
+def _replay_printed(url: str, home: Path, identifier: dict[str, str], *window: str) -> list[dict[str, Any]]:
+    done = aviso2(url, home, "replay", "--json", *window, "--event", "mars",
+                  *(arg for k, v in identifier.items() for arg in ("--identifier", f"{k}={v}")))
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+def _times(url: str, identifier: dict[str, str]) -> list[str]:
+    """The CloudEvent times of the mars notifications matching ``identifier`` (pyaviso 2 prints none)."""
+    body = {"event_type": "mars", "identifier": identifier, "from_id": "1"}
+    with httpx.stream("POST", f"{url}/api/v1/replay", json=body, timeout=20) as response:
+        lines = [line for line in response.iter_lines() if line.startswith("data:") and "specversion" in line]
+    return [json.loads(line[5:])["time"] for line in lines]
+
+
+def test_pyaviso2_replays_from_and_until_an_id_and_a_date(serve_url: str, tmp_path: Path, store: Store,
+                                                          unique_date: str) -> None:
+    """pyaviso 2.4.2's ``replay --until`` sends ``to_id``/``to_date`` (newer aviso-servers' fields, not in 0.7.1);
+    serve ends the replay there, inclusive."""
+    request = {**MARS, "date": unique_date}
+    for step in (0, 6, 12):
+        store.notify("mars", {**request, "step": step}, location=f"file:///data/{step}.grib")
+    identifier = {"class": "od", "date": unique_date}
+    every = _replay_printed(serve_url, tmp_path, identifier, "--from", "1")
+    assert [n["identifier"]["step"] for n in every] == ["0", "6", "12"]
+    second = every[1]["sequence"]
+
+    # pyaviso 2's --from N starts after N (from_id N + 1)
+    by_id = _replay_printed(serve_url, tmp_path, identifier, "--from", str(every[0]["sequence"] - 1), "--until",
+                            str(second))
+    by_date = _replay_printed(serve_url, tmp_path, identifier, "--from", "1", "--until",
+                              _times(serve_url, identifier)[1])
+
+    assert [n["sequence"] for n in by_id] == [every[0]["sequence"], second]
+    assert [n["identifier"]["step"] for n in by_date] == ["0", "6"]
+
+
+def test_pyaviso2_schema_list_and_get(serve_url: str, tmp_path: Path) -> None:
+    listed = aviso2(serve_url, tmp_path, "schema", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert sorted(json.loads(line)["event_type"] for line in listed.stdout.splitlines() if line.startswith("{")) == \
+        ["dissemination", "mars"]
+    got = aviso2(serve_url, tmp_path, "schema", "get", "dissemination", "--json")
+    assert got.returncode == 0, got.stderr
+    handlers = json.loads(got.stdout)["schema"]["identifier"]
+    assert handlers["step"]["type"] == "IntHandler" and handlers["destination"]["required"] is True
+
+
+def test_pyaviso2_admin_delete_wipe_stream_and_wipe_all(tmp_path: Path) -> None:
+    """``aviso admin`` (pyaviso 2.4.2) against serve's ``/api/v1/admin/...`` routes, on an etcd of its own (a
+    wipe deletes every key of an event). A deleted or wiped notification is left out of later replays."""
+    from etcd_helpers import running_etcd
+
+    with running_etcd(tmp_path / "etcd") as etcd, \
+            running_serve(etcd.client_url, server.free_port(), tmp_path / "serve.log") as url:
+        store = Store([etcd.client_url])
+        request = {**MARS, "date": "20300101"}
+        for step in (0, 6, 12):
+            store.notify("mars", {**request, "step": step}, location=f"file:///{step}")
+        store.notify("dissemination", {**DISS, "date": "20300101", "step": 0}, location="file:///d")
+        identifier = {"class": "od", "date": "20300101"}
+        first, second, third = _replay_printed(url, tmp_path, identifier, "--from", "1")
+
+        deleted = aviso2(url, tmp_path, "admin", "delete", f"mars@{second['sequence']}", "--yes")
+        missing = aviso2(url, tmp_path, "admin", "delete", f"mars@{second['sequence']}", "--yes")
+        after_delete = _replay_printed(url, tmp_path, identifier, "--from", "1")
+        wiped = aviso2(url, tmp_path, "admin", "wipe-stream", "mars", "--yes")
+        after_wipe = _replay_printed(url, tmp_path, identifier, "--from", "1")
+        diss_left = store.get("dissemination", {"destination": "COM", "date": "20300101"})
+        everything = aviso2(url, tmp_path, "admin", "wipe-all", "--yes")
+        diss_after = store.get("dissemination", {"destination": "COM", "date": "20300101"})
+
+    assert deleted.returncode == 0, deleted.stderr
+    assert missing.returncode != 0 and "404" in missing.stderr + missing.stdout
+    assert [n["sequence"] for n in after_delete] == [first["sequence"], third["sequence"]]
+    assert wiped.returncode == 0 and after_wipe == [], wiped.stderr
+    assert len(diss_left) == 1, "a stream's wipe leaves the other events"
+    assert everything.returncode == 0 and diss_after == [], everything.stderr
