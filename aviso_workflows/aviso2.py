@@ -143,36 +143,81 @@ def wait_start(request: Request, lookback_hours: float) -> Position:
 
 
 # -- requests to the server --------------------------------------------------------------------------
-def identifier_filter(requests: Sequence[Request]) -> tuple[str, dict[str, Any]]:
-    """The event and one ``identifier`` that covers every request (the follower matches exactly).
+#: aviso-server's identifier handler for each of our field kinds, used when the server does not publish the
+#: event's schema (``GET /api/v1/schema/{event}``). As in its ``configuration/config.yaml.example`` (0.7.1),
+#: our enum fields (class, stream) may be free strings there, which keep their case and take no constraint.
+FALLBACK_HANDLERS = {"int": "IntHandler", "date": "DateHandler", "time": "TimeHandler", "expver": "ExpverHandler",
+                     "enum": "StringHandler", "string": "StringHandler"}
+#: Handlers that take ``{"in": [...]}`` / ``{"between": [...]}`` objects (aviso-validators/src/constraints.rs).
+NUMERIC_HANDLERS = ("IntHandler", "FloatHandler")
 
-    A field every request constrains is filtered by the server (one value as such, several as ``{"in":
-    [...]}``, a whole run of integers as ``{"between": [first, last]}``); a field some request leaves open
-    is left open.
+
+def identifier_filter(requests: Sequence[Request],
+                      handlers: Mapping[str, Mapping[str, Any]] | None = None) -> tuple[str, dict[str, Any]]:
+    """The event and one ``identifier`` that covers every request, in forms aviso-server 0.7.1 accepts for
+    each field's handler (``handlers``: the server's ``identifier`` schema; None: :data:`FALLBACK_HANDLERS`).
+
+    The server filters a field only where it can say exactly what the requests ask: one value of any
+    handler but a free string (those keep their case as posted and are compared exactly, so ``SCL`` would
+    miss a post of ``scl``); several values of an int field as ``{"in": [numbers]}`` (a whole run as
+    ``{"between": [first, last]}``), of an enum field as ``{"in": [names]}``. Anything else (several dates,
+    times or expvers, any free string) is left open — ``"*"`` where the server requires the field — and the
+    follower matches it on our side, where our canonical forms make the comparison ignore case as our
+    schema says. The server never sees a filter it would refuse.
     """
     events = sorted({request.event for request in requests})
     if len(events) != 1:
         raise ValidationError("request", events, "an aviso-server listener follows one event's sequence; "
                               "run one listener per event")
     schema = requests[0].schema
+    if handlers is None:
+        handlers = {name: {"type": FALLBACK_HANDLERS.get(schema.field(name).kind, "StringHandler")}
+                    for name in schema.key_fields}
     identifier: dict[str, Any] = {}
-    for name in schema.key_fields:
-        if any(name not in request.values for request in requests):
-            continue
-        values = sorted({v for request in requests for v in request.values[name]},
-                        key=lambda v: (len(v), v) if v.isdigit() else (0, v))
-        identifier[name] = _constraint(schema.field(name).kind, values)
+    for name, rule in handlers.items():
+        values = _requested(requests, name) if name in schema.key_fields else None
+        chosen = _server_form(rule, values) if values else None
+        if chosen is None and rule.get("required"):
+            if rule.get("type") != "StringHandler":
+                raise ValidationError(name, values or "(any)", f"aviso-server requires one value of {name} in "
+                                      "a watch; give exactly one (or run one listener per value)")
+            chosen = "*"  # a required free string: the server's wildcard token (wildcard_matcher.rs)
+        if chosen is not None:
+            identifier[name] = chosen
     return events[0], identifier
 
 
-def _constraint(kind: str, values: list[str]) -> Any:
-    if len(values) == 1:
-        return values[0]
-    if kind == "int" and len(values) > 2:
+def _requested(requests: Sequence[Request], name: str) -> list[str] | None:
+    """Every value the requests ask of ``name`` (our canonical forms), or None if one leaves it open."""
+    if any(name not in request.values for request in requests):
+        return None
+    return sorted({v for request in requests for v in request.values[name]},
+                  key=lambda v: (len(v), v) if v.isdigit() else (0, v))
+
+
+def _server_form(rule: Mapping[str, Any], values: list[str]) -> Any:
+    """The filter of one field in a form its handler accepts, or None to leave it to our side."""
+    kind = rule.get("type")
+    if kind in NUMERIC_HANDLERS and all(v.lstrip("-").isdigit() for v in values):
         numbers = sorted(int(v) for v in values)
-        if numbers == list(range(numbers[0], numbers[-1] + 1)):
+        if len(numbers) == 1:
+            return str(numbers[0])
+        if len(numbers) > 2 and numbers == list(range(numbers[0], numbers[-1] + 1)):
             return {"between": [numbers[0], numbers[-1]]}
-    return {"in": values}
+        return {"in": numbers}
+    if kind == "EnumHandler":
+        allowed = {str(v).lower() for v in rule.get("values") or ()}
+        names = [v.lower() for v in values]
+        if not all(name in allowed for name in names):
+            return None  # a value the server does not know cannot be posted there: match on our side
+        return names[0] if len(names) == 1 else {"in": names}
+    if len(values) != 1:
+        return None
+    if kind == "TimeHandler" and values[0].isdigit():
+        return f"{int(values[0]):02d}00"  # the server's canonical HHMM (time.rs)
+    if kind in ("DateHandler", "ExpverHandler"):
+        return values[0]
+    return None  # StringHandler keeps case; a handler we do not know: both matched on our side
 
 
 def is_notification(data: Mapping[str, Any]) -> bool:
@@ -201,6 +246,17 @@ def received(data: Mapping[str, Any]) -> Received:
     kind = str(data.get("type", ""))
     return Received(int(sequence), event or kind.rsplit(".", 1)[-1], dict(body.get("identifier") or {}),
                     body.get("payload"), data.get("time"))
+
+
+def posted_at(notice: Received) -> dt.datetime | None:
+    """The server's time of a notification (UTC, naive), or None if it has none that parses."""
+    if not notice.time:
+        return None
+    try:
+        posted = dt.datetime.fromisoformat(str(notice.time).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return posted.astimezone(dt.UTC).replace(tzinfo=None) if posted.tzinfo is not None else posted
 
 
 def key_value(request: Request, notice: Received) -> KeyValue | None:
@@ -234,9 +290,23 @@ def _refusal(response: httpx.Response, what: str) -> AvisoServerError:
         text += f" ({details})"
     if body.get("request_id"):
         text += f" [request {body['request_id']}]"
-    kind = AvisoRefused if response.status_code in (401, 403) else \
-        AvisoUnavailable if response.status_code >= 500 or response.status_code == 429 else AvisoServerError
-    return kind(text, code, response.status_code)
+    return _refusal_kind(response.status_code, body.get("code"))(text, code, response.status_code)
+
+
+#: 5xx codes of aviso-server (src/error.rs, src/routes/streaming.rs) that a later try may not meet: its
+#: backend failed to store or to open the stream, or a service it asks is away.
+TRANSIENT_CODES = frozenset({"NOTIFICATION_STORAGE_FAILED", "SSE_STREAM_INITIALIZATION_FAILED", "SERVICE_UNAVAILABLE"})
+
+
+def _refusal_kind(status: int, code: Any) -> type[AvisoServerError]:
+    """401/403: credentials; 429, 502–504, a transient code or a 5xx without the server's JSON body (a proxy):
+    unavailable, try again; any other answer, 5xx included (0.7.1 answers a notify with a field its schema
+    does not know with 500 ``NOTIFICATION_PROCESSING_FAILED``): refused, the same request would fail again."""
+    if status in (401, 403):
+        return AvisoRefused
+    if status == 429 or status in (502, 503, 504) or (status >= 500 and (not code or code in TRANSIENT_CODES)):
+        return AvisoUnavailable
+    return AvisoServerError
 
 
 class AvisoClient:
@@ -247,6 +317,7 @@ class AvisoClient:
         self.bases = [http_url(endpoint) for endpoint in config.endpoints]
         self._next = 0
         self._local = threading.local()
+        self._handlers: dict[str, Mapping[str, Any] | None] = {}
 
     @property
     def base(self) -> str:
@@ -282,6 +353,32 @@ class AvisoClient:
                                   timeout=config.timeout, trust_env=True)
             self._local.client = client
         return client
+
+    def handlers(self, event: str) -> Mapping[str, Mapping[str, Any]] | None:
+        """The server's identifier handlers of ``event`` (``GET /api/v1/schema/{event}``, read once), or None
+        if it publishes none (404, or an answer without them): then :data:`FALLBACK_HANDLERS` stand in."""
+        if event in self._handlers:
+            return self._handlers[event]
+        try:
+            response = self.client().get(f"{self.base}{API}/schema/{event}")
+        except httpx.HTTPError as error:
+            raise AvisoUnavailable(f"aviso-server at {self.base} cannot be reached: {one_line(error)}") from None
+        if response.status_code >= 500 or response.status_code in (401, 403, 429):
+            raise _refusal(response, f"the schema of {event}")
+        found: Mapping[str, Mapping[str, Any]] | None = None
+        if response.status_code == 200:
+            try:
+                identifier = (response.json().get("schema") or {}).get("identifier")
+            except (ValueError, AttributeError):
+                identifier = None
+            if isinstance(identifier, dict) and all(isinstance(rule, dict) for rule in identifier.values()):
+                found = identifier
+        self._handlers[event] = found
+        return found
+
+    def identifier(self, requests: Sequence[Request]) -> tuple[str, dict[str, Any]]:
+        """The event and the server-side filter of ``requests`` (see :func:`identifier_filter`)."""
+        return identifier_filter(requests, self.handlers(requests[0].event))
 
     def health(self) -> None:
         """Reach the server's ``/health`` (raises AvisoUnavailable or the server's refusal)."""
@@ -342,18 +439,56 @@ class AvisoClient:
 
 # -- following a stream -------------------------------------------------------------------------------
 class StreamState:
-    """Where one followed stream stands: what to ask for when it is opened again, and how long silence lasts."""
+    """Where one followed stream stands: what to ask for when it is opened again, how to tell that the server's
+    sequence started again, and how long silence lasts.
+
+    After a notification has been seen, a stream is opened again from the server time of the last one
+    (``from_date``, the server's own clock, so client clocks do not matter), not from the next sequence: then
+    what was posted while we were away comes back even if the server restarted (an in-memory aviso-server
+    numbers from 1 again in a new process; a JetStream stream that was purged or recreated does the same).
+    What we saw already comes again only from that same instant and the follower drops it. Within one server
+    process a later post has a higher sequence, so a post with a later time and a sequence at or below the
+    last one seen — or, opened ``from_id``, a sequence below it, which the server never sends — means the
+    sequence started again (:meth:`went_back`).
+    """
 
     def __init__(self, start: Position) -> None:
         self.start = start
         self.last_sequence: int | None = None
+        self.last_time: dt.datetime | None = None
+        self.last_time_text: str | None = None
+        #: The ``from_id`` of the stream open now (None when opened from a date or live).
+        self.asked_from: int | None = None
         self.heartbeat = DEFAULT_HEARTBEAT_SECONDS
         self._last_beat: float | None = None
 
     def body_start(self) -> dict[str, str]:
-        if self.last_sequence is not None:
-            return {"from_id": str(self.last_sequence + 1)}
-        return start_of(self.start)
+        if self.last_sequence is not None and self.last_time_text is not None:
+            start = {"from_date": self.last_time_text}
+        elif self.last_sequence is not None:
+            start = {"from_id": str(self.last_sequence + 1)}
+        else:
+            start = start_of(self.start)
+        self.asked_from = int(start["from_id"]) if "from_id" in start else None
+        return start
+
+    def went_back(self, sequence: int, posted: dt.datetime | None) -> bool:
+        """True if a notification at ``sequence`` posted at ``posted`` comes from a sequence that started again."""
+        if self.asked_from is not None and sequence < self.asked_from:
+            return True
+        last, last_time = self.last_sequence, self.last_time
+        return last is not None and sequence <= last and None not in (posted, last_time) \
+            and posted > last_time  # type: ignore[operator]
+
+    def seen(self, sequence: int, posted: dt.datetime | None, text: str | None) -> None:
+        if self.last_sequence is None or sequence >= self.last_sequence:
+            self.last_sequence = sequence
+            if posted is not None:
+                self.last_time, self.last_time_text = posted, text
+
+    def start_again(self) -> None:
+        """Follow the new sequence from its start (``from_id`` 1)."""
+        self.start, self.last_sequence, self.last_time, self.last_time_text = Position(0), None, None, None
 
     @property
     def silence(self) -> float:
@@ -383,12 +518,16 @@ class AvisoSource:
                  label: str) -> None:
         self.client = client
         self.requests = list(requests)
-        self.event, self.identifier = identifier_filter(self.requests)
+        self.event = identifier_filter(self.requests)[0]  # refuses several events at once
+        #: The server-side filter, made once the server's schema is read (in the stream's thread).
+        self.identifier: dict[str, Any] | None = None
         self.schema_request = self.requests[0]
         self.state = StreamState(start)
         self.channel = channel
         self.label = label
         self.connections_opened = 0
+        #: How often the server's sequence was seen to start again (a restart or a purge).
+        self.restarts = 0
         #: Why the last attempt failed (None while the stream works).
         self.last_error: Exception | None = None
         self._failures = 0
@@ -453,6 +592,8 @@ class AvisoSource:
                     self._interrupted(error)
 
     def _follow_once(self) -> None:
+        if self.identifier is None:
+            self.identifier = self.client.identifier(self.requests)[1]
         body = {"event_type": self.event, "identifier": self.identifier, **self.state.body_start()}
         self._responses.clear()
         self.state.opened()
@@ -481,7 +622,7 @@ class AvisoSource:
             return False
         if kind in ("live-notification", "replay") and is_notification(data):
             self._connected()
-            self._notification(data)
+            return self._notification(data)
         elif kind == "live-notification" or kind == "replay-control":
             self._connected()
             self._control(data)
@@ -492,16 +633,34 @@ class AvisoSource:
         elif kind == "connection-closing":
             reason = data.get("reason")
             level = logging.INFO if reason == "server_shutdown" else logging.DEBUG
-            log.log(level, "%s: server closed the stream (%s); resuming after sequence %s", self.label, reason,
-                    self.state.last_sequence)
+            log.log(level, "%s: server closed the stream (%s); resuming after sequence %s (posted %s)", self.label,
+                    reason, self.state.last_sequence, self.state.last_time_text)
             return True
         return False
 
-    def _notification(self, data: Mapping[str, Any]) -> None:
+    def _notification(self, data: Mapping[str, Any]) -> bool:
+        """Hand one notification on; True if it shows that the server's sequence started again (then the
+        stream is opened again from the new sequence's start)."""
         notice = received(data)
+        posted = posted_at(notice)
+        if self.state.went_back(notice.sequence, posted):
+            self._started_again(notice, posted)
+            return True
         kv = key_value(self.schema_request, notice)
         self._emit(Feed("events", notice.sequence, [kv] if kv is not None else []))
-        self.state.last_sequence = max(self.state.last_sequence or 0, notice.sequence)
+        self.state.seen(notice.sequence, posted, notice.time)
+        return False
+
+    def _started_again(self, notice: Received, posted: dt.datetime | None) -> None:
+        state = self.state
+        log.warning("%s: aviso-server's sequence went back from %s@%s (posted %s) to %s@%d (posted %s): the server "
+                    "was restarted or its stream purged or recreated; reading the new stream from its start "
+                    "(sequence 1), so posts may be delivered twice", self.label, self.event,
+                    state.last_sequence if state.last_sequence is not None else f"<{state.asked_from}",
+                    state.last_time_text or "?", self.event, notice.sequence, notice.time or "?")
+        self.restarts += 1
+        self._emit(Feed("restarted", 0))
+        state.start_again()
 
     def _control(self, data: Mapping[str, Any]) -> None:
         if data.get("type") == "notification_replay_limit_reached":
@@ -516,14 +675,13 @@ class AvisoSource:
             log.warning("%s: aviso-server could not send notification %s@%d (%s); it is skipped", self.label,
                         self.event, sequence, data.get("message"))
             self._emit(Feed("events", sequence, []))
-            self.state.last_sequence = max(self.state.last_sequence or 0, sequence)
+            self.state.seen(sequence, None, None)
             return
         raise AvisoUnavailable(f"aviso-server stream failed: {data.get('error')}: {data.get('message')}")
 
     def _interrupted(self, error: Exception) -> None:
         self.last_error = AvisoUnavailable(f"aviso-server at {self.client.base}: {one_line(error)}")
-        after = self.state.last_sequence
-        where = f"from sequence {after + 1}" if after is not None else f"from {self.state.body_start()}"
+        where = "from " + ", ".join(f"{name} {value}" for name, value in self.state.body_start().items())
         if not self._failures:
             log.warning("%s interrupted (%s); reopening %s", self.label, one_line(error), where)
         else:
@@ -590,25 +748,34 @@ def replay(client: AvisoClient, request: Request, start: Position,
     """Every post the request matches from ``start`` on (posted before ``before``, UTC, if given), as keys
     at their sequences, through a finite ``/replay`` (reopened after a cut from the last sequence seen);
     and the last sequence seen (0 if none)."""
-    event, identifier = identifier_filter([request])
     state = StreamState(start)
-    kvs: list[KeyValue] = []
+    kvs: dict[tuple[int, str], KeyValue] = {}  # a stream opened again from a time repeats that instant
     for attempt in range(len(RETRY_DELAYS) + 1):
-        body = {"event_type": event, "identifier": identifier, **state.body_start()}
         try:
+            event, identifier = client.identifier([request])
+            body = {"event_type": event, "identifier": identifier, **state.body_start()}
             for kind, data in client.events("replay", body, state.silence):
                 if kind in ("replay", "live-notification") and isinstance(data, dict) and is_notification(data):
                     notice = received(data)
+                    posted = posted_at(notice)
+                    if state.went_back(notice.sequence, posted):  # the server restarted between two tries
+                        log.warning("reading %s: aviso-server's sequence went back from %s to %d (restarted or "
+                                    "purged); reading its new stream from the start", request,
+                                    state.last_sequence, notice.sequence)
+                        kvs.clear()
+                        state.start_again()
+                        raise httpx.RemoteProtocolError("the server's sequence started again")
                     kv = key_value(request, notice)
                     if kv is not None and (before is None or not _posted_at_or_after(notice, before)):
-                        kvs.append(kv)
-                    state.last_sequence = notice.sequence
+                        kvs[(kv.mod_revision, kv.key)] = kv
+                    state.seen(notice.sequence, posted, notice.time)
                 elif kind == "replay-control" and data.get("type") == "notification_replay_limit_reached":
                     raise ReplayLimitReached(
                         f"reading {request}: the aviso-server stopped the replay at its cap of "
-                        f"{data.get('max_allowed')} notifications; the rest of history was not read")
+                        f"{data.get('max_allowed')} notifications; the rest of history was not read (start "
+                        f"later, or raise the server's max_historical_notifications)")
                 elif kind == "connection-closing":
-                    return state.last_sequence or 0, kvs
+                    return state.last_sequence or 0, sorted(kvs.values(), key=lambda kv: kv.mod_revision)
             raise httpx.RemoteProtocolError("the replay ended without connection-closing")
         except (AvisoUnavailable, httpx.HTTPError, SSEError, OSError) as error:
             if attempt == len(RETRY_DELAYS):
@@ -621,15 +788,8 @@ def replay(client: AvisoClient, request: Request, start: Position,
 
 
 def _posted_at_or_after(notice: Received, moment: dt.datetime) -> bool:
-    if not notice.time:
-        return False
-    try:
-        posted = dt.datetime.fromisoformat(str(notice.time).replace("Z", "+00:00"))
-    except ValueError:
-        return False
-    if posted.tzinfo is not None:
-        posted = posted.astimezone(dt.UTC).replace(tzinfo=None)
-    return posted >= moment
+    posted = posted_at(notice)
+    return posted is not None and posted >= moment
 
 
 def replay_window(store: Store, requests: Sequence[Request], start: dt.datetime,

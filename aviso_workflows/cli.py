@@ -26,7 +26,7 @@ import yaml
 from . import __version__, aviso2, server
 from .config import resolve_config, state_dir
 from .documents import read_document
-from .errors import AvisoWorkflowsError, ValidationError, WaitTimeout
+from .errors import AvisoWorkflowsError, StoreError, ValidationError, WaitTimeout
 from .listen import Cursor, Position, listen, start_position
 from .listeners import DeadLetters, Listener, Runtime, Stopped, dispatch, load_listener_file
 from .request import Request, check_timeout, parse_pairs
@@ -462,6 +462,10 @@ def _who_argument(parser: argparse.ArgumentParser) -> None:
 
 def cmd_waiting(args: argparse.Namespace) -> int:
     store = store_from_args(args)
+    if store.aviso is not None:  # the registry is etcd keys; an aviso-server has no such thing to read
+        raise StoreError(f"waiting: {store.config.endpoints[0]} is an aviso-server, which keeps no registry of "
+                         "waiters; run `aviso-workflows waiting --endpoint URL` with the etcd endpoint behind "
+                         "the server (the one `aviso-workflows serve --endpoint` uses)")
     for waiter in list_waiters(store, parse_filters(args.filters)):
         print(json.dumps(waiter.to_dict()) if args.json else format_waiter(waiter), flush=True)
     return EXIT_OK

@@ -40,7 +40,8 @@ DEFAULT_CAPACITY = 10_000
 class Feed:
     """What a source produced: ``events`` (puts in write order, through ``revision``), ``snapshot`` (the
     keys modified after a revision, as held at ``revision``), ``progress`` (nothing more up to
-    ``revision``) or ``compacted`` (history before ``revision`` is gone; a snapshot at it follows).
+    ``revision``), ``compacted`` (history before ``revision`` is gone; a snapshot at it follows) or
+    ``restarted`` (the store numbers from the start again; what follows is fed from there).
     """
 
     kind: str
@@ -78,6 +79,8 @@ class Follower:
             self.on_progress(feed.revision)
         elif feed.kind == "compacted":
             self.on_compacted(feed.revision)
+        elif feed.kind == "restarted":
+            self.on_restarted()
         elif feed.kind == "failure" and feed.error is not None:
             raise feed.error
         else:
@@ -105,6 +108,13 @@ class Follower:
         log.warning("%s: history from revision %d to %d was compacted; posts in it that were overwritten "
                     "are not delivered, only the latest post of each key (the state at revision %d)",
                     self.label, self.frontier.resume_revision, revision, revision)
+
+    def on_restarted(self) -> None:
+        """The store's sequence started again (an aviso-server restarted, a stream purged): what follows is
+        fed from its start, so the frontier (and, once nothing is queued, the position) goes back to it."""
+        self.frontier = Position(0)
+        if not self._pending and not self._in_hand and self._held is None:
+            self.position = Position(0)
 
     # -- what the consumer takes -----------------------------------------------------------------
     def pop(self) -> Notification | None:
