@@ -47,10 +47,10 @@ if not AVISO2.exists():
 
 # -- serve ------------------------------------------------------------------------------------------
 @contextmanager
-def running_serve(etcd_url: str, port: int, log: Path) -> Iterator[str]:
+def running_serve(etcd_url: str, port: int, log: Path, *options: str) -> Iterator[str]:
     """``aviso-workflows serve`` on 127.0.0.1:``port``; stopped by its pid (SIGTERM, then SIGKILL)."""
     with log.open("a") as output:
-        process = subprocess.Popen([*SERVE, "--port", str(port), "--endpoint", etcd_url],
+        process = subprocess.Popen([*SERVE, "--port", str(port), "--endpoint", etcd_url, *options],
                                    stdout=output, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -348,8 +348,9 @@ def test_pyaviso2_listener_resumes_across_restarts_of_serve_and_itself(etcd_url:
 
 
 # -- replay windows, schema and admin (aviso-server's routes, src/routes/{replay,schema,admin}.rs, 0.7.1) ------
-def _replay_printed(url: str, home: Path, identifier: dict[str, str], *window: str) -> list[dict[str, Any]]:
-    done = aviso2(url, home, "replay", "--json", *window, "--event", "mars",
+def _replay_printed(url: str, home: Path, identifier: dict[str, str], *window: str,
+                    event: str = "mars") -> list[dict[str, Any]]:
+    done = aviso2(url, home, "replay", "--json", *window, "--event", event,
                   *(arg for k, v in identifier.items() for arg in ("--identifier", f"{k}={v}")))
     assert done.returncode == 0, done.stderr
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
@@ -426,3 +427,38 @@ def test_pyaviso2_admin_delete_wipe_stream_and_wipe_all(tmp_path: Path) -> None:
     assert wiped.returncode == 0 and after_wipe == [], wiped.stderr
     assert len(diss_left) == 1, "a stream's wipe leaves the other events"
     assert everything.returncode == 0 and diss_after == [], everything.stderr
+
+
+AREA_CONFIG = """
+notification_schema:
+  area:
+    payload: {required: true}
+    topic: {base: "area", key_order: ["date", "time"]}
+    identifier:
+      date: {type: DateHandler, canonical_format: "%Y%m%d", required: false}
+      time: {type: TimeHandler, required: false}
+      polygon: {type: PolygonHandler, required: true}
+"""
+SQUARE = "(10.0,10.0,10.0,20.0,20.0,20.0,20.0,10.0,10.0,10.0)"
+FAR = "(50.0,50.0,50.0,60.0,60.0,60.0,50.0,50.0)"
+
+
+def test_pyaviso2_against_serve_with_an_aviso_server_configuration(etcd_url: str, tmp_path: Path,
+                                                                    unique_date: str) -> None:
+    """``serve --aviso-server-config``: pyaviso 2 posts polygon events with JSON payloads and replays them with a
+    point filter; the payload comes back as posted, the time as aviso-server writes it (``1200``)."""
+    config = tmp_path / "config.yaml"
+    config.write_text(AREA_CONFIG)
+    with running_serve(etcd_url, server.free_port(), tmp_path / "serve.log", "--aviso-server-config",
+                       str(config)) as url:
+        for polygon, files in ((SQUARE, ["a.grib"]), (FAR, ["b.grib"])):
+            done = aviso2(url, tmp_path, "notify", f"event=area,date={unique_date},time=12,data="
+                          + json.dumps({"files": files}, separators=(",", ":")), "--identifier", f"polygon={polygon}")
+            assert done.returncode == 0, done.stderr
+        refused = aviso2(url, tmp_path, "notify", f"event=area,date={unique_date},time=12,data=\"x\"")
+        printed = _replay_printed(url, tmp_path, {"date": unique_date, "point": "15,15"}, "--from", "1", event="area")
+
+    assert refused.returncode != 0 and "Required field 'polygon' missing" in refused.stderr + refused.stdout
+    assert [(n["identifier"], n["payload"]) for n in printed] == [
+        ({"date": unique_date, "time": "1200", "polygon": SQUARE}, {"files": ["a.grib"]})]
+
