@@ -67,23 +67,31 @@ class Removed:
         return sequence in self.sequences or sequence // SEQUENCE_SLOTS <= self.wiped_at
 
 
-def removed(store: Store, event: str) -> Removed:
-    """The markers of ``event`` (none if the store's user may not read them)."""
+def _markers(schema: EventSchema) -> str:
+    """Where the markers of an event's keys are: named by the keys' prefix, not the event's name, so a built-in
+    ``mars`` and a configured one on the same etcd do not share them."""
+    return f"{MARKERS}{event_prefix(schema).strip('/')}/"
+
+
+def removed(store: Store, schema: EventSchema) -> Removed:
+    """The markers of ``schema``'s keys (none if the store's user may not read them)."""
+    markers = _markers(schema)
     try:
-        _, kvs = store.gateway.range_all(f"{MARKERS}{event}/")
+        _, kvs = store.gateway.range_all(markers)
     except PermissionDenied:
         return Removed()
-    sequences = {int(kv.key.rsplit("/", 1)[1]) for kv in kvs if kv.key.startswith(f"{MARKERS}{event}/deleted/")}
-    wiped = [int(kv.value) for kv in kvs if kv.key == f"{MARKERS}{event}/wiped" and kv.value.isdigit()]
+    sequences = {int(kv.key.rsplit("/", 1)[1]) for kv in kvs if kv.key.startswith(f"{markers}deleted/")}
+    wiped = [int(kv.value) for kv in kvs if kv.key == f"{markers}wiped" and kv.value.isdigit()]
     return Removed(frozenset(sequences), max(wiped, default=0))
 
 
-def _wipe(store: Store, event: str, prefix: str) -> None:
-    """Delete every key under ``prefix``, then mark the event wiped up to the revision of that delete."""
+def _wipe(store: Store, schema: EventSchema) -> None:
+    """Delete every key of the event, then mark it wiped up to the revision of that delete."""
+    prefix = event_prefix(schema)
     whole = range_op(prefix, prefix_of=prefix)
     delete = {"request_delete_range": {"key": whole["key"], "range_end": whole["range_end"]}}
     revision = int(store.gateway.txn([], [delete])["header"]["revision"])
-    store.gateway.txn([], [put_op(f"{MARKERS}{event}/wiped", str(revision))])
+    store.gateway.txn([], [put_op(f"{_markers(schema)}wiped", str(revision))])
 
 
 def _delete_sequence(store: Store, prefix: str, schemas: list[EventSchema], schema: EventSchema,
@@ -94,12 +102,12 @@ def _delete_sequence(store: Store, prefix: str, schemas: list[EventSchema], sche
     _, written = store.gateway.range_all(prefix, min_mod_revision=revision, max_mod_revision=revision)
     keys = sorted({kv.key for kv in written if any(s.parse_key(kv.key) is not None for s in schemas)},
                   key=lambda key: (key_order(key), key))
-    if index >= len(keys) or schema.parse_key(keys[index]) is None or removed(store, schema.name).hides(sequence):
+    if index >= len(keys) or schema.parse_key(keys[index]) is None or removed(store, schema).hides(sequence):
         return False
     key = keys[index]
     still = [{"key": b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": revision}]
     delete = {"request_delete_range": {"key": b64(key)}}
-    marker = put_op(f"{MARKERS}{schema.name}/deleted/{sequence}", key)
+    marker = put_op(f"{_markers(schema)}deleted/{sequence}", key)
     store.gateway.txn(still, [delete, marker], [marker])  # written again since: the newer post stays, marked
     return True
 
@@ -166,7 +174,7 @@ def admin_router(state: ServeState) -> APIRouter:
             return answer(request, 500, {"success": False, "message": f"Failed to wipe stream: stream {name!r} is "
                                          f"not served; streams: {', '.join(sorted(state.registry.names()))}"})
         store = writer(request, schema)
-        failed = await run(request, lambda: _wipe(store, schema.name, event_prefix(schema)), "Failed to wipe stream")
+        failed = await run(request, lambda: _wipe(store, schema), "Failed to wipe stream")
         return failed or answer(request, 200, {"success": True, "message": f"Successfully wiped stream: {name}"})
 
     @router.delete("/api/v1/admin/wipe/all")
@@ -175,7 +183,7 @@ def admin_router(state: ServeState) -> APIRouter:
 
         def work() -> None:
             for store, schema in stores:
-                _wipe(store, schema.name, event_prefix(schema))
+                _wipe(store, schema)
 
         failed = await run(request, work, "Failed to wipe all data")
         return failed or answer(request, 200, {"success": True, "message": "Successfully wiped all data"})

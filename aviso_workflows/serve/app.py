@@ -259,7 +259,7 @@ async def _plan(state: ServeState, request: HttpRequest, kind: str) -> StreamPla
         if state.auth.mode == "etcd":
             await asyncio.to_thread(_may_read, store, state.hub.prefix)
         start = await asyncio.to_thread(_start, store, following, api)
-        hidden = await asyncio.to_thread(removed, store, api.event_type) if start is not None else None
+        hidden = await asyncio.to_thread(removed, store, following.schema) if start is not None else None
     except PermissionDenied as error:
         raise refusal(error) from None
     except StoreError as error:
