@@ -50,6 +50,8 @@ class ServeTarget:
     """serve on a free loopback port with aviso-server's configuration; start/stop/restart keep the port."""
 
     fresh_after_restart = False
+    #: ``to_id``/``to_date`` end a replay here (not in aviso-server 0.7.1; newer servers have them).
+    takes_replay_end = True
 
     def __init__(self, heartbeat: float = 1.0, replay_cap: int | None = None, **_: Any) -> None:
         folder = Path(tempfile.mkdtemp(prefix="serve-target-"))

@@ -150,9 +150,12 @@ def test_enum_constraints_ignore_case(aviso_server_url: str, day: str) -> None:
     ({"from_id": 1}, 400, "INVALID_REQUEST_SHAPE", ""),
     ({}, 400, "INVALID_REPLAY_REQUEST", "requires either from_id or from_date"),
 ])
-def test_replay_starting_points(aviso_server_url: str, body: dict, status: int, code: str, words: str) -> None:
+def test_replay_starting_points(aviso_server: ServerUnderTest, aviso_server_url: str, body: dict, status: int,
+                                code: str, words: str) -> None:
     """src/types/request.rs (0.7.1): top-level fields are event_type, identifier, from_id (a string),
     from_date, payload — no ``to_id``/``to_date``; one start at most; a replay needs one."""
+    if code == "UNKNOWN_FIELD" and getattr(aviso_server, "takes_replay_end", False):
+        pytest.skip("this server takes to_id/to_date as newer aviso-servers do (for pyaviso 2.4.2's replay --until)")
     got, answer = refused(aviso_server_url, "/api/v1/replay",
                           {"event_type": "mars", "identifier": {"class": "od"}, **body})
     assert (got, answer["code"]) == (status, code) and words in answer["message"]
