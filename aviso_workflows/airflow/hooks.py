@@ -78,7 +78,8 @@ class AvisoHook(BaseHook):
     def _fallback(self, missing: AirflowNotFoundException) -> Store:
         """Only the default connection falls back: a named connection that is missing is a mistake to report."""
         if self.aviso_conn_id != self.default_conn_name:
-            raise missing
+            raise AirflowNotFoundException(f"connection {self.aviso_conn_id!r} is not defined; "
+                                           + how_to_create(self.aviso_conn_id)) from missing
         config = resolve_config()
         said = f"no {self.aviso_conn_id!r} connection: using {','.join(config.endpoints)} from " \
                f"{_endpoints_source()}, as the command line does"
@@ -131,8 +132,19 @@ def _failed(task: asyncio.Task[Connection]) -> bool:
 
 
 def store_from_connection(conn: Connection) -> Store:
-    """Translate a Connection into the core's StoreConfig and Store."""
+    """Translate a Connection into the core's StoreConfig and Store (refused if it is not an ``aviso`` one)."""
+    if conn.conn_type and conn.conn_type != AvisoHook.conn_type:
+        raise ValidationError("aviso_conn_id", conn.conn_id, f"the connection is of type {conn.conn_type!r}, "
+                              f"not 'aviso'; {how_to_create(conn.conn_id)}")
     return Store(config=config_from_connection(conn))
+
+
+def how_to_create(conn_id: str) -> str:
+    """How to make ``conn_id`` an ``aviso`` connection, for error messages."""
+    variable = "AIRFLOW_CONN_" + conn_id.upper()
+    return (f"create it with `airflow connections add {conn_id} --conn-type aviso --conn-host ETCD_HOST "
+            f"--conn-port 2379` (or in the UI: Admin > Connections, type \"Aviso (etcd)\"), or set {variable}="
+            "'{\"conn_type\": \"aviso\", \"host\": \"ETCD_HOST\", \"port\": 2379}'")
 
 
 def config_from_connection(conn: Connection) -> StoreConfig:

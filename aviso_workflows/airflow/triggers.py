@@ -7,6 +7,7 @@ threads and share one etcd watch per store and prefix, however many triggers run
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import itertools
 import json
 import logging
@@ -15,13 +16,17 @@ from collections.abc import AsyncGenerator, AsyncIterator, Hashable, Sequence
 from contextlib import aclosing
 from typing import Any
 
+from airflow.sdk import conf
 from airflow.triggers.base import BaseEventTrigger, BaseTrigger, TriggerEvent
 from airflow.triggers.shared_stream import AdvanceItem, SharedStreamProducer
 
+from .. import aviso2
 from ..errors import AvisoWorkflowsError, ValidationError, WaitTimeout
 from ..etcd import WatchIdle
 from ..listen import END_OF_REVISION, HUB, Position, listen_async, wait_async
 from ..position import place
+from ..request import Request
+from ..status_chain import revision_window
 from ..store import Notification, Store
 from ..watch import one_line
 from . import _requests
@@ -35,6 +40,10 @@ CURSOR_KEY = "aviso_cursor"
 MAX_BATCH = 500
 #: Seconds at least between two asset events of one watcher (``event_interval``): see NotificationStream.
 DEFAULT_EVENT_INTERVAL = 5.0
+#: Where a new asset watcher starts: see AvisoEventTrigger.
+START_FROM = ("unpause", "now")
+#: Seconds added to Airflow's parse intervals when a new watcher looks back (its start takes a moment too).
+START_MARGIN = 30.0
 #: Seconds between two looks at the health of the shared watch a deferred sensor waits on.
 OUTAGE_CHECK_SECONDS = 1.0
 #: Bound on saving the position (the triggerer's channel stops answering while it shuts down).
@@ -140,16 +149,32 @@ class AvisoEventTrigger(BaseEventTrigger):
     acknowledged shared stream: the position moves past a notification only once Airflow has stored
     its asset event, so a triggerer that stops or dies resumes at the first notification not yet
     stored. Without a state store (a trigger run by hand) it starts from now.
+
+    Where a watcher starts (``start_from``): Airflow starts an asset's watcher only at the first parse of
+    its DAG after the DAG is deployed or unpaused, up to ``[dag_processor] min_file_process_interval``
+    (a new file: ``refresh_interval``) later. With ``"unpause"`` (the default) a watcher with no saved
+    position starts at the first notification posted ``start_lookback`` seconds before it started
+    (default: the longer of those two intervals plus 30 s), so nothing posted since the DAG was deployed
+    or unpaused is missed; one with a saved position resumes after it, so what was posted while the DAG
+    was paused comes on unpause. With ``"now"`` each new watcher (a deploy, an unpause) starts from now
+    and what was posted while the DAG was paused is skipped; a triggerer restart still resumes.
     """
 
     def __init__(self, *, event: str, request: dict[str, Any], aviso_conn_id: str = AvisoHook.default_conn_name,
-                 event_interval: float = DEFAULT_EVENT_INTERVAL, **kwargs: Any) -> None:
+                 event_interval: float = DEFAULT_EVENT_INTERVAL, start_from: str = "unpause",
+                 start_lookback: float | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         # Checked here, so a typo is an import error of the DAG file rather than a watcher failing in a loop.
         _requests.check_static(event, request, templates=False)
         _requests.check_conn_id(aviso_conn_id)
-        if isinstance(event_interval, bool) or not isinstance(event_interval, int | float) or event_interval < 0:
+        if not _seconds(event_interval):
             raise ValidationError("event_interval", event_interval, "expected a number of seconds >= 0")
+        if start_from not in START_FROM:
+            raise ValidationError("start_from", start_from, "expected one of: " + ", ".join(START_FROM))
+        if start_lookback is not None and not _seconds(start_lookback):
+            raise ValidationError("start_lookback", start_lookback, "expected a number of seconds >= 0, or None")
+        self.start_from = start_from
+        self.start_lookback = None if start_lookback is None else float(start_lookback)
         self.event = event
         self.request = request
         self.aviso_conn_id = aviso_conn_id
@@ -158,19 +183,21 @@ class AvisoEventTrigger(BaseEventTrigger):
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return f"{type(self).__module__}.{type(self).__qualname__}", {
             "event": self.event, "request": self.request, "aviso_conn_id": self.aviso_conn_id,
-            "event_interval": self.event_interval,
+            "event_interval": self.event_interval, "start_from": self.start_from,
+            "start_lookback": self.start_lookback,
         }
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Used when run by hand: the position is saved when the caller asks for the next event."""
-        gatherer = Gatherer(_follow(self.serialize()[1], self.asset_state_store))
+        state = WatcherState(self.asset_state_store, self.trigger_id)
+        gatherer = Gatherer(_follow(self.serialize()[1], state))
         try:
             while True:
                 batch = await gatherer.take()
                 try:
                     yield TriggerEvent(batch_payload(batch))
                 finally:
-                    await _save_position(self.asset_state_store, Position(batch[-1].revision, batch[-1].key))
+                    await state.save(Position(batch[-1].revision, batch[-1].key))
         finally:
             await gatherer.close()
 
@@ -179,7 +206,7 @@ class AvisoEventTrigger(BaseEventTrigger):
         if self.asset_state_store is None:
             return None
         key = _stream_key(*self.serialize())
-        _STATE_STORES[key] = self.asset_state_store
+        _STATE_STORES[key] = WatcherState(self.asset_state_store, self.trigger_id)
         return key
 
     @classmethod
@@ -191,9 +218,29 @@ class AvisoEventTrigger(BaseEventTrigger):
             yield TriggerEvent(payload)
 
 
-#: The asset state store of each event trigger running in this process, by stream key: the triggerer
-#: builds a stream's producer from the trigger's serialized arguments alone.
-_STATE_STORES: dict[tuple[str, str], Any] = {}
+def _seconds(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and value >= 0
+
+
+class WatcherState:
+    """An asset's state store as one watcher (trigger ``trigger_id``) uses it: where it is, and who saved it."""
+
+    def __init__(self, store: Any, trigger_id: int | None) -> None:
+        self.store = store
+        self.trigger_id = trigger_id
+
+    async def saved(self, name: str) -> Any:
+        return await self.store.aget(name) if self.store is not None else None
+
+    async def save(self, position: Position) -> None:
+        if self.store is not None:
+            await self.store.aset(CURSOR_KEY, {"revision": position.revision, "key": position.key,
+                                               "trigger": self.trigger_id})
+
+
+#: The state of each event trigger running in this process, by stream key: the triggerer builds a
+#: stream's producer from the trigger's serialized arguments alone.
+_STATE_STORES: dict[tuple[str, str], WatcherState] = {}
 
 
 def _stream_key(classpath: str, kwargs: dict[str, Any]) -> tuple[str, str]:
@@ -258,15 +305,15 @@ class NotificationStream(SharedStreamProducer):
     have passed gives the scheduler time to consume the row, so the next event makes a row of its own.
     """
 
-    def __init__(self, arguments: dict[str, Any], state_store: Any) -> None:
+    def __init__(self, arguments: dict[str, Any], state: WatcherState) -> None:
         self.arguments = arguments
-        self.state_store = state_store
+        self.state = state
         self.event_interval = float(arguments.get("event_interval", DEFAULT_EVENT_INTERVAL))
         self.unconfirmed = asyncio.Semaphore(1)
         self.last_stored: float | None = None
 
     async def open_stream(self) -> AsyncGenerator[tuple[dict[str, Any], Position], None]:
-        gatherer = Gatherer(_follow(self.arguments, self.state_store))
+        gatherer = Gatherer(_follow(self.arguments, self.state))
         try:
             while True:
                 await gatherer.ready()
@@ -289,40 +336,70 @@ class NotificationStream(SharedStreamProducer):
             self.unconfirmed.release()
         if stored:
             self.last_stored = time.monotonic()
-            await asyncio.wait_for(_save_position(self.state_store, stored[-1].broker_payload), SAVE_SECONDS)
+            await asyncio.wait_for(self.state.save(stored[-1].broker_payload), SAVE_SECONDS)
         if len(stored) < len(batch):  # ending the stream makes the triggerer start the watcher again from here
             missed = batch[len(stored)]
             raise AvisoWorkflowsError(f"Airflow did not confirm storing the asset event of {missed.broker_payload.key} "
                                       f"({missed.outcome}); the watcher resumes before it")
 
 
-async def _follow(arguments: dict[str, Any], state_store: Any) -> AsyncGenerator[Notification, None]:
+async def _follow(arguments: dict[str, Any], state: WatcherState) -> AsyncGenerator[Notification, None]:
     """The notifications of an event trigger's ``arguments`` after its saved position, as they come."""
     store = await AvisoHook(arguments.get("aviso_conn_id", AvisoHook.default_conn_name)).aget_conn()
     request = store.request(arguments["event"], arguments["request"])
-    async with aclosing(listen_async(store, [request], after=await _load_position(state_store, store))) as found:
+    start = await _load_position(state, store, request, arguments.get("start_from", "unpause"),
+                                 arguments.get("start_lookback"))
+    async with aclosing(listen_async(store, [request], after=start)) as found:
         async for notification in found:
             yield notification
 
 
-async def _load_position(state_store: Any, store: Store) -> Position:
-    """The saved position, or now (saved at once, so a watcher that stops early misses nothing after it).
+async def _load_position(state: WatcherState, store: Store, request: Request, start_from: str = "unpause",
+                         lookback: float | None = None) -> Position:
+    """The saved position, or where a new watcher starts (saved at once, so a watcher that stops early misses
+    nothing after it).
 
     Two entries say where the watcher is: its own position (moved once Airflow confirms storing an event)
     and ``aviso_stored``, written by the plugin's listener in the very transaction that stores an event;
     the later one wins, so notifications whose events were stored before a crash are not stored again.
     """
-    found = [position for position in [_position(await state_store.aget(name)) if state_store is not None else None
-                                       for name in (CURSOR_KEY, STORED_KEY)] if position is not None]
+    own = await state.saved(CURSOR_KEY)
+    found = [position for position in (_position(own), _position(await state.saved(STORED_KEY)))
+             if position is not None]
+    if start_from == "now" and isinstance(own, dict) and own.get("trigger") != state.trigger_id:
+        found = []  # a new watcher (deployed or unpaused again): what came meanwhile is skipped
     if found:
         position = max(found, key=lambda p: place(p.revision, p.key))
         log.info("asset watcher resumes after its saved position: revision %d, key %s", position.revision,
                  position.key)
         return position
-    position = await asyncio.to_thread(store.now)
-    log.info("asset watcher starts from now: revision %d (no saved position)", position.revision)
-    await _save_position(state_store, position)
+    if start_from == "now" or state.store is None:
+        position = await asyncio.to_thread(store.now)
+        log.info("asset watcher starts from now: revision %d (no saved position)", position.revision)
+    else:
+        seconds = lookback if lookback is not None else default_lookback()
+        since = dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(seconds=seconds)  # naive UTC, as stored
+        position = await asyncio.to_thread(_first_since, store, request, since)
+        log.info("asset watcher starts at the first notification posted since %s (%.0f s before it started, "
+                 "no saved position): after revision %d", since.strftime("%H:%M:%S"), seconds, position.revision)
+    await state.save(position)
     return position
+
+
+def default_lookback() -> float:
+    """How long before its start a new watcher looks: Airflow starts it up to a parse interval after its DAG is
+    deployed (a new file is found every ``refresh_interval``) or unpaused (``min_file_process_interval``)."""
+    intervals = [conf.getfloat("dag_processor", name, fallback=fallback)
+                 for name, fallback in (("min_file_process_interval", 30.0), ("refresh_interval", 300.0))]
+    return max(intervals) + START_MARGIN
+
+
+def _first_since(store: Store, request: Request, since: dt.datetime) -> Position:
+    """The position just before the first notification posted at or after ``since`` (else now)."""
+    if store.aviso is not None:
+        return aviso2.since(since)
+    windows = [window for key in request.status_keys() if (window := revision_window(store, key, since))]
+    return Position(min(window[0] for window in windows) - 1) if windows else store.now()
 
 
 def _position(saved: Any) -> Position | None:
@@ -330,9 +407,3 @@ def _position(saved: Any) -> Position | None:
     if isinstance(saved, dict) and isinstance(revision, int):
         return Position(revision, str(saved.get("key", END_OF_REVISION)))
     return None
-
-
-async def _save_position(state_store: Any, position: Position) -> None:
-    if state_store is not None:
-        await state_store.aset(CURSOR_KEY, {"revision": position.revision, "key": position.key})
-

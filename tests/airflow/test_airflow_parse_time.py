@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import subprocess
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -151,8 +152,43 @@ def test_missing_default_connection_falls_back_to_the_command_line_settings(
 def test_a_missing_named_connection_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
     from airflow.sdk.exceptions import AirflowNotFoundException
 
-    with pytest.raises(AirflowNotFoundException):
+    with pytest.raises(AirflowNotFoundException, match="connection 'aviso_nowhere' is not defined; create it with "
+                                                       "`airflow connections add aviso_nowhere --conn-type aviso"):
         AvisoHook("aviso_nowhere").get_conn()
+
+
+def test_a_connection_of_another_type_is_named_with_how_to_make_it_right(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_AVISO_HTTP", json.dumps({"conn_type": "http", "host": "example.org"}))
+    with pytest.raises(ValidationError, match="aviso_conn_id: 'aviso_http' is not valid; the connection is of type "
+                                              "'http', not 'aviso'; create it with .*AIRFLOW_CONN_AVISO_HTTP="):
+        AvisoHook("aviso_http").get_conn()
+
+
+MISSING_CONNECTION_DAG = """
+from airflow.sdk import DAG
+from aviso_workflows.airflow import AvisoSensor
+
+with DAG("aviso_missing_connection", schedule=None):
+    AvisoSensor(task_id="wait", event="mars", request={"class": "od", "expver": 1, "domain": "g", "stream": "oper",
+                "time": 0, "date": "20300101", "step": 0}, aviso_conn_id="aviso_nowhere", deferrable=True)
+"""
+
+
+@pytest.mark.slow
+def test_airflow_dags_test_names_a_missing_connection_and_how_to_create_it(airflow_env: dict[str, str],
+                                                                          tmp_path: Path) -> None:
+    """The first look of the sensor, which ``airflow dags test`` runs, says which connection is missing and how
+    to create it (DAG parsing does not read connections: Airflow discourages it, and the DAG processor may lack
+    the worker's secrets)."""
+    from airflow_helpers import AIRFLOW
+
+    (tmp_path / "missing.py").write_text(MISSING_CONNECTION_DAG)
+    env = {**airflow_env, "AIRFLOW__CORE__DAGS_FOLDER": str(tmp_path)}
+    done = subprocess.run([str(AIRFLOW), "dags", "test", "aviso_missing_connection"], env=env, capture_output=True,
+                          text=True, timeout=180)
+    said = done.stdout + done.stderr
+    assert "connection 'aviso_nowhere' is not defined; create it with `airflow connections add aviso_nowhere " \
+           "--conn-type aviso" in said, said[-3000:]
 
 
 def later_etcd(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, after: float) -> tuple[threading.Timer, Path]:
@@ -281,12 +317,45 @@ def test_asset_watcher_event_interval_is_checked() -> None:
 def test_asset_watcher_logs_where_it_starts(store: Store, caplog: pytest.LogCaptureFixture) -> None:
     from airflow_helpers import MemoryStateStore
 
-    from aviso_workflows.airflow.triggers import _load_position
+    from aviso_workflows.airflow.triggers import WatcherState, _load_position
 
-    state = MemoryStateStore()
+    state = WatcherState(MemoryStateStore(), 1)
+    request = store.request("mars", FIELDS)
     with caplog.at_level(logging.INFO, logger="aviso_workflows.airflow.triggers"):
-        first = asyncio.run(_load_position(state, store))
-        again = asyncio.run(_load_position(state, store))
+        first = asyncio.run(_load_position(state, store, request, "now"))
+        again = asyncio.run(_load_position(state, store, request, "now"))
     said = [r.getMessage() for r in caplog.records]
     assert f"asset watcher starts from now: revision {first.revision} (no saved position)" in said
     assert any(f"resumes after its saved position: revision {again.revision}" in line for line in said), said
+
+
+def test_a_new_watcher_starts_before_what_was_posted_since_its_dag_was_unpaused(store: Store,
+                                                                                unique_date: str) -> None:
+    """Airflow starts a watcher up to a parse interval after the unpause: a post in between is not missed."""
+    from airflow_helpers import MemoryStateStore
+
+    from aviso_workflows.airflow.triggers import WatcherState, _load_position
+
+    request = store.request("mars", {**FIELDS, "date": unique_date})
+    posted = store.notify("mars", {**FIELDS, "date": unique_date, "step": 0})  # after the unpause, before the start
+    state = WatcherState(MemoryStateStore(), 1)
+    start = asyncio.run(_load_position(state, store, request, "unpause", 60.0))
+    assert start.revision < posted.revisions[0]
+    assert state.store.values["aviso_cursor"]["revision"] == start.revision, "saved at once"
+
+
+def test_from_now_skips_what_came_while_paused_but_a_restart_resumes(store: Store) -> None:
+    from airflow_helpers import MemoryStateStore
+
+    from aviso_workflows.airflow.triggers import WatcherState, _load_position
+
+    request = store.request("mars", FIELDS)
+    memory = MemoryStateStore()
+    first = asyncio.run(_load_position(WatcherState(memory, 1), store, request, "now"))
+    store.notify("mars", {**FIELDS, "date": "20300101", "step": 0})
+    restarted = asyncio.run(_load_position(WatcherState(memory, 1), store, request, "now"))
+    assert restarted == first, "the same trigger (a triggerer restart) resumes"
+    unpaused = asyncio.run(_load_position(WatcherState(memory, 2), store, request, "now"))
+    assert unpaused.revision == store.current_revision(), "a new trigger (an unpause) starts from now"
+    resumed = asyncio.run(_load_position(WatcherState(memory, 3), store, request, "unpause"))
+    assert resumed == unpaused, "by default a new trigger resumes after the saved position"

@@ -34,7 +34,7 @@ from live_stack import LiveStack, eventually
 
 from aviso_workflows import Store
 from aviso_workflows.airflow import AvisoEventTrigger
-from aviso_workflows.airflow.triggers import CURSOR_KEY, NotificationStream
+from aviso_workflows.airflow.triggers import CURSOR_KEY, NotificationStream, WatcherState
 from aviso_workflows.errors import AvisoWorkflowsError
 from aviso_workflows.listen import Position
 
@@ -297,7 +297,7 @@ class Watcher:
 
         self.manager = SharedStreamManager()
         self.trigger = AvisoEventTrigger(event="mars", request=dict(STREAM_DATA), aviso_conn_id=aviso_conn,
-                                         event_interval=event_interval)
+                                         event_interval=event_interval, start_from="now")
         self.trigger.asset_state_store = state  # type: ignore[assignment]
         self.key = self.trigger.shared_stream_key()
         assert self.key is not None, "a watcher with a state store uses the acknowledged stream"
@@ -372,10 +372,10 @@ async def test_unconfirmed_event_stops_the_position_and_the_stream() -> None:
     from airflow.triggers.shared_stream import AdvanceItem, AdvanceOutcome
 
     state = MemoryStateStore()
-    stream = NotificationStream({"event": "mars", "request": STREAM_DATA}, state)
+    stream = NotificationStream({"event": "mars", "request": STREAM_DATA}, WatcherState(state, 1))
     stored, failed, after = Position(7, "/ec/mars/a"), Position(8, "/ec/mars/b"), Position(9, "/ec/mars/c")
     with pytest.raises(AvisoWorkflowsError, match="/ec/mars/b"):
         await stream.advance([AdvanceItem(stored, AdvanceOutcome(acked=1, failed=0)),
                               AdvanceItem(failed, AdvanceOutcome(acked=0, failed=1)),
                               AdvanceItem(after, AdvanceOutcome(acked=1, failed=0))])
-    assert state.values[CURSOR_KEY] == {"revision": 7, "key": "/ec/mars/a"}
+    assert state.values[CURSOR_KEY] == {"revision": 7, "key": "/ec/mars/a", "trigger": 1}

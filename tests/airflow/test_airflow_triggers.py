@@ -211,4 +211,4 @@ def test_message_queue_trigger_uses_the_aviso_scheme() -> None:
     assert isinstance(trigger.trigger, AvisoEventTrigger)
     assert trigger.serialize() == ("aviso_workflows.airflow.triggers.AvisoEventTrigger",
                                    {"event": "mars", "request": {"class": "od"}, "aviso_conn_id": "x",
-                                    "event_interval": 5.0})
+                                    "event_interval": 5.0, "start_from": "unpause", "start_lookback": None})
