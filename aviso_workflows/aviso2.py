@@ -579,7 +579,7 @@ class AvisoSource:
         while not self._stop.is_set():
             try:
                 self._follow_once()
-            except (ReplayLimitReached, AvisoRefused) as error:
+            except (ReplayLimitReached, AvisoRefused, ValidationError) as error:  # the same again would fail
                 self._emit(Feed("failure", 0, error=error))
                 return
             except AvisoServerError as error:
@@ -595,6 +595,7 @@ class AvisoSource:
         if self.identifier is None:
             self.identifier = self.client.identifier(self.requests)[1]
         body = {"event_type": self.event, "identifier": self.identifier, **self.state.body_start()}
+        log.debug("%s: opening /watch %s", self.label, json.dumps(body))
         self._responses.clear()
         self.state.opened()
         self.connections_opened += 1

@@ -68,6 +68,10 @@ def test_identifier_covers_every_request_in_forms_the_server_accepts() -> None:
     # Without the server's schema: our enums may be its free strings, so they are left to our side.
     assert identifier_filter([one]) == ("mars", {"date": "20260101", "expver": "0001", "time": "0000",
                                                  "step": {"between": [0, 12]}})
+    # A server that requires one date cannot be asked for two: said at once, naming the field.
+    with pytest.raises(ValidationError, match="requires one value of date"):
+        identifier_filter([store.request("mars", {**FIELDS, "date": "20260101/20260102"})],
+                          {**EXAMPLE_HANDLERS, "date": {"type": "DateHandler", "required": True}})
     with pytest.raises(ValidationError, match="one event"):
         identifier_filter([one, store.request("dissemination", {**FIELDS, "destination": "X", "date": "20260101",
                                                                   "target": "t", "step": 0})])

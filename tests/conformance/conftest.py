@@ -18,24 +18,12 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import pytest
 from aviso_server_double import AvisoServerDouble
 from serve_target import start_serve
-
-
-class ServerUnderTest(Protocol):
-    url: str
-    endpoint: str
-    fresh_after_restart: bool
-    open_streams: int
-
-    def start(self) -> Any: ...
-
-    def stop(self) -> None: ...
-
-    def restart(self) -> None: ...
+from server_under_test import ServerUnderTest
 
 
 def start_double(heartbeat: float = 1.0, **options: Any) -> AvisoServerDouble:

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import ServerUnderTest
+from server_under_test import ServerUnderTest
 from sse import notifications, read_frames
 
 MARS = {"class": "od", "expver": "1", "domain": "g", "stream": "oper", "time": "12", "step": "6"}

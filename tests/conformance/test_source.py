@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from conftest import ServerUnderTest
+from server_under_test import ServerUnderTest
 from test_http import MARS, notify
 
 from aviso_workflows import Store, StoreUnavailable
