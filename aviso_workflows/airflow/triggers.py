@@ -28,7 +28,7 @@ from ..position import place
 from ..request import Request
 from ..status_chain import revision_window
 from ..store import Notification, Store
-from ..watch import one_line
+from ..watch import PrefixWatch, one_line
 from . import _requests
 from .hooks import AvisoHook
 from .listener import STORED_KEY
@@ -87,30 +87,22 @@ class AvisoTrigger(BaseTrigger):
         }
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        outages = asyncio.create_task(self._report_outages())
+        reporter = OutageReporter.of_loop()
+        reporter.add(self)
         try:
             async for event in self._wait():
                 yield event
         finally:
-            outages.cancel()
+            reporter.discard(self)
 
-    async def _report_outages(self) -> None:
-        """Say in this trigger's log (which Airflow shows in the task's log) when the shared watch it waits on
-        loses etcd, and when it is back with how long it was gone: the watch's own thread logs without the
-        trigger's context, so its lines would reach only the triggerer's log."""
-        since: float | None = None
-        while True:
-            await asyncio.sleep(OUTAGE_CHECK_SECONDS)
-            broken = [watch for watch in HUB.watches() if self._store is not None
-                      and watch.config.identity == self._store.config.identity
-                      and watch.last_error is not None and not isinstance(watch.last_error, WatchIdle)]
-            if broken and since is None:
-                since = time.monotonic()
-                self.log.warning("etcd unreachable: %s interrupted (%s); still waiting, reconnecting",
-                                 broken[0].label, one_line(broken[0].last_error or Exception()))
-            elif not broken and since is not None:
-                self.log.info("etcd reachable again after %.1f s; still waiting", time.monotonic() - since)
-                since = None
+    def outage_began(self, watch: PrefixWatch) -> None:
+        """Said in this trigger's log, which Airflow shows in the task's log (the watch's own thread logs
+        without the trigger's context, so its lines reach only the triggerer's log)."""
+        self.log.warning("etcd unreachable: %s interrupted (%s); still waiting, reconnecting", watch.label,
+                         one_line(watch.last_error or Exception("no answer")))
+
+    def outage_ended(self, seconds: float) -> None:
+        self.log.info("etcd reachable again after %.1f s; still waiting", seconds)
 
     async def _wait(self) -> AsyncIterator[TriggerEvent]:
         timeout = None if self.deadline is None else max(0.0, self.deadline - time.time())
@@ -135,6 +127,48 @@ class AvisoTrigger(BaseTrigger):
     def _progress(self, count: int, total: int, notification: Notification) -> None:
         if total > 1:  # a wait for one key says it all when it fires; thousands of them log nothing extra
             self.log.info("%d/%d available: %s", count, total, notification.key)
+
+
+class OutageReporter:
+    """One task per event loop looks at the shared watches every ``OUTAGE_CHECK_SECONDS`` and tells each
+    waiting trigger when the watch of its store breaks and when it works again (however many triggers wait,
+    one look per second)."""
+
+    _of_loop: dict[asyncio.AbstractEventLoop, OutageReporter] = {}
+
+    def __init__(self) -> None:
+        #: Each waiting trigger, and when the outage it was told of began (None: none).
+        self.triggers: dict[AvisoTrigger, float | None] = {}
+        self.task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def of_loop(cls) -> OutageReporter:
+        loop = asyncio.get_running_loop()
+        for closed in [known for known in cls._of_loop if known.is_closed()]:
+            del cls._of_loop[closed]
+        return cls._of_loop.setdefault(loop, cls())
+
+    def add(self, trigger: AvisoTrigger) -> None:
+        self.triggers[trigger] = None
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self._watch())
+
+    def discard(self, trigger: AvisoTrigger) -> None:
+        self.triggers.pop(trigger, None)
+
+    async def _watch(self) -> None:
+        while self.triggers:
+            await asyncio.sleep(OUTAGE_CHECK_SECONDS)
+            broken = {watch.config.identity: watch for watch in HUB.watches()
+                      if watch.last_error is not None and not isinstance(watch.last_error, WatchIdle)}
+            for trigger, since in list(self.triggers.items()):
+                watch = broken.get(trigger._store.config.identity) if trigger._store is not None else None
+                if watch is not None and since is None:
+                    self.triggers[trigger] = time.monotonic()
+                    trigger.outage_began(watch)
+                elif watch is None and since is not None:
+                    self.triggers[trigger] = None
+                    trigger.outage_ended(time.monotonic() - since)
 
 
 class AvisoEventTrigger(BaseEventTrigger):
