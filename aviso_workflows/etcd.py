@@ -230,7 +230,11 @@ def grpc_usable(config: StoreConfig) -> bool:
         return True
     if config.headers or config.token is not None or config.email is not None:
         return False
-    return _stubs_load()
+    if not _stubs_load():
+        return False
+    from .etcd_grpc import GATEWAY_ONLY
+
+    return config.identity not in GATEWAY_ONLY
 
 
 _STUBS_LOAD: list[bool] = []

@@ -18,7 +18,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 # grpc's C core logs failed handshakes to stderr on its own; the store reports them as errors (a
 # user may still ask for its logs with GRPC_VERBOSITY)
@@ -42,8 +42,33 @@ from .etcd import (
     WatchStream,
 )
 
-log = logging.getLogger(__name__)
+#: A child of the HTTP client's logger: one name for the etcd client whichever transport it speaks.
+log = logging.getLogger("aviso_workflows.etcd.grpc")
 T = TypeVar("T")
+P = ParamSpec("P")
+#: Store identities whose endpoints answered HTTP/1 (a proxy in front of the gateway): with ``transport:
+#: auto`` they use the HTTP gateway from then on in this process.
+GATEWAY_ONLY: set[tuple[Any, ...]] = set()
+#: What grpc says when the other end speaks HTTP/1 only.
+_HTTP1_MARKERS = ("failed parsing http/2", "http1.x", "expected settings frame")
+
+
+class _UseGateway(Exception):
+    """The endpoint speaks HTTP/1 only and the transport is ``auto``: ask again over the HTTP gateway."""
+
+
+def _or_gateway(method: Callable[Concatenate[GrpcGateway, P], T]) -> Callable[Concatenate[GrpcGateway, P], T]:
+    """Run ``method`` over gRPC; where the endpoint turned out to speak HTTP/1 only, over the gateway."""
+
+    def run(self: GrpcGateway, *args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return method(self, *args, **kwargs)
+        except _UseGateway:
+            answer: T = getattr(EtcdGateway, method.__name__)(self, *args, **kwargs)
+            return answer
+
+    run.__name__, run.__doc__ = method.__name__, method.__doc__
+    return run
 
 #: Unlimited answers (a watch far behind gets tens of megabytes at once); reconnect quickly after an
 #: outage (grpc's default backoff grows to two minutes); ping a quiet connection (etcd allows one per 5 s).
@@ -166,6 +191,17 @@ class GrpcGateway(EtcdGateway):
     def _stubs(self, endpoint: str) -> _Stubs:
         return _stubs(_channel(self.config, endpoint))
 
+    def not_grpc(self, endpoint: str) -> Exception:
+        """``endpoint`` answered HTTP/1: with ``transport: auto`` this client speaks to the gateway from now on
+        (the returned exception says: ask again); with ``transport: grpc`` it is a setting to change."""
+        if self.config.transport != "auto":
+            return StoreUnavailable(f"etcd at {endpoint} does not speak gRPC (it answered HTTP/1: a proxy in front "
+                                    "of the HTTP gateway?); set transport: gateway (or auto)")
+        log.info("etcd at %s answers HTTP/1 only (a proxy in front of its gateway?): using the HTTP gateway", endpoint)
+        GATEWAY_ONLY.add(self.config.identity)
+        self.__class__ = EtcdGateway  # type: ignore[assignment]
+        return _UseGateway()
+
     # -- authentication ----------------------------------------------------------------------------
     def _metadata(self, endpoint: str) -> tuple[tuple[str, str], ...] | None:
         if not self.config.username:
@@ -202,6 +238,8 @@ class GrpcGateway(EtcdGateway):
             try:
                 return invoke(self._stubs(endpoint), self._metadata(endpoint))
             except grpc.RpcError as error:
+                if _speaks_http1(error):
+                    raise self.not_grpc(endpoint) from None
                 if _is_unreachable(error):
                     errors.append(f"{endpoint}: {_short(error)}")
                     self._fail_over(endpoint)
@@ -233,6 +271,7 @@ class GrpcGateway(EtcdGateway):
         return self._unary(method, lambda stubs, metadata: getattr(getattr(stubs, service), method)(
             request, timeout=timeout, metadata=metadata), keys)
 
+    @_or_gateway
     def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """One gateway-shaped request (``kv/range``, ``kv/txn``, ``lease/grant``, ...) over gRPC."""
         if path not in _PATHS:
@@ -242,6 +281,7 @@ class GrpcGateway(EtcdGateway):
         return _as_dict(self._rpc(service, method, request, _keys_of(body)))
 
     # -- key-value -------------------------------------------------------------------------------
+    @_or_gateway
     def range(self, body: dict[str, Any]) -> dict[str, Any]:
         """One RangeRequest in the gateway's shape; raises HistoryCompacted for a compacted revision."""
         return self.call("kv/range", body)
@@ -250,6 +290,7 @@ class GrpcGateway(EtcdGateway):
         keys = _keys(request.key.decode(errors="replace"), bool(request.range_end))
         return self._rpc("kv", "Range", request, keys)
 
+    @_or_gateway
     def range_all(self, key: str, *, prefix: bool = True, revision: int = 0, min_mod_revision: int = 0,
                   max_mod_revision: int = 0) -> tuple[int, list[KeyValue]]:
         """Every key of a range, read in pages at one revision; returns (revision read, keys)."""
@@ -267,17 +308,20 @@ class GrpcGateway(EtcdGateway):
                 return revision, found
             start = answer.kvs[-1].key + b"\0"
 
+    @_or_gateway
     def get(self, key: str, revision: int = 0) -> tuple[int, KeyValue | None]:
         """One key (at a past revision if given); returns (revision read, key or None)."""
         answer = self._range(rpc_pb2.RangeRequest(key=key.encode(), revision=revision))
         return answer.header.revision, _kv(answer.kvs[0]) if answer.kvs else None
 
+    @_or_gateway
     def current_revision(self) -> int:
         """The store's revision now (from the maintenance status when signed in, as over the gateway)."""
         if self.config.username:
             return int(self._rpc("maintenance", "Status", rpc_pb2.StatusRequest()).header.revision)
         return int(self._range(rpc_pb2.RangeRequest(key=b"\0", count_only=True)).header.revision)
 
+    @_or_gateway
     def txn(self, compare: Sequence[dict[str, Any]], success: Sequence[dict[str, Any]],
             failure: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
         """One transaction of gateway-shaped operations; the answer in the gateway's shape."""
@@ -287,10 +331,12 @@ class GrpcGateway(EtcdGateway):
         keys = _keys_of(next((next(iter(op.values()), {}) for op in success), {}))
         return _txn_answer(self._rpc("kv", "Txn", request, keys))
 
+    @_or_gateway
     def grant_lease(self, ttl: int) -> str:
         """A lease that expires after ``ttl`` seconds; returns its id."""
         return str(self._rpc("lease", "LeaseGrant", rpc_pb2.LeaseGrantRequest(TTL=ttl, ID=0)).ID)
 
+    @_or_gateway
     def keep_lease_alive(self, lease: str) -> int:
         """Renew a lease once; returns its new TTL in seconds (0: the lease has expired or was revoked)."""
         timeout = self.config.timeout
@@ -304,6 +350,7 @@ class GrpcGateway(EtcdGateway):
                 answers.cancel()
         return self._unary("LeaseKeepAlive", renew)
 
+    @_or_gateway
     def revoke_lease(self, lease: str) -> None:
         """End a lease now: the keys put with it are deleted (a lease already gone is no error)."""
         try:
@@ -312,16 +359,19 @@ class GrpcGateway(EtcdGateway):
             if "not found" not in str(error):
                 raise
 
+    @_or_gateway
     def delete(self, key: str) -> int:
         """Delete one key; returns the store's revision after it."""
         return int(self._rpc("kv", "DeleteRange", rpc_pb2.DeleteRangeRequest(key=key.encode()),
                              _keys(key, False)).header.revision)
 
+    @_or_gateway
     def compact(self, revision: int, physical: bool = True) -> None:
         """Compact history up to ``revision``."""
         self._rpc("kv", "Compact", rpc_pb2.CompactionRequest(revision=revision, physical=physical))
 
     # -- watch -----------------------------------------------------------------------------------
+    @_or_gateway
     def watch(self, prefix: str, start_revision: int, *, idle_timeout: float = 30.0) -> GrpcWatchStream:
         """A watch on a prefix from ``start_revision``; read it by iterating, stop it with ``close()``."""
         endpoint = self.endpoint
@@ -330,6 +380,8 @@ class GrpcGateway(EtcdGateway):
         try:
             metadata = self._metadata(endpoint)
         except grpc.RpcError as error:
+            if _speaks_http1(error):
+                raise self.not_grpc(endpoint) from None
             self._fail_over(endpoint)
             raise _lost(error, endpoint) from None
         return GrpcWatchStream(self, endpoint, rpc_pb2.WatchRequest(create_request=create), metadata,
@@ -376,6 +428,11 @@ def _is_busy(error: grpc.RpcError) -> bool:
     if _code(error) == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return True
     return _code(error) == grpc.StatusCode.UNAVAILABLE and any(m in _details(error).lower() for m in BUSY_MARKERS)
+
+
+def _speaks_http1(error: grpc.RpcError) -> bool:
+    """The other end answered in HTTP/1 (an HTTP proxy or server, not etcd's gRPC)."""
+    return _code(error) == grpc.StatusCode.UNAVAILABLE and any(m in _details(error).lower() for m in _HTTP1_MARKERS)
 
 
 def _is_unreachable(error: grpc.RpcError) -> bool:
@@ -503,6 +560,8 @@ class GrpcWatchStream(WatchStream):
                  metadata: Any, start_revision: int, idle_timeout: float | None) -> None:
         self._gateway = gateway
         self._endpoint = endpoint
+        self._prefix = create.create_request.key.decode("utf-8", errors="replace")
+        self._inner: WatchStream | None = None
         self.start_revision = start_revision
         self.idle_timeout = idle_timeout
         self.created = False
@@ -526,6 +585,8 @@ class GrpcWatchStream(WatchStream):
         _WATCHDOG.remove(self)
         self._requests.put(None)
         self._call.cancel()
+        if self._inner is not None:
+            self._inner.close()
 
     def end_idle(self) -> None:
         """The stream sent nothing for its idle timeout: end it (its reader gets WatchIdle)."""
@@ -544,6 +605,9 @@ class GrpcWatchStream(WatchStream):
             if self._idle and not self._closed:
                 raise WatchIdle(f"etcd at {self.endpoint} sent nothing on the watch for {self.idle_timeout} s") \
                     from None
+            if not self._closed and _speaks_http1(error):
+                yield from self._over_gateway(self._gateway.not_grpc(self.endpoint), error)
+                return
             if not self._closed:
                 if _is_unreachable(error) and not self.created:
                     self._gateway._fail_over(self.endpoint)
@@ -552,6 +616,16 @@ class GrpcWatchStream(WatchStream):
             _WATCHDOG.remove(self)
         if not self._closed:
             raise StoreUnavailable(f"etcd at {self.endpoint} ended the watch stream")
+
+    def _over_gateway(self, switched: Exception, error: grpc.RpcError) -> Iterator[WatchBatch]:
+        """The endpoint speaks HTTP/1 only: the same watch over the HTTP gateway (``transport: auto``)."""
+        if not isinstance(switched, _UseGateway):
+            raise switched from None
+        self._inner = EtcdGateway.watch(self._gateway, self._prefix, self.start_revision,
+                                        idle_timeout=self.idle_timeout or 30.0)
+        if self._closed:
+            self._inner.close()
+        yield from self._inner
 
     def _batch(self, response: rpc_pb2.WatchResponse) -> WatchBatch | None:
         revision = response.header.revision

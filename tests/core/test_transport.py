@@ -4,11 +4,13 @@ failover over several endpoints, a silent watch ended after its idle timeout, co
 
 from __future__ import annotations
 
+import http.server
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 from etcd_helpers import running_etcd
 
 from aviso_workflows import server
@@ -138,3 +140,57 @@ def test_a_grpc_watch_is_closed_from_another_thread(etcd_url: str) -> None:
     assert created.wait(10)
     stream.close()
     assert ended.wait(10), "a closed stream ends its reader without an error"
+
+
+class Http1Forwarder:
+    """An HTTP/1.1 server in front of etcd's gateway that forwards each POST and its answer (as an HTTP proxy
+    or load balancer would): it cannot carry gRPC."""
+
+    def __init__(self, target: str) -> None:
+        forwarded: list[str] = []
+        self.forwarded = forwarded
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the http.server name
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                answer = requests.post(target + self.path, data=body, timeout=10)
+                forwarded.append(self.path)
+                self.send_response(answer.status_code)
+                self.send_header("Content-Length", str(len(answer.content)))
+                self.end_headers()
+                self.wfile.write(answer.content)
+
+            def log_message(self, *_: object) -> None:
+                """Quiet."""
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Http1Forwarder:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_auto_uses_the_gateway_where_the_endpoint_speaks_http1_only(etcd_url: str) -> None:
+    with Http1Forwarder(etcd_url) as proxy:
+        gateway = EtcdGateway(StoreConfig(endpoints=(proxy.url,), transport="auto", timeout=5))
+        assert gateway.transport == "grpc"
+        gateway.txn([], [put_op("/transport/http1/a", "1")])
+        assert gateway.transport == "gateway"
+        assert gateway.get("/transport/http1/a")[1] is not None
+        assert proxy.forwarded == ["/v3/kv/txn", "/v3/kv/range"]
+        again = EtcdGateway(StoreConfig(endpoints=(proxy.url,), transport="auto", timeout=5))
+        assert again.transport == "gateway", "the process remembers the endpoint speaks HTTP/1 only"
+
+
+def test_grpc_asked_for_where_the_endpoint_speaks_http1_only_says_what_to_set(etcd_url: str) -> None:
+    with Http1Forwarder(etcd_url) as proxy:
+        gateway = EtcdGateway(StoreConfig(endpoints=(proxy.url,), transport="grpc", timeout=5))
+        with pytest.raises(StoreUnavailable, match="does not speak gRPC.*set transport: gateway"):
+            gateway.get("/transport/http1/b")
+        assert proxy.forwarded == []

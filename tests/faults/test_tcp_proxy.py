@@ -27,8 +27,9 @@ def _timed_get(store: Store, date: str) -> float:
 
 
 def test_store_works_through_the_proxy(store: Store, delaying_proxy: TcpProxy, unique_date: str) -> None:
-    # `store` is only requested for its isolated state dir and config; all traffic goes through the proxy
-    proxied = Store([delaying_proxy.url])
+    # `store` is only requested for its isolated state dir and config; all traffic goes through the proxy,
+    # over the HTTP gateway: the proxy counts HTTP/1 requests
+    proxied = Store([delaying_proxy.url], transport="gateway")
     proxied.notify(_notification(unique_date))
 
     assert _timed_get(proxied, unique_date) < FAST
