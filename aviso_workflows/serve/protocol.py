@@ -24,7 +24,7 @@ from ..request import Request, check_location
 from ..schema import EventSchema, SchemaRegistry
 from ..status_chain import STATUS_TIME_FORMAT, status_record
 from . import server_config
-from .server_config import ServerEvent, StreamFilter, stored_envelope
+from .server_config import ServerEvent, StreamFilter, shown_value, stored_envelope
 
 #: Fields of a request body (Aviso 2 refuses any other with UNKNOWN_FIELD). ``to_id``/``to_date`` are not in
 #: aviso-server 0.7.1; newer servers end a replay with them (pyaviso 2.4.2's ``replay --until`` sends them),
@@ -406,6 +406,7 @@ def cloud_event(notification: Notification, sequence: int, time: str | None, bas
     identifier: dict[str, Any] = dict(notification.request)
     payload: Any = notification.location
     if enveloped:
+        identifier = {name: shown_value(value) for name, value in identifier.items()}
         payload, extras = stored_envelope(notification.location)
         identifier.update(extras)
     return {

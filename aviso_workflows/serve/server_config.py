@@ -11,7 +11,8 @@ Each event is stored in etcd as one of our events (:class:`~aviso_workflows.sche
 ``/aviso/<topic.base>``, one key field per entry of ``key_order`` (``class=od,expver=0001,...``), so keys,
 matching and constraint objects go through the one :class:`~aviso_workflows.request.Request` of the core.
 The value of a key is ``{"payload": ..., "identifier": {...}}`` as JSON: the payload as posted, and the
-identifier fields outside the topic (a polygon), which the key cannot hold.
+identifier fields outside the topic (a polygon), which the key cannot hold. A free value holding what a key
+cannot (``/ , = * %``, spaces, control characters) is kept in the key percent-encoded (:func:`key_value`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import datetime as dt
 import json
 import math
 import re
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,6 +178,23 @@ def _core_field(handler: Handler) -> Field:
     if handler.kind == "EnumHandler":
         return EnumField(handler.name, handler.values)
     return StringField(handler.name)
+
+
+#: What a key part cannot hold (separators, the wildcard, blanks), and ``%``, which starts an escape.
+_UNSAFE = re.compile(r"[%/,=*\s\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def key_value(handler: Handler, text: str) -> str:
+    """A canonical value as a key part: free values percent-encoded where a key cannot hold them (numbers and
+    enum values are kept as they are: the core compares them as numbers and names)."""
+    if handler.kind in ("IntHandler", "EnumHandler"):
+        return text
+    return _UNSAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode("utf-8", "surrogatepass")), text)
+
+
+def shown_value(text: str) -> str:
+    """A key part as the client posted it (only encoded parts hold ``%``)."""
+    return urllib.parse.unquote(text, errors="surrogateescape") if "%" in text else text
 
 
 # -- values (aviso-validators/src/*.rs) ----------------------------------------------------------------
@@ -396,7 +415,8 @@ def notify_request(event: ServerEvent, identifier: Mapping[str, Any], payload: A
         raise Refused("Payload is required for notify operation based on schema configuration")
     extras = {name: canonical_values[name] for name in event.extras}
     envelope = {"payload": payload, "identifier": extras}
-    return Posting({name: canonical_values[name] for name in event.key_order}, json.dumps(envelope))
+    keys = {name: key_value(event.handlers[name], canonical_values[name]) for name in event.key_order}
+    return Posting(keys, json.dumps(envelope))
 
 
 @dataclass(frozen=True)
@@ -450,7 +470,7 @@ def stream_request(event: ServerEvent, identifier: Mapping[str, Any], operation:
         if handler.kind == "PolygonHandler":
             polygon = polygon_corners(text)
         elif name in event.key_order:
-            raw[name] = text
+            raw[name] = key_value(handler, text)
         else:
             extras[name] = text
     where = None
@@ -523,5 +543,5 @@ def stored_envelope(value: str | None) -> tuple[Any, dict[str, str]]:
 
 
 __all__ = ["Handler", "Posting", "Refused", "ServerEvent", "StreamFilter", "canonical", "constraint", "contains",
-           "intersects", "load_server_config", "notify_request", "point", "polygon_corners", "scalar_text",
-           "stored_envelope", "stream_request"]
+           "intersects", "key_value", "load_server_config", "notify_request", "point", "polygon_corners",
+           "scalar_text", "shown_value", "stored_envelope", "stream_request"]

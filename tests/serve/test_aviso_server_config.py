@@ -23,7 +23,13 @@ from serve_helpers import Served, serve_process, serving, stream
 
 from aviso_workflows import Store, server
 from aviso_workflows.errors import SchemaError
-from aviso_workflows.serve.server_config import contains, intersects, load_server_config, polygon_corners
+from aviso_workflows.serve.server_config import (
+    contains,
+    intersects,
+    load_server_config,
+    polygon_corners,
+    shown_value,
+)
 
 CONFIG = """
 notification_schema:
@@ -133,14 +139,27 @@ def test_what_aviso_server_refuses_is_refused_and_nothing_is_written(configured:
              (fc(unique_date, **{"class": "odd"}), 400, "exceeds maximum length of 2"),
              (fc(unique_date, domain="z"), 400, "Allowed: [g, m]"),
              (fc(unique_date, level="500"), 500, "Unknown field 'level'"),
-             ({k: v for k, v in fc(unique_date).items() if k != "domain"}, 400, "Required field 'domain' missing"),
-             (fc(unique_date, **{"class": "o/"}), 400, "serve keeps topic values in etcd keys")]
+             ({k: v for k, v in fc(unique_date).items() if k != "domain"}, 400, "Required field 'domain' missing")]
     for identifier, status, words in cases:
         answer = notify(configured, "fc", identifier)
         assert answer.status_code == status and words in answer.json()["message"], answer.text
     answer = notify(configured, "area", {"date": unique_date, "time": "0", "polygon": SQUARE})
     assert answer.status_code == 400 and "Payload is required" in answer.json()["message"]
     assert store.current_revision() == revision
+
+
+@pytest.mark.parametrize("value", ["o/", "a,", "=*", "% ", "é"])
+def test_free_values_may_hold_what_keys_cannot(configured: Served, store: Store, unique_date: str, value: str) -> None:
+    """aviso-server keeps a free string as posted (aviso-validators/src/string.rs, 0.7.1); serve keeps it in the
+    key percent-encoded, matches it exactly and shows it as posted."""
+    assert notify(configured, "fc", fc(unique_date, **{"class": value}), "x").status_code == 200
+    assert notify(configured, "fc", fc(unique_date, **{"class": "zz"}), "y").status_code == 200
+    [found] = replay(configured, "fc", {"class": value, "date": unique_date})
+    assert found["data"]["identifier"]["class"] == value and found["data"]["payload"] == "x"
+    assert len(replay(configured, "fc", {"class": "*", "date": unique_date})) == 2
+    [key] = [kv.key for kv in store.gateway.range_all("/aviso/fc/")[1] if unique_date in kv.key and "zz" not in kv.key]
+    parsed = configured.state.events["fc"].schema.parse_key(key)
+    assert parsed is not None and shown_value(parsed["class"]) == value, key
 
 
 def test_replay_ends_at_to_id_and_to_date(configured: Served, unique_date: str) -> None:
