@@ -252,4 +252,12 @@ def test_an_etcd_outage_during_a_deferred_wait_is_in_the_tasks_log(stack: Stack)
     said = task_log(stack, OUTAGE, "outage")
     lines = [line for line in said.splitlines() if "etcd unreachable:" in line or "etcd reachable again" in line]
     assert down and len(lines) >= 2 and "watch on /ec/mars/ interrupted" in lines[0], lines
-    print("in the task's log: " + " | ".join(line.strip()[-140:] for line in lines))
+    print("in the task's log: " + " | ".join(logged_text(line) for line in lines))
+
+
+def logged_text(line: str) -> str:
+    """The message of a task log line (Airflow writes them as JSON)."""
+    try:
+        return str(json.loads(line).get("event", line))
+    except ValueError:
+        return line.strip()
