@@ -430,6 +430,8 @@ class StreamFilter:
     extras: dict[str, str] = field(default_factory=dict)
     #: Both a polygon and a point: aviso-server then matches nothing (src/notification/wildcard_matcher.rs).
     nothing: bool = False
+    #: The event's polygon field (where a stored notification's polygon is).
+    shape_field: str | None = None
 
     def keeps(self, stored: Mapping[str, str]) -> bool:
         """True when a notification's stored identifier (outside the topic) passes the filter."""
@@ -437,7 +439,7 @@ class StreamFilter:
             return False
         if self.polygon is None and self.point is None:
             return True
-        shape = next((v for v in stored.values() if v.lstrip().startswith("(")), None)
+        shape = stored.get(self.shape_field) if self.shape_field else None
         if shape is None:
             return False
         try:
@@ -478,9 +480,8 @@ def stream_request(event: ServerEvent, identifier: Mapping[str, Any], operation:
         if isinstance(identifier["point"], Mapping):
             raise Refused("Field 'point' constraint object is not supported")
         where = point(scalar_text("point", identifier["point"]))
-        if polygon is not None:
-            return StreamFilter(raw, polygon, where, extras, nothing=True)
-    return StreamFilter(raw, polygon, where, extras)
+    return StreamFilter(raw, polygon, where, extras, nothing=polygon is not None and where is not None,
+                        shape_field=event.polygon)
 
 
 def constraint(handler: Handler, value: Mapping[str, Any]) -> dict[str, Any]:

@@ -117,6 +117,14 @@ def test_point_and_polygon_filters(configured: Served, unique_date: str) -> None
     assert found(polygon=SQUARE, point="15,15") == [], "both polygon and point: aviso-server matches nothing"
 
 
+def test_a_polygon_posted_without_parentheses_is_found_by_a_point(configured: Served, unique_date: str) -> None:
+    """aviso-validators/src/polygon.rs (0.7.1): the outer parentheses are optional."""
+    bare = SQUARE[1:-1]
+    assert notify(configured, "area", {"date": unique_date, "time": "0", "polygon": bare}, "bare").status_code == 200
+    assert [e["data"]["payload"] for e in replay(configured, "area", {"date": unique_date, "point": "15,15"})] == \
+        ["bare"]
+
+
 @pytest.mark.parametrize(("identifier", "words"), [
     ({"point": "15"}, "'lat,lon'"),
     ({"point": "95,0"}, "latitude 95.0"),
