@@ -20,7 +20,7 @@ from ..etcd import KeyValue
 from ..fields import Field, check_characters
 from ..notification import NO_PAYLOAD, Notification
 from ..position import key_order
-from ..request import Request, check_location
+from ..request import MAX_LOCATION_BYTES, Request, check_location
 from ..schema import EventSchema, SchemaRegistry
 from ..status_chain import STATUS_TIME_FORMAT, status_record
 from . import server_config
@@ -222,17 +222,23 @@ def _server_notify(api: ApiRequest, event: ServerEvent) -> tuple[Request, str | 
     """A notification of an aviso-server configuration's event: its checks, its canonical values, one key."""
     try:
         posting = server_config.notify_request(event, api.identifier, api.payload, "payload" in api.fields)
-        for name, value in posting.key_values.items():
-            check_characters(name, value)
-        return Request(event.schema, {name: (value,) for name, value in posting.key_values.items()}), \
-            check_location(posting.value)
     except server_config.Refused as error:
         if error.processing:
             raise ApiError(500, "NOTIFICATION_PROCESSING_FAILED", "Notification Processing Failed", str(error),
                            details=str(error)) from None
         raise invalid("notification", str(error)) from None
+    try:
+        for name, value in posting.key_values.items():
+            check_characters(name, value)
     except ValidationError as error:
         raise invalid("notification", f"{error} (serve keeps topic values in etcd keys)") from None
+    try:
+        stored = check_location(posting.value)
+    except ValidationError:
+        raise invalid("notification", f"payload: the payload and the identifier fields outside the topic are "
+                      f"{len(posting.value.encode())} bytes of JSON; serve stores at most {MAX_LOCATION_BYTES}") \
+            from None
+    return Request(event.schema, {name: (value,) for name, value in posting.key_values.items()}), stored
 
 
 def _location(schema: EventSchema, payload: Any) -> str | None:

@@ -153,6 +153,8 @@ def test_what_aviso_server_refuses_is_refused_and_nothing_is_written(configured:
         assert answer.status_code == status and words in answer.json()["message"], answer.text
     answer = notify(configured, "area", {"date": unique_date, "time": "0", "polygon": SQUARE})
     assert answer.status_code == 400 and "Payload is required" in answer.json()["message"]
+    answer = notify(configured, "fc", fc(unique_date), {"text": "x" * 5000})
+    assert answer.status_code == 400 and "serve stores at most 4096" in answer.json()["message"]
     assert store.current_revision() == revision
 
 
