@@ -432,10 +432,15 @@ class StreamFilter:
     nothing: bool = False
     #: The event's polygon field (where a stored notification's polygon is).
     shape_field: str | None = None
+    #: Constraint objects on float fields (the core compares whole numbers only): operator and operands.
+    floats: dict[str, tuple[str, tuple[float, ...]]] = field(default_factory=dict)
 
-    def keeps(self, stored: Mapping[str, str]) -> bool:
-        """True when a notification's stored identifier (outside the topic) passes the filter."""
+    def keeps(self, stored: Mapping[str, str], keyed: Mapping[str, str] | None = None) -> bool:
+        """True when a notification passes what the core's request does not test: its stored identifier (outside
+        the topic) and, on its key fields ``keyed``, the float constraints."""
         if self.nothing or any(stored.get(name) != value for name, value in self.extras.items()):
+            return False
+        if not all(_float_holds(test, (keyed or {}).get(name)) for name, test in self.floats.items()):
             return False
         if self.polygon is None and self.point is None:
             return True
@@ -451,11 +456,27 @@ class StreamFilter:
         return self.polygon is not None and intersects(corners, self.polygon)
 
 
+def _float_holds(test: tuple[str, tuple[float, ...]], value: str | None) -> bool:
+    """aviso-validators/src/constraints.rs ``NumericConstraint<f64>::matches``."""
+    try:
+        number = float(value) if value is not None else math.nan
+    except ValueError:
+        return False
+    if not math.isfinite(number):
+        return False
+    operator, operands = test
+    low = operands[0]
+    return {"eq": number == low, "in": number in operands, "gt": number > low, "gte": number >= low,
+            "lt": number < low, "lte": number <= low,
+            "between": low <= number <= operands[-1]}[operator]
+
+
 def stream_request(event: ServerEvent, identifier: Mapping[str, Any], operation: str) -> StreamFilter:
     """What aviso-server checks on a watch or replay; raises Refused. Fields it does not know are ignored, as
     aviso-server ignores them."""
     raw: dict[str, Any] = {}
     extras: dict[str, str] = {}
+    floats: dict[str, tuple[str, tuple[float, ...]]] = {}
     polygon: list[tuple[float, float]] | None = None
     for name, handler in event.handlers.items():
         if name not in identifier:
@@ -463,6 +484,9 @@ def stream_request(event: ServerEvent, identifier: Mapping[str, Any], operation:
                 raise Refused(f"Required field '{name}' missing for {operation} operation")
             continue
         value = identifier[name]
+        if isinstance(value, Mapping) and handler.kind == "FloatHandler":
+            floats[name] = float_constraint(handler, value)
+            continue
         if isinstance(value, Mapping):
             raw[name] = constraint(handler, value)
             continue
@@ -481,7 +505,7 @@ def stream_request(event: ServerEvent, identifier: Mapping[str, Any], operation:
             raise Refused("Field 'point' constraint object is not supported")
         where = point(scalar_text("point", identifier["point"]))
     return StreamFilter(raw, polygon, where, extras, nothing=polygon is not None and where is not None,
-                        shape_field=event.polygon)
+                        shape_field=event.polygon, floats=floats)
 
 
 def constraint(handler: Handler, value: Mapping[str, Any]) -> dict[str, Any]:
@@ -489,8 +513,6 @@ def constraint(handler: Handler, value: Mapping[str, Any]) -> dict[str, Any]:
     name = handler.name
     if handler.kind not in CONSTRAINED:
         raise Refused(f"Field '{name}' does not support constraint filters; expected scalar value")
-    if handler.kind == "FloatHandler":
-        raise Refused(f"Field '{name}': constraint objects on float fields are not supported by this server")
     if len(value) != 1:
         raise Refused(f"Field '{name}' constraint must contain exactly one operator")
     ((operator, operand),) = value.items()
@@ -510,6 +532,39 @@ def constraint(handler: Handler, value: Mapping[str, Any]) -> dict[str, Any]:
             low, high = handler.bounds
             raise Refused(f"Field '{name}' constraint value {item} is outside allowed range [{low}, {high}]")
     return {operator: operand}
+
+
+def float_constraint(handler: Handler, value: Mapping[str, Any]) -> tuple[str, tuple[float, ...]]:
+    """A constraint object on a float field, checked as ``parse_float_constraint`` checks it."""
+    name = handler.name
+    if len(value) != 1:
+        raise Refused(f"Field '{name}' constraint must contain exactly one operator")
+    ((operator, operand),) = value.items()
+    if operator not in INT_OPERATORS:
+        raise Refused(f"Field '{name}' has invalid operator '{operator}'. Allowed: {','.join(INT_OPERATORS)}")
+    if operator in ("in", "between"):
+        if not isinstance(operand, list):
+            wanted = "array of numbers" if operator == "in" else "[min,max]"
+            raise Refused(f"Field '{name}' operator '{operator}' expects {wanted}")
+        if not operand:
+            raise Refused(f"Field '{name}' operator '{operator}' must contain at least one value")
+        items = operand
+    else:
+        items = [operand]
+    if not all(isinstance(item, (int, float)) and not isinstance(item, bool) for item in items):
+        raise Refused(f"Field '{name}' operator '{operator}' expects numeric value")
+    numbers = tuple(float(item) for item in items)
+    if not all(math.isfinite(number) for number in numbers):
+        raise Refused(f"Field '{name}' operator '{operator}' expects finite numeric value")
+    if operator == "between" and len(numbers) != 2:
+        raise Refused(f"Field '{name}' operator 'between' expects exactly two values [min,max]")
+    if operator == "between" and numbers[0] > numbers[1]:
+        raise Refused(f"Field '{name}' operator 'between' expects min <= max")
+    for number in numbers:
+        if handler.bounds and not handler.bounds[0] <= number <= handler.bounds[1]:
+            low, high = handler.bounds
+            raise Refused(f"Field '{name}' constraint value {number} is outside allowed range [{low}, {high}]")
+    return operator, numbers
 
 
 def _enum_operand(handler: Handler, operator: str, operand: Any) -> Any:

@@ -81,7 +81,8 @@ class StreamPlan:
         """True when the request matches the notification's key and the rest of the filter its stored value."""
         if not self.request.matches(notification.request):
             return False
-        return self.spatial is None or self.spatial.keeps(stored_envelope(notification.location)[1])
+        return self.spatial is None or self.spatial.keeps(stored_envelope(notification.location)[1],
+                                                          notification.request)
 
 
 class _Closing(Exception):

@@ -49,6 +49,11 @@ notification_schema:
       time: {type: TimeHandler, required: false}
       step: {type: IntHandler, range: [0, 240], required: false}
       domain: {type: EnumHandler, values: ["g", "m"], required: false}
+  quake:
+    topic: {base: "quake", key_order: ["region", "severity"]}
+    identifier:
+      region: {type: StringHandler, required: true}
+      severity: {type: FloatHandler, range: [1.0, 7.0], required: false}
 """
 SQUARE = "(10.0,10.0,10.0,20.0,20.0,20.0,20.0,10.0,10.0,10.0)"
 FAR = "(50.0,50.0,50.0,60.0,60.0,60.0,50.0,50.0)"
@@ -172,6 +177,29 @@ def test_free_values_may_hold_what_keys_cannot(configured: Served, store: Store,
     assert parsed is not None and shown_value(parsed["class"]) == value, key
 
 
+@pytest.mark.parametrize(("constraint", "found"), [
+    ({"gt": 2.5}, ["3.75", "6"]), ({"between": [2, 4]}, ["2.5", "3.75"]), ({"in": [6, 2.5]}, ["2.5", "6"]),
+    ({"lte": 2.5}, ["2.5"]), ({"eq": 3.75}, ["3.75"]),
+])
+def test_float_constraints(configured: Served, unique_date: str, constraint: dict[str, Any], found: list[str]) -> None:
+    """aviso-validators/src/constraints.rs (0.7.1) ``parse_float_constraint``, ``NumericConstraint<f64>``."""
+    region = f"r{unique_date}"
+    for severity in ("2.5", "3.75", "6.0"):
+        assert notify(configured, "quake", {"region": region, "severity": severity}).status_code == 200
+    got = replay(configured, "quake", {"region": region, "severity": constraint})
+    assert [e["data"]["identifier"]["severity"] for e in got] == found
+
+
+@pytest.mark.parametrize(("constraint", "words"), [
+    ({"gt": "2"}, "expects numeric value"), ({"in": []}, "at least one value"), ({"between": [5, 2]}, "min <= max"),
+    ({"gt": 9}, "outside allowed range"), ({"near": 2}, "invalid operator"),
+])
+def test_bad_float_constraints(configured: Served, constraint: dict[str, Any], words: str) -> None:
+    answer = configured.post("/api/v1/watch", {"event_type": "quake", "identifier": {"region": "x",
+                                                                                     "severity": constraint}})
+    assert answer.status_code == 400 and words in answer.json()["message"], answer.text
+
+
 def test_replay_ends_at_to_id_and_to_date(configured: Served, unique_date: str) -> None:
     """Not in aviso-server 0.7.1: serve takes ``to_id``/``to_date`` (inclusive, replays only) as newer servers
     do, for pyaviso 2.4.2's ``replay --until``."""
@@ -220,7 +248,7 @@ def test_admin_delete_wipe_stream_and_wipe_all(configured: Served, store: Store,
 
 def test_schema_routes_show_the_configuration(configured: Served) -> None:
     listed = httpx.get(f"{configured.url}/api/v1/schema").json()
-    assert listed["event_types"] == ["area", "fc"] and listed["total_schemas"] == 2
+    assert listed["event_types"] == ["area", "fc", "quake"] and listed["total_schemas"] == 3
     area = httpx.get(f"{configured.url}/api/v1/schema/area").json()["schema"]
     assert area == {"payload": {"required": True}, "identifier": {
         "date": {"type": "DateHandler", "canonical_format": "%Y%m%d", "required": False},
