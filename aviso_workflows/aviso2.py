@@ -45,7 +45,6 @@ from .watch import Channel, one_line
 
 if TYPE_CHECKING:
     from .config import StoreConfig
-    from .store import Store
 
 log = logging.getLogger(__name__)
 
@@ -793,14 +792,13 @@ def _posted_at_or_after(notice: Received, moment: dt.datetime) -> bool:
     return posted is not None and posted >= moment
 
 
-def replay_window(store: Store, requests: Sequence[Request], start: dt.datetime,
+def replay_window(client: AvisoClient, requests: Sequence[Request], start: dt.datetime,
                   end: dt.datetime | None) -> list[Notification]:
     """Every post between ``start`` and ``end`` (UTC, naive) that the requests match, in sequence order
     (``listen --from TIME --to TIME`` on an aviso-server)."""
-    assert store.aviso is not None
     posts: dict[tuple[int, str], Notification] = {}
     for request in requests:
-        _, kvs = replay(store.aviso, request, since(start), end)
+        _, kvs = replay(client, request, since(start), end)
         for kv in kvs:
             notification = notification_from_kv(request, kv)
             if notification is not None:

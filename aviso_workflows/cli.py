@@ -23,15 +23,14 @@ from typing import Any, NoReturn
 
 import yaml
 
-from . import __version__, aviso2, server
+from . import __version__, server
 from .config import resolve_config, state_dir
 from .documents import read_document
-from .errors import AvisoWorkflowsError, StoreError, ValidationError, WaitTimeout
+from .errors import AvisoWorkflowsError, ValidationError, WaitTimeout
 from .listen import Cursor, Position, listen, start_position
 from .listeners import DeadLetters, Listener, Runtime, Stopped, dispatch, load_listener_file
 from .request import Request, check_timeout, parse_pairs
 from .schema import to_pyaviso_document
-from .status_chain import replay, revision_window
 from .store import Notification, Store
 from .wait import Progress, WaitResult, describe_missing
 from .wait import wait as wait_for_keys
@@ -411,8 +410,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
         return _dead_letters(args, runtime)
     handle = _handler(runtime, args)
     if isinstance(start, dt.datetime) and end is not None:  # a finite replay, no cursor
-        posts = aviso2.replay_window(store, requests, start, end) if store.aviso is not None else \
-            replay(store, requests, start, end)
+        posts = store.replay_window(requests, start, end)
         for handled, notification in enumerate(posts, 1):
             handle(notification)
             if args.count and handled >= args.count:
@@ -462,10 +460,7 @@ def _who_argument(parser: argparse.ArgumentParser) -> None:
 
 def cmd_waiting(args: argparse.Namespace) -> int:
     store = store_from_args(args)
-    if store.aviso is not None:  # the registry is etcd keys; an aviso-server has no such thing to read
-        raise StoreError(f"waiting: {store.config.endpoints[0]} is an aviso-server, which keeps no registry of "
-                         "waiters; run `aviso-workflows waiting --endpoint URL` with the etcd endpoint behind "
-                         "the server (the one `aviso-workflows serve --endpoint` uses)")
+    store.backend.etcd("waiting (the registry of waiters is kept in etcd)")
     for waiter in list_waiters(store, parse_filters(args.filters)):
         print(json.dumps(waiter.to_dict()) if args.json else format_waiter(waiter), flush=True)
     return EXIT_OK
@@ -504,13 +499,7 @@ def _first_start(store: Store, requests: list[Request], cursor: Cursor | None,
         return None
     if isinstance(start, int):
         return Position(max(start - 1, 0))
-    if store.aviso is not None:  # the server finds the first post at or after a time itself
-        return aviso2.since(start)
-    windows = [window for request in requests for key in request.status_keys()
-               if (window := revision_window(store, key, start)) is not None]
-    if not windows:
-        return Position(store.current_revision())
-    return Position(min(window[0] for window in windows) - 1)
+    return store.first_after(requests, start)
 
 
 def _follow(store: Store, requests: list[Request], after: Position | None, cursor: Cursor | None, runtime: Runtime,

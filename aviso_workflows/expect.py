@@ -366,9 +366,7 @@ class ExpectationChecker:
     def __init__(self, store: Store, expectations: Sequence[Expectation], *, dates: Sequence[str] | None = None,
                  days: int = 2, state_file: Path | None = None, clock: Callable[[], dt.datetime] = _utc_now,
                  on_firing: Callable[[Firing], None] | None = None) -> None:
-        if store.aviso is not None:  # arrival times come from etcd's status records
-            raise ValidationError("endpoints", ",".join(store.config.endpoints),
-                                  "expectations are checked on an etcd store (http(s)://), not an aviso-server")
+        store.backend.etcd("expectations (arrival times come from etcd's status records)")
         self.store = store
         self.board = Board(expectations)
         self.fixed_dates = [self._date(d) for d in dates] if dates else None

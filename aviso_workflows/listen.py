@@ -1,38 +1,32 @@
 """Listening: every post after a position, in write order, across restarts.
 
-A listener follows the store's history from its position: one etcd watch from the revision after it
-(over the prefix that covers every request of the listener, so the posts of all its requests come in
-one order), a key posted twice is two notifications. Where history was compacted it gets the state at
-the compaction revision instead, with one WARNING. The follower (follow.py) keeps the position; this
-module moves data between it and the watch's thread, in a thread (:func:`listen`) or in an asyncio
-loop (:func:`listen_async`). Waits are in wait.py; the status chain and replays in status_chain.py.
+A listener follows the store's history from its position through its backend's source
+(:meth:`~aviso_workflows.backends.protocol.Backend.follow`: on etcd one watch from the revision after it,
+over the prefix that covers every request of the listener, so the posts of all its requests come in one
+order; on an aviso-server the server's ``/watch`` from the position). A key posted twice is two
+notifications. The follower (follow.py) keeps the position; this module moves data between it and the
+source's thread, in a thread (:func:`listen`) or in an asyncio loop (:func:`listen_async`).
+Waits are in wait.py; the status chain and replays in status_chain.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncGenerator, Iterable, Iterator
-from functools import partial
+from collections.abc import AsyncGenerator, Iterator
 from typing import TYPE_CHECKING
 
-from . import aviso2
-from .errors import HistoryCompacted, ValidationError
-from .etcd import KeyValue
+from .backends.protocol import FollowSource
+from .errors import ValidationError
 from .follow import DEFAULT_CAPACITY, Feed, Follower
 from .notification import Notification
 from .position import END_OF_REVISION, Cursor, Position
 from .request import Request
 from .wait import wait, wait_async
-from .watch import HUB, STOP_CHECK, Channel, HistorySource, PrefixWatch, covering_prefix
+from .watch import HUB, STOP_CHECK, Channel, PrefixWatch
 
 if TYPE_CHECKING:
     from .store import Store
-
-
-def status_prefixes(requests: Iterable[Request]) -> list[str]:
-    """The status prefixes that the requests' keys live under."""
-    return list(dict.fromkeys(p for request in requests for p in request.status_keys()))
 
 
 def start_position(store: Store, after: Position | None, cursor: Cursor | None) -> Position:
@@ -49,18 +43,9 @@ def start_position(store: Store, after: Position | None, cursor: Cursor | None) 
 
 
 def last_post(store: Store, requests: list[Request], revision: int | None) -> int | None:
-    """The revision of the last post at or before ``revision`` under the requests' status keys.
-
-    Every notify writes its status key in the same transaction as its data keys, so a listener has
-    seen everything up to ``revision`` once it has seen that one (or anything later).
-    """
-    if revision is None or store.aviso is not None:  # a sequence holds one post: it is its own last post
-        return revision
-    try:
-        found = [store.gateway.get(key, revision=revision)[1] for key in status_prefixes(requests)]
-    except HistoryCompacted:
-        return revision
-    return max((kv.mod_revision for kv in found if kv is not None), default=0)
+    """The position of the last post at or before ``revision`` that the requests may match: a listener has
+    seen everything up to ``revision`` once it has seen that one (or anything later)."""
+    return store.backend.last_post(requests, revision)
 
 
 def _follower(store: Store, requests: list[Request], start: Position, until: int | None,
@@ -71,16 +56,8 @@ def _follower(store: Store, requests: list[Request], start: Position, until: int
     return Follower(requests, start, capacity=capacity, until=last_post(store, requests, until), label=label)
 
 
-def _read_state(store: Store, prefix: str, since: int, revision: int) -> tuple[int, list[KeyValue]]:
-    return store.read_prefixes([prefix], min_revision=since, revision=revision)
-
-
-def _source(store: Store, follower: Follower, channel: Channel) -> HistorySource | aviso2.AvisoSource:
-    if store.aviso is not None:  # the server's /watch from the position: replay, then live
-        return aviso2.AvisoSource(store.aviso, follower.requests, follower.frontier, channel, follower.label)
-    prefix = covering_prefix(status_prefixes(follower.requests))
-    return HistorySource(store.config, prefix, follower.frontier.resume_revision, channel,
-                         f"{follower.label} (history of {prefix})", partial(_read_state, store))
+def _source(store: Store, follower: Follower, channel: Channel) -> FollowSource:
+    return store.backend.follow(follower.requests, follower.frontier, channel, follower.label)
 
 
 def _feed(follower: Follower, feed: Feed | None) -> None:
@@ -140,4 +117,4 @@ async def listen_async(store: Store, requests: list[Request], *, after: Position
 
 
 __all__ = ["END_OF_REVISION", "HUB", "Cursor", "Position", "PrefixWatch", "last_post", "listen", "listen_async",
-           "start_position", "status_prefixes", "wait", "wait_async"]
+           "start_position", "wait", "wait_async"]

@@ -11,17 +11,22 @@ between the first and last status of the window, every post of it (a key posted 
 from __future__ import annotations
 
 import datetime as dt
-import getpass
-import json
 import logging
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from . import __version__
+from .backends.etcd_status import (
+    STATUS_TIME_FORMAT,
+    StatusChainTooLong,
+    new_status,
+    previous_revision,
+    status_after,
+    status_info,
+    status_record,
+)
 from .errors import HistoryCompacted
-from .etcd import EtcdGateway, KeyValue
+from .etcd import KeyValue
 from .listen import listen
 from .notification import Notification
 from .position import Position
@@ -31,8 +36,6 @@ if TYPE_CHECKING:
     from .store import Store
 
 log = logging.getLogger(__name__)
-#: The layout of ``date_time`` in a status record (UTC).
-STATUS_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
 #: Threads that search the windows of several status chains at once (each search is a few dozen reads).
@@ -70,7 +73,7 @@ class _ChainReader:
     def time_at(self, revision: int) -> dt.datetime | None:
         """The time of the status in force at ``revision`` (None: none yet, unreadable, or compacted)."""
         status = self.at(revision)
-        info = _status_info(status) if isinstance(status, KeyValue) else None
+        info = status_info(status) if isinstance(status, KeyValue) else None
         return info[0] if info is not None else None
 
     def status(self, revision: int) -> KeyValue:
@@ -147,91 +150,6 @@ def _past_compaction(chain: _ChainReader, first: int, high: int, start: dt.datet
 
 def _moved_past(status: KeyValue | None | _Compacted, revision: int) -> bool:
     return isinstance(status, KeyValue) and status.mod_revision > revision
-
-
-def _status_info(status: KeyValue) -> tuple[dt.datetime, int, int] | None:
-    data = status_record(status)
-    try:
-        when = dt.datetime.strptime(data["date_time"], STATUS_TIME_FORMAT)
-    except (ValueError, KeyError, TypeError):
-        return None
-    return when, int(data.get("prev_rev") or 0), int(data.get("last_prev_day_rev") or 0)
-
-
-def status_record(status: KeyValue) -> dict[str, Any]:
-    """The JSON of a status; empty if another writer put something else there."""
-    try:
-        record = json.loads(status.value)
-    except ValueError:
-        return {}
-    return record if isinstance(record, dict) else {}
-
-
-def previous_revision(status: KeyValue) -> int | None:
-    """The revision of the status before ``status`` (None: the first of its chain, or unreadable)."""
-    prev_rev = status_record(status).get("prev_rev")
-    return prev_rev if isinstance(prev_rev, int) and not isinstance(prev_rev, bool) else None
-
-
-def new_status(previous: KeyValue | None, message: str, etcd_user: str | None) -> dict[str, Any]:
-    """The status record a notify writes after ``previous`` (None: the first of its chain), as pyaviso does."""
-    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    status: dict[str, Any] = {
-        "etcd_user": etcd_user,
-        "message": message,
-        "unix_user": _unix_user(),
-        "aviso_version": f"aviso-workflows {__version__}",
-        "engine": "ETCD_REST",
-        "hostname": os.uname().nodename,
-        "date_time": now.strftime(STATUS_TIME_FORMAT),
-    }
-    if previous is None:
-        return status
-    status["prev_rev"] = previous.mod_revision
-    old = status_record(previous)
-    try:
-        old_day = dt.datetime.strptime(old["date_time"], STATUS_TIME_FORMAT).date()
-    except (ValueError, KeyError, TypeError):
-        return status
-    if old_day == now.date():
-        if "last_prev_day_rev" in old:
-            status["last_prev_day_rev"] = old["last_prev_day_rev"]
-    else:
-        status["last_prev_day_rev"] = previous.mod_revision
-    return status
-
-
-def _unix_user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return str(os.getuid())
-
-
-class StatusChainTooLong(Exception):
-    """A walk of a status chain read its limit of statuses without reaching the one it looked for."""
-
-
-def status_after(gateway: EtcdGateway, key: str, previous: KeyValue | None, current: KeyValue | None, *,
-                 limit: int) -> KeyValue | None:
-    """The status whose ``prev_rev`` is ``previous`` (or the first one, when there was none), found by
-    walking prev_rev back from ``current``; None if the chain does not lead back to ``previous``.
-
-    Reads at most ``limit`` statuses (then raises StatusChainTooLong); raises HistoryCompacted where
-    the chain's history is compacted.
-    """
-    floor = previous.mod_revision if previous is not None else 0
-    status = current
-    for _ in range(limit):
-        if status is None or status.mod_revision <= floor:
-            return None
-        prev_rev = previous_revision(status)
-        if prev_rev is None:  # the start of a chain: ours only if the key did not exist when we compared
-            return status if previous is None else None
-        if prev_rev <= floor:  # below ``previous``: the chain skipped it (it cannot be ours)
-            return status if prev_rev == floor and previous is not None else None
-        _, status = gateway.get(key, revision=prev_rev)
-    raise StatusChainTooLong(f"more than {limit} statuses were written since")
 
 
 def replay(store: Store, requests: list[Request], start: dt.datetime,

@@ -1,9 +1,10 @@
 """Waits: released once the keys of a request exist, at once for data posted long ago.
 
-A wait joins the process's shared watch on the prefix its keys live under, reads what exists (every
-range pinned to one revision) once the watch knows where it starts, then takes what the watch sees
-after that read. The follower does the bookkeeping; this module only moves data in and out of it, in
-a thread (:func:`wait`) or in an asyncio loop without a thread of its own (:func:`wait_async`).
+A wait takes its feeds from the store's backend (:meth:`~aviso_workflows.backends.protocol.Backend.wait_feeds`):
+on etcd, its share of the process's watch on the prefix its keys live under, after which it reads what
+exists (every range pinned to one revision); on an aviso-server, one stream that replays history and goes
+on live. The follower does the bookkeeping; this module only moves data in and out of it, in one loop for
+a thread (:func:`wait`) and one for an asyncio loop without a thread of its own (:func:`wait_async`).
 
 An outage — at the first read as later on — is ridden out within the wait's own timeout.
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -20,28 +20,27 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import aviso2, shared_reads, waiters
+from . import shared_reads, waiters
+from .backends.protocol import WaitFeeds
 from .errors import StoreUnavailable, TlsRefused, ValidationError, WaitTimeout
-from .etcd import KeyValue
 from .follow import Feed, Follower
 from .notification import Notification
 from .position import Position
 from .request import Request, ready_prefix
-from .watch import HUB, STOP_CHECK, Channel, PrefixWatch, Subscriber, covering_prefix, one_line
+from .watch import one_line
 
 if TYPE_CHECKING:
     from .store import Store
 
 log = logging.getLogger(__name__)
-#: Feeds a waiter's inbox holds; beyond that it forgets them and reads again (memory stays bounded).
-INBOX_LIMIT = 1_000
+#: The longest a waiting thread blocks for its next feed before it looks at its deadline again.
+LOOK_EVERY = 1.0
 #: Pauses between attempts of a first read that met an outage.
 READ_RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0)
 #: A bound on those attempts besides the wait's own timeout (about a month at the longest pause).
 MAX_READ_ATTEMPTS = 1_300_000
 
 Read = tuple[int, list[Notification]]
-RESYNC = Feed("resync", 0)
 
 
 @dataclass(frozen=True)
@@ -232,74 +231,6 @@ class _Deadline:
         return longest if remaining is None else max(0.0, min(longest, remaining))
 
 
-class _Subscriber:
-    """Turns what the shared watch sees into feeds for one waiter; :meth:`_put` hands them over."""
-
-    def _put(self, feed: Feed) -> None:
-        raise NotImplementedError
-
-    def on_puts(self, puts: list[KeyValue], revision: int) -> None:
-        self._put(Feed("events", revision, puts))
-
-    def on_resync(self) -> None:
-        self._put(RESYNC)
-
-    def on_failure(self, error: Exception) -> None:
-        self._put(Feed("failure", 0, error=error))
-
-
-class _Inbox(_Subscriber):
-    """Queues feeds for a waiting thread (bounded: too far behind, it forgets them and reads again)."""
-
-    def __init__(self) -> None:
-        self.queue: queue.Queue[Feed] = queue.Queue()
-
-    def _put(self, feed: Feed) -> None:
-        if self.queue.qsize() >= INBOX_LIMIT:
-            _empty(self.queue)
-            feed = RESYNC
-        self.queue.put(feed)
-
-    def get(self, timeout: float | None) -> Feed | None:
-        try:
-            return self.queue.get(timeout=timeout)
-        except queue.Empty:
-            return None
-
-
-def _empty(items: queue.Queue[Feed]) -> None:
-    for _ in range(items.qsize()):
-        try:
-            items.get_nowait()
-        except queue.Empty:
-            return
-
-
-class _AsyncInbox(_Subscriber):
-    """Hands feeds to an asyncio loop (no thread per waiter; bounded as :class:`_Inbox`)."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.queue: asyncio.Queue[Feed] = asyncio.Queue()
-
-    def _put(self, feed: Feed) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self._queue_up, feed)
-        except RuntimeError:  # the loop is closed: the waiter is gone
-            pass
-
-    def _queue_up(self, feed: Feed) -> None:  # on the loop
-        if self.queue.qsize() >= INBOX_LIMIT:
-            while not self.queue.empty():
-                self.queue.get_nowait()
-            feed = RESYNC
-        self.queue.put_nowait(feed)
-
-
-def _watched_prefix(request: Request) -> str:
-    return covering_prefix(request.status_keys())
-
-
 def _follower(request: Request) -> Follower:
     return Follower([request], Position(0), capacity=None, label=f"wait for {request}")
 
@@ -352,13 +283,13 @@ def _read(store: Store, request: Request, follower: Follower, deadline: _Deadlin
     follower.on_found(notifications, revision)
 
 
-def _until_ready(watch: PrefixWatch, deadline: _Deadline, found: _Found, patience: float) -> None:
-    """Block until the shared watch knows its start; a wait may not read before (bounded by the deadline,
-    but etcd gets its usual request timeout even when the wait's own is shorter)."""
-    limit = _Deadline(None if deadline.timeout is None else max(deadline.timeout, patience))
-    while not watch.wait_ready(limit.slice(1.0)):
+def _until_ready(feeds: WaitFeeds, deadline: _Deadline, found: _Found) -> None:
+    """Block until the feeds know their start; a wait may not read before (bounded by the deadline, but
+    the store gets its usual request timeout even when the wait's own is shorter)."""
+    limit = _Deadline(None if deadline.timeout is None else max(deadline.timeout, feeds.patience))
+    while not feeds.ready(limit.slice(1.0)):
         if limit.passed:
-            raise found.timed_out(deadline.timeout, watch.last_error)
+            raise found.timed_out(deadline.timeout, feeds.last_error)
 
 
 def wait(store: Store, request: Request, *, mode: str = "all", timeout: float | None = None,
@@ -396,36 +327,28 @@ def _wait(store: Store, request: Request, *, mode: str = "all", timeout: float |
     rest within milliseconds of their post. Raises WaitTimeout (with ``found``) after ``timeout``
     seconds. ``known`` notifications (found earlier) count as found already.
     """
-    if store.aviso is not None:
-        return _wait_aviso(store, request, mode, timeout, known, on_progress)
-    found, follower, inbox = _Found(request, mode, known, on_progress), _follower(request), _Inbox()
-    deadline = _Deadline(timeout)
-    prefix = _watched_prefix(request)
-    watch = HUB.join(store.config, prefix, inbox, found.wanted)
+    found, follower, deadline = _Found(request, mode, known, on_progress), _follower(request), _Deadline(timeout)
+    feeds = store.backend.wait_feeds(request, found.wanted)
+    feeds.start()
     try:
-        _until_ready(watch, deadline, found, store.config.timeout)
-        _read(store, request, follower, deadline, found)
+        _until_ready(feeds, deadline, found)
+        if feeds.reads_state:
+            _read(store, request, follower, deadline, found)
         while not found.add(follower.drain()):
             if deadline.passed:
-                raise found.timed_out(timeout)
-            feed = inbox.get(deadline.blocking())
-            if feed is not None and _take(follower, feed):
+                raise found.timed_out(timeout, feeds.last_error)
+            feed = feeds.get(deadline.slice(LOOK_EVERY))
+            if feed is not None and _take(follower, feed) and feeds.reads_state:
                 _read(store, request, follower, deadline, found)
         return found.ordered()
     finally:
-        _leave(store, prefix, inbox)
-
-
-def _leave(store: Store, prefix: str, subscriber: Subscriber) -> None:
-    ended = HUB.leave(store.config, prefix, subscriber)
-    if ended is not None:
-        ended.stop()
+        feeds.stop()
 
 
 # -- asyncio ---------------------------------------------------------------------------------------
 #: The threads reading the store for asyncio waiters: few, so their keep-alive connections to etcd are few.
 _READERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="aviso-read")
-#: The thread stopping shared watches for asyncio waiters (never the loop's own thread).
+#: The thread stopping feeds (shared watches, streams) for asyncio waiters (never the loop's own thread).
 _WATCH_KEEPERS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aviso-watch-keeper")
 
 
@@ -490,15 +413,15 @@ async def _read_async(store: Store, request: Request, follower: Follower, deadli
     follower.on_found(notifications, revision)
 
 
-async def _until_ready_async(watch: PrefixWatch, deadline: _Deadline, found: _Found, patience: float) -> None:
+async def _until_ready_async(feeds: WaitFeeds, deadline: _Deadline, found: _Found) -> None:
     """:func:`_until_ready` without blocking the loop: look, and sleep a little longer each time."""
-    limit = _Deadline(None if deadline.timeout is None else max(deadline.timeout, patience))
+    limit = _Deadline(None if deadline.timeout is None else max(deadline.timeout, feeds.patience))
     pause = 0.002
-    while not watch.wait_ready(0) and not limit.passed:
+    while not feeds.ready(0) and not limit.passed:
         await asyncio.sleep(limit.slice(pause))
         pause = min(2 * pause, 0.1)
-    if limit.passed and not watch.ready:
-        raise found.timed_out(deadline.timeout, watch.last_error)
+    if limit.passed and not feeds.ready(0):
+        raise found.timed_out(deadline.timeout, feeds.last_error)
 
 
 async def wait_async(store: Store, request: Request, *, mode: str = "all", timeout: float | None = None,
@@ -525,70 +448,24 @@ async def _wait_async(store: Store, request: Request, *, mode: str = "all", time
     the reads of waiters starting together share transactions in a worker thread, so thousands of
     waiters need no thread of their own and open no connection of their own.
     """
-    if store.aviso is not None:
-        return await _wait_aviso_async(store, request, mode, timeout, known, on_progress)
-    found, follower = _Found(request, mode, known, on_progress), _follower(request)
-    inbox = _AsyncInbox(asyncio.get_running_loop())
-    deadline = _Deadline(timeout)
-    prefix = _watched_prefix(request)
-    watch = HUB.join(store.config, prefix, inbox, found.wanted)  # no I/O: a new watch starts in its own thread
+    found, follower, deadline = _Found(request, mode, known, on_progress), _follower(request), _Deadline(timeout)
+    loop = asyncio.get_running_loop()
+    feeds = store.backend.wait_feeds(request, found.wanted, loop)
+    feeds.start()  # no I/O: a stream or a new shared watch starts in a thread of its own
     try:
-        await _until_ready_async(watch, deadline, found, store.config.timeout)
-        await _read_async(store, request, follower, deadline, found)
+        await _until_ready_async(feeds, deadline, found)
+        if feeds.reads_state:
+            await _read_async(store, request, follower, deadline, found)
         while not found.add(follower.drain()):
             try:
-                feed = await asyncio.wait_for(inbox.queue.get(), deadline.remaining)
+                feed = await asyncio.wait_for(feeds.aget(), deadline.remaining)
             except TimeoutError:
-                raise found.timed_out(timeout) from None
-            if _take(follower, feed):
+                raise found.timed_out(timeout, feeds.last_error) from None
+            if _take(follower, feed) and feeds.reads_state:
                 await _read_async(store, request, follower, deadline, found)
         return found.ordered()
     finally:
-        ended = HUB.leave(store.config, prefix, inbox)
-        if ended is not None:
-            await asyncio.get_running_loop().run_in_executor(_WATCH_KEEPERS, ended.stop)
-
-
-# -- an aviso-server ---------------------------------------------------------------------------------
-def _aviso_source(store: Store, request: Request, channel: Channel) -> aviso2.AvisoSource:
-    """One ``/watch`` that replays from the request's earliest date (see :func:`aviso2.wait_start`) and
-    goes on live in the same stream: what was posted long ago comes at once, the rest as it is posted."""
-    assert store.aviso is not None
-    start = aviso2.wait_start(request, store.config.replay_lookback_hours)
-    return aviso2.AvisoSource(store.aviso, [request], start, channel, f"wait for {request}")
-
-
-def _wait_aviso(store: Store, request: Request, mode: str, timeout: float | None, known: Iterable[Notification],
-                on_progress: ReadyCallback | None) -> list[Notification]:
-    """:func:`wait` on an aviso-server: the same bookkeeping, fed by the server's stream."""
-    found, follower, deadline = _Found(request, mode, known, on_progress), _follower(request), _Deadline(timeout)
-    with _aviso_source(store, request, Channel()) as source:
-        while not found.add(follower.drain()):
-            if deadline.passed:
-                raise found.timed_out(timeout, source.last_error)
-            feed = source.channel.get(deadline.slice(STOP_CHECK * 5))
-            if feed is not None:
-                follower.feed(feed)
-        return found.ordered()
-
-
-async def _wait_aviso_async(store: Store, request: Request, mode: str, timeout: float | None,
-                            known: Iterable[Notification],
-                            on_progress: ReadyCallback | None) -> list[Notification]:
-    """:func:`wait_async` on an aviso-server: the stream's thread hands feeds to the loop."""
-    found, follower, deadline = _Found(request, mode, known, on_progress), _follower(request), _Deadline(timeout)
-    source = _aviso_source(store, request, Channel(loop=asyncio.get_running_loop()))
-    source.start()
-    try:
-        while not found.add(follower.drain()):
-            try:
-                feed = await asyncio.wait_for(source.channel.aget(), deadline.remaining)
-            except TimeoutError:
-                raise found.timed_out(timeout, source.last_error) from None
-            follower.feed(feed)
-        return found.ordered()
-    finally:
-        await asyncio.get_running_loop().run_in_executor(_WATCH_KEEPERS, source.stop)
+        await loop.run_in_executor(_WATCH_KEEPERS, feeds.stop)
 
 
 __all__ = ["Progress", "WaitResult", "check_min_found", "describe_missing", "wait", "wait_async"]

@@ -29,6 +29,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .backends.protocol import CapabilityError
 from .errors import PermissionDenied, StoreError, StoreUnavailable, ValidationError
 from .etcd import EtcdGateway, KeyValue, put_op
 
@@ -420,12 +421,21 @@ def register(store: Store, request: Request, *, who: Mapping[str, Any] | None = 
     record = Waiter(id=waiter_id, event=request.event, request=request.as_dict(), who=who_fields,
                     host=socket.gethostname(), pid=os.getpid(), since=_now(), found=found, total=total, mode=mode,
                     deadline=deadline, ready=found if ready is None else ready).to_dict()
-    if ttl_seconds == 0 or getattr(store, "aviso", None) is not None:  # off, or a store that is not etcd
+    if ttl_seconds == 0 or not _keeps_registry(store):
         return _unregistered(record)
     keeper = _keeper(store, ttl_seconds)
     registration = Registration(id=waiter_id, key=WAITING_PREFIX + waiter_id, record=record, keeper=keeper)
     keeper.add(registration)
     return registration
+
+
+def _keeps_registry(store: Store) -> bool:
+    """True for an etcd store; another backend (an aviso-server) keeps no registry of waiters."""
+    try:
+        store.backend.etcd("the waiting registry")
+    except CapabilityError:
+        return False
+    return True
 
 
 # -- listing and following -----------------------------------------------------------------------

@@ -2,8 +2,10 @@
 
 Starts ``aviso-workflows serve`` (the Aviso 2 HTTP API) on the demo's etcd; an Airflow sensor (a real
 ``AvisoSensor``, in a child process) and an ecFlow ``WaitTask`` (a suite on a private ecflow_server) wait on
-etcd for step 0 of today's 18 UTC forecast; ECMWF's own Aviso 2 client, pyaviso 2.4.2 from .venv-pyaviso2,
-posts it to ``serve``, which writes it to etcd; both are released. Takes about 10 seconds.
+etcd for steps 0, 6 and 12 of today's 18 UTC forecast, and a third wait asks ``serve`` itself for them, as
+a client of an aviso-server (``aviso+http://``: one ``/watch`` stream); ECMWF's own Aviso 2 client, pyaviso
+2.4.2 from .venv-pyaviso2, posts the three steps to ``serve``, which writes them to etcd; all three are
+released. Takes about 10 seconds.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from urllib.parse import urlsplit
 ROOT = Path(__file__).resolve().parent.parent
 AVISO2 = ROOT / ".venv-pyaviso2" / "bin" / "aviso"
 SERVE = [str(Path(sys.executable).with_name("aviso-workflows")), "serve"]
-FORECAST = {"class": "od", "expver": "1", "domain": "g", "time": "18", "stream": "oper", "step": "0"}
-LOCATION = "file:///data/od/oper/18/step000.grib"
+STEPS = ("0", "6", "12")
+FORECAST = {"class": "od", "expver": "1", "domain": "g", "time": "18", "stream": "oper", "step": "/".join(STEPS)}
+LOCATION = "file:///data/od/oper/18/step{step:0>3}.grib"
 LIMIT_SECONDS = 40.0
 START = time.monotonic()
 
@@ -70,8 +73,9 @@ def _sensor(request: dict[str, str]) -> None:
     with DAG("aviso2_demo", schedule=None):
         sensor = AvisoSensor(task_id="wait", event="mars", request=request, timeout=LIMIT_SECONDS)
     print("sensor waiting", flush=True)
-    [found] = sensor.execute({"dag_run": SimpleNamespace(run_after=dt.datetime.now(dt.UTC))})  # type: ignore[arg-type]
-    print(f"sensor RELEASED: step {found['request']['step']} at {found['location']}", flush=True)
+    found = sensor.execute({"dag_run": SimpleNamespace(run_after=dt.datetime.now(dt.UTC))})  # type: ignore[arg-type]
+    steps = ", ".join(n["request"]["step"] for n in found)
+    print(f"sensor RELEASED: steps {steps}, the last at {found[-1]['location']}", flush=True)
 
 
 def _echo(process: subprocess.Popen[str], waiting: threading.Event) -> None:
@@ -80,6 +84,27 @@ def _echo(process: subprocess.Popen[str], waiting: threading.Event) -> None:
         if line.startswith("sensor "):
             waiting.set()
             say("airflow", line.removeprefix("sensor ").strip())
+
+
+def start_aviso_wait(port: int, request: dict[str, str]) -> tuple[threading.Thread, list[BaseException]]:
+    """A wait through ``serve`` as an aviso-server client (``aviso+http://``), in a thread; its error, if any,
+    lands in the list."""
+    from aviso_workflows import Store
+
+    failed: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            found = Store([f"aviso+http://127.0.0.1:{port}"]).wait({"event": "mars", **request},
+                                                                     timeout=LIMIT_SECONDS)
+            say("aviso2", f"wait through serve's /watch RELEASED: steps {', '.join(n.request['step'] for n in found)}")
+        except BaseException as error:  # noqa: BLE001 - reported by the demo's thread
+            failed.append(error)
+
+    thread = threading.Thread(target=wait, name="aviso2-wait", daemon=True)
+    thread.start()
+    say("aviso2", f"a wait for steps {'/'.join(STEPS)} follows serve's /watch (aviso+http://127.0.0.1:{port})")
+    return thread, failed
 
 
 def run(store_url: str) -> None:
@@ -104,20 +129,18 @@ def run(store_url: str) -> None:
             serve = start_serve(store_url, port)
             say("serve", f"aviso-workflows serve (pid {serve.pid}) answers the Aviso 2 API at "
                 f"http://127.0.0.1:{port}")
+            aviso_wait, aviso_failed = start_aviso_wait(port, request)
             with ecflow_wait(store_url, request, Path(tmp) / "ecflow") as look:
                 waiting.wait(timeout=LIMIT_SECONDS)
                 time.sleep(1.0)  # the sensor has read and follows the watch
-                notify = [str(AVISO2), "--base-url", f"http://127.0.0.1:{port}", "notify",
-                          ",".join(["event=mars", *(f"{k}={v}" for k, v in request.items()), f'data="{LOCATION}"'])]
-                say("pyaviso2", "$ aviso notify " + notify[-1])
-                posted = subprocess.run(notify, capture_output=True, text=True, timeout=30,
-                                        env={**os.environ, "HOME": tmp})
-                if posted.returncode != 0:
-                    raise SystemExit(f"pyaviso 2's notify failed: {posted.stderr}")
-                say("pyaviso2", f"serve answered {posted.stdout.strip()}")
+                for step in STEPS:
+                    post(port, {**request, "step": step}, tmp)
                 sensor.wait(timeout=LIMIT_SECONDS)
                 echo.join(timeout=5)
                 look()
+                aviso_wait.join(timeout=LIMIT_SECONDS)
+                if aviso_failed or aviso_wait.is_alive():
+                    raise SystemExit(f"the wait through serve failed: {aviso_failed or 'not released in time'}")
         finally:
             if sensor.poll() is None:
                 sensor.kill()
@@ -128,6 +151,18 @@ def run(store_url: str) -> None:
                 say("serve", "stopped")
     if sensor.returncode != 0:
         raise SystemExit(f"the Airflow sensor failed (exit {sensor.returncode})")
+
+
+def post(port: int, fields: dict[str, str], home: str) -> None:
+    """``aviso notify`` of pyaviso 2 to ``serve``, for one step."""
+    location = LOCATION.format(step=fields["step"])
+    notify = [str(AVISO2), "--base-url", f"http://127.0.0.1:{port}", "notify",
+              ",".join(["event=mars", *(f"{k}={v}" for k, v in fields.items()), f'data="{location}"'])]
+    say("pyaviso2", "$ aviso notify " + notify[-1])
+    posted = subprocess.run(notify, capture_output=True, text=True, timeout=30, env={**os.environ, "HOME": home})
+    if posted.returncode != 0:
+        raise SystemExit(f"pyaviso 2's notify failed: {posted.stderr}")
+    say("pyaviso2", f"serve answered {posted.stdout.strip()}")
 
 
 class ecflow_wait:  # noqa: N801 - used as a context manager, named for what it holds

@@ -20,13 +20,11 @@ from airflow.sdk import conf
 from airflow.triggers.base import BaseEventTrigger, BaseTrigger, TriggerEvent
 from airflow.triggers.shared_stream import AdvanceItem, SharedStreamProducer
 
-from .. import aviso2
 from ..errors import AvisoWorkflowsError, ValidationError, WaitTimeout
 from ..etcd import WatchIdle
 from ..listen import END_OF_REVISION, HUB, Position, listen_async, wait_async
 from ..position import place
 from ..request import Request
-from ..status_chain import revision_window
 from ..store import Notification, Store
 from ..watch import PrefixWatch, one_line
 from . import _requests
@@ -430,10 +428,7 @@ def default_lookback() -> float:
 
 def _first_since(store: Store, request: Request, since: dt.datetime) -> Position:
     """The position just before the first notification posted at or after ``since`` (else now)."""
-    if store.aviso is not None:
-        return aviso2.since(since)
-    windows = [window for key in request.status_keys() if (window := revision_window(store, key, since))]
-    return Position(min(window[0] for window in windows) - 1) if windows else store.now()
+    return store.first_after([request], since)
 
 
 def _position(saved: Any) -> Position | None:

@@ -55,7 +55,7 @@ def sensor(request: dict[str, Any], **options: Any) -> AvisoSensor:
 
 def test_the_connection_reaches_the_server(aviso_conn: str) -> None:
     hook = AvisoHook(aviso_conn)
-    assert hook.get_conn().aviso is not None
+    assert hook.get_conn().backend.position_unit == "sequence"  # an aviso-server backend
     ok, message = hook.test_connection()
     assert ok and "aviso-server" in message
 

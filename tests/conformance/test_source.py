@@ -18,6 +18,7 @@ from test_http import MARS, notify
 
 from aviso_workflows import Store, StoreUnavailable
 from aviso_workflows.aviso2 import AvisoServerError, ReplayLimitReached
+from aviso_workflows.backends.aviso_server import AvisoServerBackend
 from aviso_workflows.cli import main
 from aviso_workflows.position import Position
 
@@ -65,10 +66,9 @@ def test_a_notify_the_server_refuses_with_500_is_refused_not_unavailable(aviso_s
                                                                         day: str) -> None:
     """src/notification/processor.rs + src/handlers/notification_processor.rs (0.7.1): an identifier field the
     schema does not know is answered 500 NOTIFICATION_PROCESSING_FAILED; sending it again cannot succeed."""
-    store = Store([aviso_server.endpoint])
-    assert store.aviso is not None
+    client = AvisoServerBackend(Store([aviso_server.endpoint]).config).client
     with pytest.raises(AvisoServerError) as refused:
-        store.aviso.notify("mars", {**MARS, "date": day, "levtype": "sfc"}, None)
+        client.notify("mars", {**MARS, "date": day, "levtype": "sfc"}, None)
     assert not isinstance(refused.value, StoreUnavailable)
     assert refused.value.status == 500 and "NOTIFICATION_PROCESSING_FAILED" in str(refused.value)
     assert "levtype" in str(refused.value)

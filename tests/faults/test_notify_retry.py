@@ -19,7 +19,7 @@ from etcd_helpers import running_etcd
 from slow_proxy import SlowTxnProxy, slow_proxy_fixture  # noqa: F401 - the slow_proxy fixture
 
 from aviso_workflows import Store
-from aviso_workflows import store as store_module
+from aviso_workflows.backends import etcd as store_module
 from aviso_workflows.etcd import KeyValue
 
 MARS_STATUS = "/ec/mars/"
@@ -69,13 +69,13 @@ def with_message(chain: list[KeyValue], message: str) -> list[KeyValue]:
 def every_batch_starts_on_the_slow_endpoint(producer: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     """The gateway stays on the endpoint it failed over to: send the first transaction of each batch to the
     first endpoint (the slow one) again, so that every batch of a notify has its answer lost once."""
-    commit = producer._commit
+    commit = producer.backend._commit  # type: ignore[attr-defined]
 
     def commit_from_the_first_endpoint(*args: Any) -> int:
         producer.gateway._current = 0
         return commit(*args)
 
-    monkeypatch.setattr(producer, "_commit", commit_from_the_first_endpoint)
+    monkeypatch.setattr(producer.backend, "_commit", commit_from_the_first_endpoint)
 
 
 def test_a_notify_whose_answer_was_lost_is_written_once(

@@ -17,6 +17,7 @@ from freezegun import freeze_time
 from helpers import COMMAND, FORECAST, until
 
 from aviso_workflows import Store, ValidationError
+from aviso_workflows.backends import CapabilityError
 from aviso_workflows.expect import ExpectationChecker, checked_dates, load_expectation_file, parse_expectations
 
 
@@ -56,7 +57,7 @@ def test_a_bad_file_is_refused_before_anything_runs(tmp_path: Path, etcd_url: st
 
 def test_an_aviso_server_store_is_refused_naming_the_endpoint(store: Store) -> None:
     expectations = parse_expectations(store, {"expectations": [entry()]})
-    with pytest.raises(ValidationError, match=r"endpoints: 'aviso\+http://127.0.0.1:9'.*etcd store"):
+    with pytest.raises(CapabilityError, match=r"expectations.*aviso\+http://127.0.0.1:9 is an aviso-server.*etcd"):
         ExpectationChecker(Store(["aviso+http://127.0.0.1:9"]), expectations)
 
 

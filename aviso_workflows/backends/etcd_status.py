@@ -1,0 +1,118 @@
+"""The pyaviso status record that every notify on etcd writes: its fields, and walking its chain back.
+
+Kept below the backends (no store, no listener) so that the etcd backend's notify and the status-chain
+searches (status_chain.py) share one definition.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import json
+import os
+from importlib import metadata
+from typing import Any
+
+from ..etcd import EtcdGateway, KeyValue
+
+#: The layout of ``date_time`` in a status record (UTC).
+STATUS_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+def _version() -> str:
+    try:
+        return metadata.version("aviso-workflows")
+    except metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown"
+
+
+VERSION = _version()
+
+
+def status_info(status: KeyValue) -> tuple[dt.datetime, int, int] | None:
+    data = status_record(status)
+    try:
+        when = dt.datetime.strptime(data["date_time"], STATUS_TIME_FORMAT)
+    except (ValueError, KeyError, TypeError):
+        return None
+    return when, int(data.get("prev_rev") or 0), int(data.get("last_prev_day_rev") or 0)
+
+
+def status_record(status: KeyValue) -> dict[str, Any]:
+    """The JSON of a status; empty if another writer put something else there."""
+    try:
+        record = json.loads(status.value)
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def previous_revision(status: KeyValue) -> int | None:
+    """The revision of the status before ``status`` (None: the first of its chain, or unreadable)."""
+    prev_rev = status_record(status).get("prev_rev")
+    return prev_rev if isinstance(prev_rev, int) and not isinstance(prev_rev, bool) else None
+
+
+def new_status(previous: KeyValue | None, message: str, etcd_user: str | None) -> dict[str, Any]:
+    """The status record a notify writes after ``previous`` (None: the first of its chain), as pyaviso does."""
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    status: dict[str, Any] = {
+        "etcd_user": etcd_user,
+        "message": message,
+        "unix_user": _unix_user(),
+        "aviso_version": f"aviso-workflows {VERSION}",
+        "engine": "ETCD_REST",
+        "hostname": os.uname().nodename,
+        "date_time": now.strftime(STATUS_TIME_FORMAT),
+    }
+    if previous is None:
+        return status
+    status["prev_rev"] = previous.mod_revision
+    old = status_record(previous)
+    try:
+        old_day = dt.datetime.strptime(old["date_time"], STATUS_TIME_FORMAT).date()
+    except (ValueError, KeyError, TypeError):
+        return status
+    if old_day == now.date():
+        if "last_prev_day_rev" in old:
+            status["last_prev_day_rev"] = old["last_prev_day_rev"]
+    else:
+        status["last_prev_day_rev"] = previous.mod_revision
+    return status
+
+
+def _unix_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
+
+
+class StatusChainTooLong(Exception):
+    """A walk of a status chain read its limit of statuses without reaching the one it looked for."""
+
+
+def status_after(gateway: EtcdGateway, key: str, previous: KeyValue | None, current: KeyValue | None, *,
+                 limit: int) -> KeyValue | None:
+    """The status whose ``prev_rev`` is ``previous`` (or the first one, when there was none), found by
+    walking prev_rev back from ``current``; None if the chain does not lead back to ``previous``.
+
+    Reads at most ``limit`` statuses (then raises StatusChainTooLong); raises HistoryCompacted where
+    the chain's history is compacted.
+    """
+    floor = previous.mod_revision if previous is not None else 0
+    status = current
+    for _ in range(limit):
+        if status is None or status.mod_revision <= floor:
+            return None
+        prev_rev = previous_revision(status)
+        if prev_rev is None:  # the start of a chain: ours only if the key did not exist when we compared
+            return status if previous is None else None
+        if prev_rev <= floor:  # below ``previous``: the chain skipped it (it cannot be ours)
+            return status if prev_rev == floor and previous is not None else None
+        _, status = gateway.get(key, revision=prev_rev)
+    raise StatusChainTooLong(f"more than {limit} statuses were written since")
+
+
+__all__ = ["STATUS_TIME_FORMAT", "StatusChainTooLong", "new_status", "previous_revision", "status_after",
+           "status_info", "status_record"]
