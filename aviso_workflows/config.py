@@ -26,9 +26,10 @@ CONFIG_VARIABLE = "AVISO_WORKFLOWS_CONFIG"
 STATE_VARIABLE = "AVISO_WORKFLOWS_STATE_DIR"
 TRANSPORT_VARIABLE = "AVISO_WORKFLOWS_TRANSPORT"
 #: How to talk to etcd: ``grpc`` (its native API), ``gateway`` (its HTTP/JSON gateway, also what proxies
-#: forward), ``auto`` (gRPC unless the config has HTTP-only settings or the gRPC stubs do not load).
+#: forward), ``auto`` (gRPC unless the config has HTTP-only settings, an endpoint answers HTTP/1, or the gRPC
+#: stubs do not load: the default).
 TRANSPORTS = ("auto", "grpc", "gateway")
-DEFAULT_TRANSPORT = "gateway"
+DEFAULT_TRANSPORT = "auto"
 _SECRET = "***"
 
 
