@@ -6,7 +6,8 @@
 - watch fan-out: 10 watchers on one prefix, each receiving every one of the keys written (from
   history, so the writes do not limit it); events delivered per second over all watchers.
 
-``aetcd`` is needed only here (``pip install aetcd``); the store itself does not use it.
+``aetcd``'s own asyncio client is the gRPC side here (the store uses only the stubs aetcd ships, with
+grpcio's blocking channels; ``floors.py`` measures the store over both transports).
 
 Usage: transport.py RESULTS.json [TRANSACTIONS]
 """
@@ -133,7 +134,7 @@ def has_aetcd() -> bool:
 def measure(url: str, transactions: int) -> dict[str, float]:
     gateway = EtcdGateway(StoreConfig(endpoints=(url,)))
     gateway.current_revision()
-    grpc = has_aetcd()  # without it (it is not a dependency of the store) only the gateway is measured
+    grpc = has_aetcd()  # without it (a venv without the gRPC transport) only the gateway is measured
     results = {
         "http_write_1": best(lambda r: gateway_writes(url, f"/bench/h1/{r}/", transactions, 1)),
         "http_write_4": best(lambda r: gateway_writes(url, f"/bench/h4/{r}/", transactions, WRITERS)),
