@@ -220,11 +220,6 @@ class _Deadline:
         remaining = self.remaining
         return remaining is not None and remaining <= 0
 
-    def blocking(self) -> float | None:
-        """How long to block for the next event: until the deadline (never negative), or without end."""
-        remaining = self.remaining
-        return None if remaining is None else max(0.0, remaining)
-
     def slice(self, longest: float) -> float:
         """How long to block now: at most ``longest``, and not past the deadline."""
         remaining = self.remaining
@@ -376,7 +371,7 @@ class _ReadBatch:
         with cls._lock:
             for stale in [key for key in cls._batches if key[0].is_closed()]:
                 del cls._batches[stale]
-            batch = cls._batches.setdefault((loop, (store.config.identity, store.config.max_txn_ops)),
+            batch = cls._batches.setdefault((loop, (store.backend.identity, store.config.max_txn_ops)),
                                             cls(store, loop))
         future: asyncio.Future[Read] = loop.create_future()
         batch.pending.append((request, future))

@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+from backend_fixture import any_store_fixture, aviso_double_fixture  # noqa: F401 - the backends' fixtures
 from core_helpers import destination_for, diss, joined, mars, mars_key
 from threads import run_in_thread
 
@@ -19,10 +20,10 @@ def _watches(prefix: str) -> list[PrefixWatch]:
     return [w for w in HUB.watches() if w.prefix == prefix]
 
 
-def test_released_at_once_for_keys_already_posted(store: Store, unique_date: str) -> None:
-    store.notify(mars(unique_date, step="0/to/24/by/6"), location="file:///f")
+def test_released_at_once_for_keys_already_posted(any_store: Store, unique_date: str) -> None:
+    any_store.notify(mars(unique_date, step="0/to/24/by/6"), location="file:///f")
     started = time.monotonic()
-    found = store.wait(mars(unique_date, step="0/to/24/by/6"), timeout=5)
+    found = any_store.wait(mars(unique_date, step="0/to/24/by/6"), timeout=5)
     assert time.monotonic() - started < RELEASE_BOUND
     assert [n.key for n in found] == [mars_key(unique_date, s) for s in (0, 6, 12, 18, 24)]
     assert {n.location for n in found} == {"file:///f"}
@@ -30,12 +31,12 @@ def test_released_at_once_for_keys_already_posted(store: Store, unique_date: str
                                 "stream": "oper", "step": "0"}
 
 
-def test_released_at_once_every_time(store: Store, unique_date: str) -> None:
+def test_released_at_once_every_time(any_store: Store, unique_date: str) -> None:
     """Ending a wait stops its watch promptly, even one whose stream is still being opened."""
     for step in range(10):
-        store.notify(mars(unique_date, step=step))
+        any_store.notify(mars(unique_date, step=step))
         started = time.monotonic()
-        assert len(store.wait(mars(unique_date, step=step), timeout=5)) == 1
+        assert len(any_store.wait(mars(unique_date, step=step), timeout=5)) == 1
         assert time.monotonic() - started < RELEASE_BOUND, f"iteration {step} took too long"
 
 
@@ -53,14 +54,14 @@ def test_short_timeout_with_a_slow_etcd_is_a_timeout(store: Store, unique_date: 
         store.wait(mars(unique_date), timeout=0.1)
 
 
-def test_released_within_milliseconds_of_the_last_post(store: Store, unique_date: str) -> None:
-    thread, outcome = run_in_thread(lambda: store.wait(mars(unique_date, step="0/6/12"), timeout=20))
+def test_released_within_milliseconds_of_the_last_post(any_store: Store, unique_date: str) -> None:
+    thread, outcome = run_in_thread(lambda: any_store.wait(mars(unique_date, step="0/6/12"), timeout=20))
     time.sleep(0.3)
-    store.notify(mars(unique_date, step=0))
-    store.notify(mars(unique_date, step=6))
+    any_store.notify(mars(unique_date, step=0))
+    any_store.notify(mars(unique_date, step=6))
     time.sleep(0.3)
     assert thread.is_alive(), "released before every key was posted"
-    store.notify(mars(unique_date, step=12), location="last")
+    any_store.notify(mars(unique_date, step=12), location="last")
     posted = time.monotonic()
     found = joined(thread, outcome)
     assert outcome["ended"] - posted < RELEASE_BOUND
@@ -68,61 +69,61 @@ def test_released_within_milliseconds_of_the_last_post(store: Store, unique_date
     assert found[-1].location == "last"
 
 
-def test_any_releases_on_the_first_matching_key(store: Store, unique_date: str) -> None:
-    thread, outcome = run_in_thread(lambda: store.wait(mars(unique_date, step="0/to/240"), mode="any", timeout=20))
+def test_any_releases_on_the_first_matching_key(any_store: Store, unique_date: str) -> None:
+    thread, outcome = run_in_thread(lambda: any_store.wait(mars(unique_date, step="0/to/240"), mode="any", timeout=20))
     time.sleep(0.2)
-    store.notify(mars(unique_date, step=7, time=12))  # another time: does not match
+    any_store.notify(mars(unique_date, step=7, time=12))  # another time: does not match
     time.sleep(0.2)
     assert thread.is_alive()
-    store.notify(mars(unique_date, step=120))
+    any_store.notify(mars(unique_date, step=120))
     (found,) = joined(thread, outcome)
     assert found.request["step"] == "120"
 
 
-def test_any_with_a_wildcard_request(store: Store, unique_date: str) -> None:
-    thread, outcome = run_in_thread(lambda: store.wait({"event": "mars", "date": unique_date, "stream": "enfo"},
+def test_any_with_a_wildcard_request(any_store: Store, unique_date: str) -> None:
+    thread, outcome = run_in_thread(lambda: any_store.wait({"event": "mars", "date": unique_date, "stream": "enfo"},
                                                        mode="any", timeout=20))
     time.sleep(0.2)
-    store.notify(mars(unique_date, stream="oper"))
-    store.notify(mars(unique_date, stream="enfo", step=3))
+    any_store.notify(mars(unique_date, stream="oper"))
+    any_store.notify(mars(unique_date, stream="enfo", step=3))
     (found,) = joined(thread, outcome)
     assert (found.request["stream"], found.request["step"]) == ("enfo", "3")
 
 
-def test_timeout_raises_with_what_was_found(store: Store, unique_date: str) -> None:
-    store.notify(mars(unique_date, step=6))
+def test_timeout_raises_with_what_was_found(any_store: Store, unique_date: str) -> None:
+    any_store.notify(mars(unique_date, step=6))
     started = time.monotonic()
     with pytest.raises(WaitTimeout) as caught:
-        store.wait(mars(unique_date, step="0/6/12"), timeout=0.5)
+        any_store.wait(mars(unique_date, step="0/6/12"), timeout=0.5)
     assert 0.5 <= time.monotonic() - started < 0.5 + RELEASE_BOUND
     assert [n.request["step"] for n in caught.value.found] == ["6"]
     assert "1/3" in str(caught.value)
 
 
-def test_progress_is_reported_per_key(store: Store, unique_date: str) -> None:
-    store.notify(mars(unique_date, step=0))
+def test_progress_is_reported_per_key(any_store: Store, unique_date: str) -> None:
+    any_store.notify(mars(unique_date, step=0))
     seen: list[tuple[int, int, str]] = []
-    thread, outcome = run_in_thread(lambda: store.wait(
+    thread, outcome = run_in_thread(lambda: any_store.wait(
         mars(unique_date, step="0/6"), timeout=10, on_progress=lambda f, t, n: seen.append((f, t, n.request["step"]))))
     time.sleep(0.2)
-    store.notify(mars(unique_date, step=6))
+    any_store.notify(mars(unique_date, step=6))
     joined(thread, outcome)
     assert seen == [(1, 2, "0"), (2, 2, "6")]
 
 
-def test_no_gap_between_read_and_watch(store: Store, unique_date: str) -> None:
+def test_no_gap_between_read_and_watch(any_store: Store, unique_date: str) -> None:
     """A post racing the start of the wait is never missed: either the read or the watch sees it."""
     for step in range(20):
         barrier = threading.Barrier(2)
 
         def waiter(step: int = step, barrier: threading.Barrier = barrier) -> object:
             barrier.wait()
-            return store.wait(mars(unique_date, step=step), timeout=5)
+            return any_store.wait(mars(unique_date, step=step), timeout=5)
 
         thread, outcome = run_in_thread(waiter)
         barrier.wait()
         time.sleep(step * 0.0005)  # spread the post over the waiter's start-up
-        store.notify(mars(unique_date, step=step))
+        any_store.notify(mars(unique_date, step=step))
         posted = time.monotonic()
         found = joined(thread, outcome, bound=6)
         assert [n.request["step"] for n in found] == [str(step)]
@@ -165,15 +166,15 @@ def test_wait_across_destinations_watches_each_prefix(store: Store, unique_date:
     assert {n.key.split("/")[3] for n in joined(thread, outcome)} == {one, two}
 
 
-async def test_wait_async(store: Store, unique_date: str) -> None:
+async def test_wait_async(any_store: Store, unique_date: str) -> None:
     import asyncio
 
     from aviso_workflows.listen import wait_async
 
-    request = store.request(mars(unique_date, step="0/6"))
-    task = asyncio.create_task(wait_async(store, request, timeout=10))
+    request = any_store.request(mars(unique_date, step="0/6"))
+    task = asyncio.create_task(wait_async(any_store, request, timeout=10))
     await asyncio.sleep(0.2)
-    await asyncio.to_thread(store.notify, mars(unique_date, step="0/6"))
+    await asyncio.to_thread(any_store.notify, mars(unique_date, step="0/6"))
     found = await asyncio.wait_for(task, 10)
     assert [n.request["step"] for n in found] == ["0", "6"]
 
