@@ -109,12 +109,23 @@ def range_op(key: str, *, prefix_of: str | None = None, limit: int = 0, revision
     return body
 
 
+class PutOp(dict[str, Any]):
+    """A put of a transaction in the gateway's JSON shape that keeps its key and value as bytes, so the gRPC
+    transport builds its request without decoding the base64 again."""
+
+    raw: tuple[bytes, bytes, int]
+
+
 def put_op(key: str, value: str, lease: str | None = None) -> dict[str, Any]:
     """A put operation of a transaction; with ``lease``, the key expires with that lease."""
-    body: dict[str, Any] = {"key": b64(key), "value": b64(value)}
+    key_bytes, value_bytes = key.encode(), value.encode()
+    body: dict[str, Any] = {"key": base64.b64encode(key_bytes).decode(),
+                            "value": base64.b64encode(value_bytes).decode()}
     if lease:
         body["lease"] = lease
-    return {"request_put": body}
+    op = PutOp(request_put=body)
+    op.raw = (key_bytes, value_bytes, int(lease or 0))
+    return op
 
 
 def unchanged_since(key: str, previous: KeyValue | None) -> dict[str, Any]:

@@ -393,6 +393,9 @@ _PUT_FIELDS = frozenset({"key", "value", "lease"})
 
 
 def _request_op(op: dict[str, Any]) -> rpc_pb2.RequestOp:
+    raw = getattr(op, "raw", None)
+    if raw is not None:  # etcd.put_op's, with its bytes at hand
+        return rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=raw[0], value=raw[1], lease=raw[2]))
     put = op.get("request_put")
     if put is not None and put.keys() <= _PUT_FIELDS:  # the common case, without protobuf's JSON parser (slow)
         return rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(
