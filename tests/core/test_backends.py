@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import threading
 from collections.abc import Iterator
 from contextlib import closing
+from pathlib import Path
 
 import pytest
-from backend_fixture import any_store_fixture, aviso_double_fixture  # noqa: F401 - the backends' fixtures
+from backend_fixture import AvisoServerDouble, any_store_fixture, aviso_double_fixture  # noqa: F401 - fixtures
 from core_helpers import WAIT_BOUND, joined, mars
 from threads import run_in_thread
 
 from aviso_workflows import Notification, Store
 from aviso_workflows.backends import CapabilityError
+from aviso_workflows.cli import main
 from aviso_workflows.listen import listen
 from aviso_workflows.wait import wait_async
 
@@ -98,3 +101,19 @@ def test_what_only_etcd_keeps_is_one_error_naming_the_endpoint(any_store: Store)
     with pytest.raises(CapabilityError) as refused:
         any_store.backend.etcd("the waiting registry")
     assert any_store.config.endpoints[0] in str(refused.value) and "etcd endpoint" in str(refused.value)
+
+
+def test_waiting_and_expect_on_an_aviso_server_are_one_line_naming_the_endpoint(
+        aviso_double: AvisoServerDouble, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The registry of waiters and the expectations live in etcd: on an aviso-server each command says so in
+    one line (exit 2), naming the endpoint and what to give instead, not a traceback of the HTTP client."""
+    expectations = tmp_path / "expect.yaml"
+    expectations.write_text(json.dumps({"expectations": [{
+        "name": "oper 00", "event": "mars", "at": "05:40", "triggers": [{"type": "echo"}],
+        "request": {"class": "od", "expver": 1, "domain": "g", "time": 0, "stream": "oper", "step": "0/6"}}]}))
+    for argv in (["waiting"], ["expect", str(expectations), "--once"]):
+        code = main([*argv, "--endpoint", aviso_double.endpoint])
+        err = capsys.readouterr().err
+        assert code == 2, argv
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        assert aviso_double.endpoint in err and "etcd endpoint" in err
