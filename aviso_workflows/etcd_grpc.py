@@ -184,13 +184,23 @@ class GrpcGateway(EtcdGateway):
     """Talks to one etcd cluster over gRPC through any of its endpoints; thread safe."""
 
     transport = "grpc"
+    _stubs_cache: dict[str, tuple[int, _Stubs]]
 
     def post(self, path: str, body: dict[str, Any], **_: Any) -> Any:
         """Raw gateway requests have no gRPC form: use :meth:`call`."""
         raise StoreError(f"the gRPC transport cannot post {path} to the HTTP gateway; use transport: gateway")
 
     def _stubs(self, endpoint: str) -> _Stubs:
-        return _stubs(_channel(self.config, endpoint))
+        """This process's stubs on ``endpoint`` (kept by the client: working out the channel's key costs more
+        than a small request's own work)."""
+        cache: dict[str, tuple[int, _Stubs]] | None = getattr(self, "_stubs_cache", None)
+        if cache is None:
+            cache = {}
+            self._stubs_cache = cache
+        found = cache.get(endpoint)
+        if found is None or found[0] != os.getpid():
+            found = cache[endpoint] = (os.getpid(), _stubs(_channel(self.config, endpoint)))
+        return found[1]
 
     def not_grpc(self, endpoint: str) -> Exception:
         """``endpoint`` answered HTTP/1: with ``transport: auto`` this client speaks to the gateway from now on
@@ -225,7 +235,7 @@ class GrpcGateway(EtcdGateway):
         return str(answer.token)
 
     # -- one request, with failover ------------------------------------------------------------------
-    def _unary(self, what: str, invoke: Callable[[_Stubs, Any], T], keys: str = "") -> T:
+    def _unary(self, what: str, invoke: Callable[[_Stubs, Any], T], keys: Callable[[], str] = str) -> T:
         """Run ``invoke(stubs, metadata)`` on the first endpoint that answers, as :meth:`EtcdGateway.post`
         does over HTTP: busy answers are asked again after a pause within ``config.timeout``, an
         unreachable endpoint is left for the next, an expired token is replaced once.
@@ -255,7 +265,7 @@ class GrpcGateway(EtcdGateway):
                     signed_in_again = True
                     continue
                 if not _is_busy(error):
-                    raise _refusal(error, endpoint, keys) from None
+                    raise _refusal(error, endpoint, keys()) from None
                 errors.append(f"{endpoint}: {_details(error)}")
                 pause = min(BUSY_DELAYS[min(attempt, len(BUSY_DELAYS) - 1)], deadline - time.monotonic())
                 if pause <= 0:
@@ -267,7 +277,7 @@ class GrpcGateway(EtcdGateway):
         failure = TlsRefused if refused_tls >= len(self.config.endpoints) else StoreUnavailable
         raise failure("cannot reach etcd at " + "; ".join(errors[-len(self.config.endpoints):]))
 
-    def _rpc(self, service: str, method: str, request: Any, keys: str = "") -> Any:
+    def _rpc(self, service: str, method: str, request: Any, keys: Callable[[], str] = str) -> Any:
         timeout = self.config.timeout
         return self._unary(method, lambda stubs, metadata: getattr(getattr(stubs, service), method)(
             request, timeout=timeout, metadata=metadata), keys)
@@ -279,7 +289,7 @@ class GrpcGateway(EtcdGateway):
             raise StoreError(f"the gRPC transport has no request {path}; valid: {', '.join(sorted(_PATHS))}")
         service, method, request_type = _PATHS[path]
         request = _parsed(body, request_type())
-        return _as_dict(self._rpc(service, method, request, _keys_of(body)))
+        return _as_dict(self._rpc(service, method, request, lambda: _keys_of(body)))
 
     # -- key-value -------------------------------------------------------------------------------
     @_or_gateway
@@ -288,8 +298,8 @@ class GrpcGateway(EtcdGateway):
         return self.call("kv/range", body)
 
     def _range(self, request: rpc_pb2.RangeRequest) -> rpc_pb2.RangeResponse:
-        keys = _keys(request.key.decode(errors="replace"), bool(request.range_end))
-        return self._rpc("kv", "Range", request, keys)
+        return self._rpc("kv", "Range", request,
+                         lambda: _keys(request.key.decode(errors="replace"), bool(request.range_end)))
 
     @_or_gateway
     def range_all(self, key: str, *, prefix: bool = True, revision: int = 0, min_mod_revision: int = 0,
@@ -329,8 +339,8 @@ class GrpcGateway(EtcdGateway):
         request = rpc_pb2.TxnRequest(compare=[_parsed(c, rpc_pb2.Compare()) for c in compare],
                                      success=[_request_op(op) for op in success],
                                      failure=[_request_op(op) for op in failure])
-        keys = _keys_of(next((next(iter(op.values()), {}) for op in success), {}))
-        return _txn_answer(self._rpc("kv", "Txn", request, keys))
+        return _txn_answer(self._rpc("kv", "Txn", request,
+                                     lambda: _keys_of(next((next(iter(op.values()), {}) for op in success), {}))))
 
     @_or_gateway
     def grant_lease(self, ttl: int) -> str:
@@ -364,7 +374,7 @@ class GrpcGateway(EtcdGateway):
     def delete(self, key: str) -> int:
         """Delete one key; returns the store's revision after it."""
         return int(self._rpc("kv", "DeleteRange", rpc_pb2.DeleteRangeRequest(key=key.encode()),
-                             _keys(key, False)).header.revision)
+                             lambda: _keys(key, False)).header.revision)
 
     @_or_gateway
     def compact(self, revision: int, physical: bool = True) -> None:
