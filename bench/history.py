@@ -18,6 +18,9 @@ from typing import Any
 from common import DOCS, ROOT, pyplot, save_plot
 
 HISTORY = Path(__file__).resolve().parent / "history.csv"
+#: The targets the ratios are held to (drawn as dashed lines).
+TARGETS = {"notify→release p50 ÷ gRPC put→watch": 1.3, "notify→release p99 ÷ gRPC put→watch": 2.0,
+           "batched notify ÷ raw gRPC txn": 0.9}
 COLUMNS = ("date", "commit", "figure", "transport", "value", "floor", "ratio", "machine")
 
 
@@ -66,6 +69,8 @@ def plot() -> Path | None:
             points = [(runs.index((row["date"], row["commit"])), float(row["ratio"])) for row in rows
                       if row["figure"] == name and row["transport"] == transport]
             axis.plot([x for x, _ in points], [y for _, y in points], marker="o", label=transport)
+        if name in TARGETS:
+            axis.axhline(TARGETS[name], color="grey", linestyle="--", linewidth=1, label="target")
         axis.set_title(name, fontsize=9)
         axis.set_ylabel("ratio")
         axis.set_xticks(range(len(runs)), [f"{c}\n{d[5:10]}" for d, c in runs], fontsize=7)
