@@ -26,6 +26,7 @@ from ..listen import END_OF_REVISION, HUB, Position, listen_async, wait_async
 from ..position import place
 from ..request import Request
 from ..store import Notification, Store
+from ..wait import Progress
 from ..watch import PrefixWatch, one_line
 from . import _requests
 from .hooks import AvisoHook
@@ -110,7 +111,7 @@ class AvisoTrigger(BaseTrigger):
             request = store.request(self.event, self.request)
             found = await wait_async(store, request, mode=self.wait_for, timeout=timeout,
                                      known=[Notification.from_dict(n) for n in self.known],
-                                     on_progress=self._progress, min_found=self.min_found, who=self.who)
+                                     on_ready=self._progress, min_found=self.min_found, who=self.who)
         except WaitTimeout as error:
             missing = _requests.missing_keys(request, (n.key for n in error.found), self.wait_for)
             yield TriggerEvent({"status": "error", "reason": "timeout",
@@ -122,9 +123,12 @@ class AvisoTrigger(BaseTrigger):
         yield TriggerEvent({"status": "success", "notifications": [n.to_dict() for n in found],
                             **({"missing": found.missing} if found.partial else {})})
 
-    def _progress(self, count: int, total: int, notification: Notification) -> None:
-        if total > 1:  # a wait for one key says it all when it fires; thousands of them log nothing extra
-            self.log.info("%d/%d available: %s", count, total, notification.key)
+    def _progress(self, progress: Progress) -> None:
+        # A wait for one key says it all when it fires; thousands of them log nothing extra. Ready counts keys in
+        # request order with none missing before them: what a downstream task may use, as the sensor logs it.
+        if progress.total > 1:
+            self.log.info("%d/%d ready (%d found), newest: %s", progress.ready, progress.total, progress.found,
+                          progress.newest.key)
 
 
 class OutageReporter:

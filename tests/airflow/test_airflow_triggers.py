@@ -212,3 +212,25 @@ def test_message_queue_trigger_uses_the_aviso_scheme() -> None:
     assert trigger.serialize() == ("aviso_workflows.airflow.triggers.AvisoEventTrigger",
                                    {"event": "mars", "request": {"class": "od"}, "aviso_conn_id": "x",
                                     "event_interval": 5.0, "start_from": "unpause", "start_lookback": None})
+
+
+async def test_the_progress_logged_counts_steps_ready_in_order(store: Store, unique_date: str, aviso_conn: str,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """Posted 0, 12, 6: the log says 1 ready after step 12 (6 is missing before it), 3 once 6 is posted."""
+    trigger = AvisoTrigger(event="mars", request=request_of(store, unique_date, "0/6/12/18"), aviso_conn_id=aviso_conn)
+    log = TriggerLog(capsys)
+    waiting = asyncio.create_task(anext(trigger.run()))
+    for _ in range(200):  # at most 10 s until the trigger follows the shared watch
+        if subscribers_on(PREFIX) >= 1:
+            break
+        await asyncio.sleep(0.05)
+    await notify(store, unique_date, 0)
+    await log.line_with("1/4 ready (1 found)", 10)
+    await notify(store, unique_date, 12)
+    await log.line_with("1/4 ready (2 found)", 10)
+    await notify(store, unique_date, 6)
+    await log.line_with("3/4 ready (3 found)", 10)
+    assert not waiting.done()
+    await notify(store, unique_date, 18)
+    event = await asyncio.wait_for(waiting, 10)
+    assert event.payload["status"] == "success"
