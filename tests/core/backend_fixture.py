@@ -20,7 +20,8 @@ from aviso_workflows import Store
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "conformance"))
 from aviso_server_double import AvisoServerDouble  # noqa: E402
 
-BACKENDS = ["etcd", "aviso-server"]
+#: etcd over its default transport (gRPC), etcd over its HTTP gateway, and the aviso-server double.
+BACKENDS = ["etcd", "etcd-gateway", "aviso-server"]
 
 
 @pytest.fixture(scope="module", name="aviso_double")
@@ -39,4 +40,6 @@ def any_store_fixture(request: pytest.FixtureRequest, etcd_url: str, tmp_path: P
     monkeypatch.setenv("AVISO_WORKFLOWS_CONFIG", str(tmp_path / "no-config.yaml"))
     if request.param == "etcd":
         return Store([etcd_url])
+    if request.param == "etcd-gateway":
+        return Store([etcd_url], transport="gateway")
     return Store([request.getfixturevalue("aviso_double").endpoint])
