@@ -339,8 +339,9 @@ class GrpcGateway(EtcdGateway):
         request = rpc_pb2.TxnRequest(compare=[_parsed(c, rpc_pb2.Compare()) for c in compare],
                                      success=[_request_op(op) for op in success],
                                      failure=[_request_op(op) for op in failure])
-        return _txn_answer(self._rpc("kv", "Txn", request,
-                                     lambda: _keys_of(next((next(iter(op.values()), {}) for op in success), {}))))
+        answer = self._rpc("kv", "Txn", request,
+                           lambda: _keys_of(next((next(iter(op.values()), {}) for op in success), {})))
+        return _txn_answer(answer, all("request_put" in op for op in success))
 
     @_or_gateway
     def grant_lease(self, ttl: int) -> str:
@@ -418,16 +419,22 @@ def _request_op(op: dict[str, Any]) -> rpc_pb2.RequestOp:
     return _parsed(op, rpc_pb2.RequestOp())
 
 
-def _txn_answer(answer: rpc_pb2.TxnResponse) -> dict[str, Any]:
-    """The gateway's shape of a transaction's answer, without converting each put's header."""
-    result: dict[str, Any] = {"header": {"revision": str(answer.header.revision)}}
+def _txn_answer(answer: rpc_pb2.TxnResponse, only_puts: bool) -> dict[str, Any]:
+    """The gateway's shape of a transaction's answer. The puts' answers say nothing but the revision: a
+    transaction of puts that succeeded shares one of them for all (a notify's has 128)."""
+    revision = str(answer.header.revision)
+    result: dict[str, Any] = {"header": {"revision": revision}}
     if answer.succeeded:
         result["succeeded"] = True
-    responses: list[dict[str, Any]] = []
-    for response in answer.responses:
-        kind = response.WhichOneof("response")
-        responses.append({kind: _as_dict(getattr(response, kind))} if kind == "response_range"
-                         else {kind: {"header": {"revision": str(answer.header.revision)}}} if kind else {})
+    count = len(answer.responses)
+    if answer.succeeded and only_puts:
+        responses = [{"response_put": {"header": {"revision": revision}}}] * count
+    else:
+        responses = []
+        for response in answer.responses:
+            kind = response.WhichOneof("response")
+            responses.append({kind: _as_dict(getattr(response, kind))} if kind == "response_range"
+                             else {kind: {"header": {"revision": revision}}} if kind else {})
     if responses:
         result["responses"] = responses
     return result
