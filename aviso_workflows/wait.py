@@ -337,7 +337,9 @@ def _wait(store: Store, request: Request, *, mode: str = "all", timeout: float |
                 _read(store, request, follower, deadline, found)
         return found.ordered()
     finally:
-        feeds.stop()
+        rest = feeds.detach()
+        if rest is not None:
+            rest()
 
 
 # -- asyncio ---------------------------------------------------------------------------------------
@@ -460,7 +462,9 @@ async def _wait_async(store: Store, request: Request, *, mode: str = "all", time
                 await _read_async(store, request, follower, deadline, found)
         return found.ordered()
     finally:
-        await loop.run_in_executor(_WATCH_KEEPERS, feeds.stop)
+        rest = feeds.detach()  # on the loop: cheap; what may block (a watch's or a stream's end) in a thread
+        if rest is not None:
+            await loop.run_in_executor(_WATCH_KEEPERS, rest)
 
 
 __all__ = ["Progress", "WaitResult", "check_min_found", "describe_missing", "wait", "wait_async"]

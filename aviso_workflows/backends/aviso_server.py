@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from ..aviso2 import AvisoClient, AvisoSource, latest, now_position, replay, replay_window, since, wait_start
@@ -140,8 +140,9 @@ class StreamFeeds:
     async def aget(self) -> Feed:
         return await self.source.channel.aget()
 
-    def stop(self) -> None:
-        self.source.stop()
+    def detach(self) -> Callable[[], None] | None:
+        """The stream's stop (it joins the stream's thread)."""
+        return self.source.stop
 
 
 __all__ = ["AvisoServerBackend", "StreamFeeds"]

@@ -17,7 +17,7 @@ import json
 import logging
 import queue
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -391,13 +391,13 @@ class SharedWatchFeeds:
     async def aget(self) -> Feed:
         return await self.inbox.aget()
 
-    def stop(self) -> None:
+    def detach(self) -> Callable[[], None] | None:
+        """Leave the shared watch; the watch's stop if this was its last subscriber."""
         if self.watch is None:
-            return
+            return None
         self.watch = None
         ended = HUB.leave(self.config, self.prefix, self.inbox)
-        if ended is not None:
-            ended.stop()
+        return ended.stop if ended is not None else None
 
 
 __all__ = ["EtcdBackend", "SharedWatchFeeds", "status_prefixes"]

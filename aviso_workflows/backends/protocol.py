@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -104,8 +104,9 @@ class WaitFeeds(Protocol):
         """The next feed (for an asyncio waiter; the feeds were opened with its loop)."""
         ...
 
-    def stop(self) -> None:
-        """End them (may block a little: from asyncio, call it in a thread)."""
+    def detach(self) -> Callable[[], None] | None:
+        """Stop taking feeds at once (never blocks); what is left to end, if anything, is returned to be
+        called (it may block a little: from asyncio, call it in a thread)."""
 
 
 class DatedHistory(Protocol):
