@@ -25,7 +25,10 @@ COLUMNS = ("date", "commit", "figure", "transport", "value", "floor", "ratio", "
 
 
 def commit() -> str:
-    """The checked-out commit, marked ``+`` when files of the package or the bench differ from it."""
+    """The checked-out commit, marked ``+`` when files of the package or the bench differ from it
+    (``AVISO_BENCH_COMMIT``: the commit of a package measured from elsewhere, for an older point)."""
+    if os.environ.get("AVISO_BENCH_COMMIT"):
+        return os.environ["AVISO_BENCH_COMMIT"]
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                           timeout=30).stdout.strip() or "unknown"
     changed = subprocess.run(["git", "status", "--porcelain", "--", "aviso_workflows", "bench"], cwd=ROOT,
@@ -48,6 +51,13 @@ def append(rows: Sequence[dict[str, Any]]) -> None:
                              "floor": f"{row['floor']:.4g}", "ratio": f"{row['ratio']:.3f}", "machine": where})
 
 
+def _commits_before(commit: str) -> int:
+    """How far down the history ``commit`` is (its runs are plotted in that order; unknown ones last)."""
+    done = subprocess.run(["git", "rev-list", "--count", commit.rstrip("+")], cwd=ROOT, capture_output=True,
+                          text=True, timeout=30)
+    return int(done.stdout.strip()) if done.returncode == 0 and done.stdout.strip() else 1 << 30
+
+
 def read() -> list[dict[str, str]]:
     if not HISTORY.exists():
         return []
@@ -63,7 +73,8 @@ def plot() -> Path | None:
     plt = pyplot()
     names = list(dict.fromkeys(row["figure"] for row in rows))
     figure, axes = plt.subplots(len(names), 1, figsize=(8, 2.6 * len(names)), squeeze=False)
-    runs = list(dict.fromkeys((row["date"], row["commit"]) for row in rows))
+    runs = sorted(dict.fromkeys((row["date"], row["commit"]) for row in rows),
+                  key=lambda run: (_commits_before(run[1]), run[0]))
     for axis, name in zip(axes[:, 0], names, strict=True):
         for transport in sorted({row["transport"] for row in rows if row["figure"] == name}):
             points = [(runs.index((row["date"], row["commit"])), float(row["ratio"])) for row in rows
