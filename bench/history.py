@@ -31,7 +31,8 @@ def commit() -> str:
         return os.environ["AVISO_BENCH_COMMIT"]
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                           timeout=30).stdout.strip() or "unknown"
-    changed = subprocess.run(["git", "status", "--porcelain", "--", "aviso_workflows", "bench"], cwd=ROOT,
+    changed = subprocess.run(["git", "status", "--porcelain", "--", "aviso_workflows", "bench", ":!bench/history.csv"],
+                             cwd=ROOT,
                              capture_output=True, text=True, timeout=30).stdout.strip()
     return head + ("+" if changed else "")
 
