@@ -5,7 +5,8 @@ EventSource on ``/board/events`` with its own query string. That stream is built
 ``POST /api/v1/watch``: a :class:`~aviso_workflows.serve.streams.Stream` on the server's shared feed gives
 the arrivals (with their post times, heartbeats, ``max_duration`` and ``server_shutdown``); the board
 adds what the registered waiters and the expectation checker (``serve --expect FILE``) say. The first event
-is ``snapshot`` (the whole board), then ``cells``, ``waiters`` and ``lateness`` as things change.
+is ``snapshot`` (the whole board), then ``cells``, ``waiters`` and ``lateness`` as things change, and
+``store`` when etcd stops or starts answering (what the shared watch of the server says).
 
 One :class:`BoardHub` per server follows the waiters (one etcd watch, started while a board is open) and
 runs the expectation checker (from start to stop, so its triggers fire whether or not anyone looks).
@@ -32,12 +33,13 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from ..errors import HistoryCompacted, PermissionDenied, StoreError, ValidationError
+from ..etcd import WatchIdle
 from ..notification import Notification
 from ..status_chain import STATUS_TIME_FORMAT, status_record
 from ..waiters import WaiterChange, watch_waiters
 from ..watch import one_line
 from .auth import refusal
-from .board_model import TIME_FORMAT, BoardModel, BoardQuery, parse_board_query
+from .board_model import TIME_FORMAT, BoardModel, BoardQuery, StoreHealth, parse_board_query
 from .protocol import ApiError
 from .streams import Stream, StreamPlan
 
@@ -52,6 +54,8 @@ ROUTE = "/board/events"
 STATIC_FILES = {"board.css": "text/css", "board.js": "text/javascript"}
 #: Seconds between two looks at the expectation checker's states.
 EXPECT_POLL = 0.5
+#: Seconds between two looks at whether the server's watch of etcd works (while a board is open).
+HEALTH_POLL = 0.5
 #: Arrivals whose post time the first read looks up at most (one read of a status record each).
 MAX_TIMED = 2000
 #: Changes a board's stream may have unsent before it is cut off (it reconnects and starts afresh).
@@ -88,6 +92,9 @@ class BoardHub:
         self._checker_stop = threading.Event()
         self._checker_thread: threading.Thread | None = None
         self._poll: asyncio.Task[None] | None = None
+        #: Whether etcd answers, as the shared watch the boards' streams are fed by says.
+        self.health = StoreHealth()
+        self._health_task: asyncio.Task[None] | None = None
 
     @asynccontextmanager
     async def running(self, _: FastAPI) -> AsyncIterator[None]:
@@ -102,6 +109,8 @@ class BoardHub:
                 self._waiters_stop.set()
             if self._poll is not None:
                 self._poll.cancel()
+            if self._health_task is not None:
+                self._health_task.cancel()
             thread = self._checker_thread
             if thread is not None:
                 await asyncio.to_thread(thread.join, 10)
@@ -144,7 +153,24 @@ class BoardHub:
             self._waiters_stop = threading.Event()
             threading.Thread(target=self._follow_waiters, args=(self._waiters_stop, asyncio.get_running_loop()),
                              name="aviso-board-waiters", daemon=True).start()
+        if self._health_task is None or self._health_task.done():
+            self._health_task = asyncio.ensure_future(self._watch_health())
         return listener
+
+    def health_now(self) -> dict[str, Any]:
+        """The store's health as the boards get it."""
+        return self.health.to_dict(_now())
+
+    async def _watch_health(self) -> None:
+        """While a board is open, tell the boards when the shared watch of etcd breaks and when it works again."""
+        while self.listeners:
+            await asyncio.sleep(HEALTH_POLL)
+            now = _now()
+            if self.health.update(watch_failure(self.state), now):
+                (log.warning if not self.health.reachable else log.info)("board: %s", self.health.to_dict(now)
+                                                                         ["message"])
+                for listener in list(self.listeners):
+                    listener.offer("store", self.health.to_dict(now))
 
     def leave(self, listener: Listener) -> None:
         """The last board stream gone, the waiters are no longer followed."""
@@ -172,6 +198,22 @@ class BoardHub:
             self.waiters[change.waiter.id] = change
         for listener in list(self.listeners):
             listener.offer("waiter", change)
+
+
+def watch_failure(state: ServeState) -> str | None:
+    """Why the server's shared watch of etcd fails now (None: it works, or there is none).
+
+    An idle watch being reconnected is routine, not an outage."""
+    for feed in list(getattr(state.hub, "_feeds", {}).values()):
+        source = getattr(feed, "source", None)
+        error = getattr(source, "last_error", None)
+        if error is not None and not isinstance(error, WatchIdle):
+            return one_line(error)
+    return None
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
 def expectation_checker(store: Store, path: str | Path, dates: list[str]) -> ExpectationChecker:
@@ -217,13 +259,20 @@ def board_router(state: ServeState) -> APIRouter:
         """The whole board now, as JSON (what the stream's first event holds)."""
         store = _reader(state, request, query)
         model = BoardModel(query)
-        await _fill(model, hub, store, hub.waiters.values())
+        try:
+            await _fill(model, hub, store, hub.waiters.values())
+        except ApiError as error:
+            if error.code != "BOARD_READ_FAILED":
+                raise
+            return JSONResponse(_unreachable(model, hub, str(error.details)), 503)
         if not hub.waiters and hub._waiters_stop is None:  # nobody follows them now: one read
             from ..waiters import list_waiters
 
             for waiter in await asyncio.to_thread(list_waiters, state.store):
                 model.waiter_changed(WaiterChange("added", waiter))
-        return JSONResponse(model.snapshot())
+        if not hub.listeners:  # no board follows the watch: this read is the news that etcd answers
+            hub.health.update(None, _now())
+        return JSONResponse({**model.snapshot(), "store": hub.health_now()})
 
     async def stream_plan(request: HttpRequest, query: BoardQuery = Depends(query_of)) -> tuple[BoardQuery,
                                                                                                 StreamPlan]:
@@ -238,6 +287,17 @@ def board_router(state: ServeState) -> APIRouter:
             yield event
 
     return router
+
+
+def _unreachable(model: BoardModel, hub: BoardHub, error: str) -> dict[str, Any]:
+    """What ``/board/state`` answers when etcd cannot be read: the waiters last known, and since when it fails
+    (the open boards' outage, else this read's)."""
+    health = hub.health if not hub.health.reachable else StoreHealth(events=list(hub.health.events))
+    if health.reachable:
+        health.update(error, _now())
+    for change in list(hub.waiters.values()):
+        model.waiter_changed(change)
+    return {**model.snapshot(), "store": health.to_dict(_now()), "stale": True}
 
 
 def _reader(state: ServeState, request: HttpRequest, query: BoardQuery) -> Store:
@@ -277,7 +337,8 @@ async def board_stream(state: ServeState, hub: BoardHub, query: BoardQuery,
         model = BoardModel(query)
         await _fill(model, hub, plan.store, list(hub.waiters.values()))
         sent = Sent()
-        yield ServerSentEvent(event="snapshot", data=_remember(sent, model.snapshot()))
+        yield ServerSentEvent(event="snapshot", data={**_remember(sent, model.snapshot()),
+                                                      "store": hub.health_now()})
         async for event in _updates(model, sent, events, listener):
             yield event
     finally:
@@ -307,7 +368,10 @@ async def _updates(model: BoardModel, sent: Sent, events: asyncio.Queue[ServerSe
                 kind, item = hub_next.result()
                 if kind == "cut":
                     return
-                changed |= model.waiter_changed(item) if kind == "waiter" else model.set_expected(item)
+                if kind == "store":
+                    yield ServerSentEvent(event="store", data=item)
+                else:
+                    changed |= model.waiter_changed(item) if kind == "waiter" else model.set_expected(item)
                 hub_next = asyncio.ensure_future(listener.queue.get())
             if stream_next in done:
                 event = stream_next.result()

@@ -375,8 +375,60 @@ def waiter_summary(waiter: Waiter) -> dict[str, Any]:
     return {"id": waiter.id, "kind": kind, "label": label, "who": waiter.who, "host": waiter.host,
             "pid": waiter.pid, "where": f"{waiter.host}:{waiter.pid}", "since": waiter.since,
             "progress": waiter.progress_text, "request": waiter.request_text, "mode": waiter.mode,
-            "deadline": waiter.deadline}
+            "deadline": waiter.deadline, "updated": waiter.updated}
 
 
-__all__ = ["Arrival", "BoardModel", "BoardQuery", "DEFAULT_DAYS", "cell_id", "parse_board_query", "utc_text",
-           "waiter_summary"]
+# -- the store's health -------------------------------------------------------------------------
+#: Outage and recovery entries the board keeps (the newest first).
+HEALTH_EVENTS_KEPT = 10
+
+
+@dataclass
+class StoreHealth:
+    """Whether the store the board reads answers, since when not, and the recent outages and recoveries.
+
+    Fed by the server with what its shared watch says (``update``); ``to_dict`` is what the stream's
+    ``store`` event, the snapshot and ``/board/state`` carry.
+    """
+
+    since: dt.datetime | None = None
+    error: str | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def reachable(self) -> bool:
+        return self.since is None
+
+    def update(self, error: str | None, now: dt.datetime) -> bool:
+        """The watch's failure now (None: it works); True when reachability changed."""
+        if error is not None and self.since is None:
+            self.since, self.error = now, error
+            self._keep({"kind": "unreachable", "at": utc_text(now), "error": error})
+            return True
+        if error is None and self.since is not None:
+            seconds = round((now - self.since).total_seconds())
+            self._keep({"kind": "reachable", "at": utc_text(now), "after_s": seconds,
+                        "since": utc_text(self.since)})
+            self.since, self.error = None, None
+            return True
+        return False
+
+    def _keep(self, entry: dict[str, Any]) -> None:
+        self.events = [entry, *self.events][:HEALTH_EVENTS_KEPT]
+
+    def to_dict(self, now: dt.datetime) -> dict[str, Any]:
+        """Reachability with a sentence for people (``message``) and the recent outages."""
+        if self.since is not None:
+            seconds = max(0, round((now - self.since).total_seconds()))
+            message = (f"etcd unreachable since {self.since.strftime('%H:%M:%S')} UTC ({seconds} s) — waits ride "
+                       "it out until their timeout; the board shows the last known state")
+            return {"reachable": False, "since": utc_text(self.since), "down_for_s": seconds,
+                    "error": self.error, "message": message, "events": self.events}
+        last = self.events[0] if self.events else None
+        message = f"etcd reachable again after {last['after_s']} s" if last and last["kind"] == "reachable" else ""
+        return {"reachable": True, "since": None, "down_for_s": None, "error": None, "message": message,
+                "events": self.events}
+
+
+__all__ = ["Arrival", "BoardModel", "BoardQuery", "DEFAULT_DAYS", "StoreHealth", "cell_id", "parse_board_query",
+           "utc_text", "waiter_summary"]

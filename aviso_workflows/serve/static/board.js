@@ -8,6 +8,10 @@
   const board = { rows: [], columns: [], cells: {}, query: null, selected: null };
   const table = document.getElementById("board");
   const statusLine = document.getElementById("status");
+  const outage = document.getElementById("outage");
+  //: Seconds the banner keeps saying that etcd is back (the outage list keeps it longer).
+  const RECOVERY_SHOWN = 120;
+  const store = { down: null, recoveredAt: 0 };
 
   function el(tag, attributes, text) {
     const node = document.createElement(tag);
@@ -165,6 +169,39 @@
     if (board.selected) showDetails(board.selected);
   }
 
+  // etcd's health, as the server's watch sees it: a banner while it is unreachable (the grid stays, greyed),
+  // then "reachable again after N s" for a while; every outage and recovery in the side list.
+  function drawStore(health, live) {
+    store.down = health.reachable ? null : health;
+    document.body.classList.toggle("stale", !health.reachable);
+    if (!health.reachable) {
+      showOutage();
+    } else if (live && health.message) {
+      store.recoveredAt = Date.now();
+      outage.textContent = health.message + " — live again";
+      outage.classList.add("recovered"); outage.hidden = false;
+    } else if (Date.now() - store.recoveredAt > RECOVERY_SHOWN * 1000) {
+      outage.hidden = true;
+    }
+    const list = document.getElementById("store-events");
+    const items = health.events || [];
+    if (!items.length) { list.replaceChildren(el("li", { class: "empty" }, "none seen")); return; }
+    list.replaceChildren(...items.map((e) => el("li", { class: e.kind }, e.kind === "unreachable"
+      ? "✗ unreachable at " + e.at.slice(11, 19) + "Z " + day(e.at) + (e.error ? " (" + e.error + ")" : "")
+      : "✓ reachable again at " + e.at.slice(11, 19) + "Z after " + e.after_s + " s")));
+  }
+  function showOutage() {
+    const since = store.down.since;
+    const seconds = Math.max(0, Math.round((Date.now() - Date.parse(since)) / 1000));
+    outage.textContent = "etcd unreachable since " + since.slice(11, 19) + " UTC (" + seconds + " s) — waits ride it" +
+      " out until their timeout; the board shows the last known state";
+    outage.classList.remove("recovered"); outage.hidden = false;
+  }
+  setInterval(() => {
+    if (store.down) showOutage();
+    else if (!outage.hidden && Date.now() - store.recoveredAt > RECOVERY_SHOWN * 1000) outage.hidden = true;
+  }, 1000);
+
   function setStatus(text, down) {
     statusLine.textContent = text;
     statusLine.classList.toggle("down", !!down);
@@ -177,6 +214,7 @@
       board.query = data.query; board.rows = data.rows; board.columns = data.columns; board.cells = {};
       for (const cell of data.cells) board.cells[cell.id] = cell;
       drawTable(); drawWaiters(data.waiters); drawLateness(data.lateness);
+      if (data.store) drawStore(data.store, !!store.down);
       if (board.selected) showDetails(board.selected);
       document.body.dataset.ready = "true";
       setStatus("live · updated " + new Date().toISOString().slice(11, 19) + "Z");
@@ -185,6 +223,7 @@
       new Date().toISOString().slice(11, 19) + "Z"); });
     source.addEventListener("waiters", (e) => drawWaiters(JSON.parse(e.data).waiters));
     source.addEventListener("lateness", (e) => drawLateness(JSON.parse(e.data).lateness));
+    source.addEventListener("store", (e) => drawStore(JSON.parse(e.data), true));
     source.addEventListener("connection-closing", () => setStatus("reconnecting…"));
     source.addEventListener("error", (e) => {
       if (e.data) setStatus("error: " + JSON.parse(e.data).message, true);
