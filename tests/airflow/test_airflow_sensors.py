@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 from types import SimpleNamespace
@@ -11,6 +12,7 @@ import pendulum
 import pytest
 from airflow.sdk import DAG
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException, TaskDeferred
+from backend_stores import OnBackend, aviso_double_fixture, backend_conn_fixture, on_backend_fixture  # noqa: F401
 
 from aviso_workflows import Store, ValidationError
 from aviso_workflows.airflow import AvisoNotifyOperator, AvisoSensor, AvisoTrigger
@@ -65,7 +67,10 @@ def test_templated_request_is_rendered(store: Store, unique_date: str, aviso_con
     assert {n["request"]["date"] for n in result.xcom_value} == {unique_date}
 
 
-def test_poke_is_not_done_until_everything_exists(store: Store, unique_date: str, aviso_conn: str) -> None:
+def test_poke_is_not_done_until_everything_exists(on_backend: OnBackend, unique_date: str,
+                                                  backend_conn: str) -> None:
+    """On etcd and on the aviso-server 0.7.1 double."""
+    store = on_backend.store
     task = sensor({**FIELDS, "step": "0/6"})
     store.notify("mars", {**FIELDS, "date": unique_date, "step": 0})
     assert not task.poke(context_for(unique_date)).is_done
@@ -81,7 +86,10 @@ def test_run_without_logical_date_uses_run_after(store: Store, unique_date: str,
     assert result.is_done and result.xcom_value[0]["request"]["date"] == unique_date
 
 
-def test_deferrable_sensor_defers_with_what_it_found(store: Store, unique_date: str, aviso_conn: str) -> None:
+def test_deferrable_sensor_defers_with_what_it_found(on_backend: OnBackend, unique_date: str,
+                                                     backend_conn: str) -> None:
+    """On etcd and on the aviso-server 0.7.1 double."""
+    store = on_backend.store
     store.notify("mars", {**FIELDS, "date": unique_date, "step": 0})
     task = sensor({**FIELDS, "step": "0/6/12"}, deferrable=True, timeout=600)
     with pytest.raises(TaskDeferred) as deferred:
@@ -97,11 +105,32 @@ def test_deferrable_sensor_defers_with_what_it_found(store: Store, unique_date: 
     assert trigger.deadline is not None and abs(trigger.deadline - time.time() - 600) < 30
 
 
-def test_deferrable_sensor_does_not_defer_when_everything_exists(store: Store, unique_date: str,
-                                                                  aviso_conn: str) -> None:
-    store.notify("mars", {**FIELDS, "date": unique_date, "step": "0/6"}, location="file:///here")
+def test_deferrable_sensor_does_not_defer_when_everything_exists(on_backend: OnBackend, unique_date: str,
+                                                                  backend_conn: str) -> None:
+    """Catch-up at once, on etcd and on the aviso-server 0.7.1 double."""
+    on_backend.store.notify("mars", {**FIELDS, "date": unique_date, "step": "0/6"}, location="file:///here")
     result = sensor({**FIELDS, "step": "0/6"}, deferrable=True).execute(context_for(unique_date))
     assert [n["location"] for n in result] == ["file:///here", "file:///here"]
+
+
+async def test_the_trigger_a_sensor_defers_to_is_released_by_the_last_post(on_backend: OnBackend, unique_date: str,
+                                                                          backend_conn: str) -> None:
+    """The deferred sensor's trigger, rebuilt from its serialized form as the triggerer does, is released by the
+    last missing step and hands back what the sensor had found too; on etcd and on the aviso-server 0.7.1 double."""
+    store = on_backend.store
+    await asyncio.to_thread(store.notify, "mars", {**FIELDS, "date": unique_date, "step": 0})
+    task = sensor({**FIELDS, "step": "0/6"}, deferrable=True, timeout=60)
+    with pytest.raises(TaskDeferred) as deferred:
+        await asyncio.to_thread(task.execute, context_for(unique_date))
+    classpath, kwargs = deferred.value.trigger.serialize()
+    waiting = asyncio.create_task(anext(AvisoTrigger(**kwargs).run()))
+    await asyncio.sleep(0.5)  # what a wrongly released trigger would need to finish; not a synchronisation
+    assert not waiting.done()
+    await asyncio.to_thread(store.notify, "mars", {**FIELDS, "date": unique_date, "step": 6}, location="last")
+    event = await asyncio.wait_for(waiting, 15)
+    assert event.payload["status"] == "success"
+    assert [n["request"]["step"] for n in event.payload["notifications"]] == ["0", "6"]
+    assert task.execute_complete(context_for(unique_date), event.payload)[-1]["location"] == "last"
 
 
 def test_execute_complete_success_and_error() -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from airflow_helpers import MemoryStateStore, connection_json
+from backend_stores import OnBackend, aviso_double_fixture, backend_conn_fixture, on_backend_fixture  # noqa: F401
 
 from aviso_workflows import Store, server
 from aviso_workflows.airflow import AvisoEventTrigger, AvisoTrigger
@@ -32,14 +33,25 @@ def subscribers_on(prefix: str) -> int:
     return sum(w.subscriber_count for w in HUB.watches() if w.prefix == prefix)
 
 
-async def test_released_on_the_last_post_not_before(store: Store, unique_date: str, aviso_conn: str) -> None:
-    trigger = AvisoTrigger(event="mars", request=request_of(store, unique_date), aviso_conn_id=aviso_conn)
+async def following(on_backend: OnBackend, count: int = 1) -> None:
+    """Until ``count`` readers follow the backend (etcd's shared watch, or the double's streams), at most 10 s."""
+    for _ in range(200):
+        if on_backend.followers(PREFIX) >= count:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"fewer than {count} readers follow {on_backend.name} after 10 s")
+
+
+async def test_released_on_the_last_post_not_before(on_backend: OnBackend, unique_date: str,
+                                                    backend_conn: str) -> None:
+    """On etcd and on the aviso-server 0.7.1 double: the trigger is not released by the first posts."""
+    store = on_backend.store
+    trigger = AvisoTrigger(event="mars", request=request_of(store, unique_date), aviso_conn_id=backend_conn)
     waiting = asyncio.create_task(anext(trigger.run()))
-    await asyncio.sleep(0.5)
+    await following(on_backend)
     await notify(store, unique_date, "0/6", location="file:///early")
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(0.5)  # what a wrongly released trigger would need to finish; not a synchronisation
     assert not waiting.done()
-    assert subscribers_on(PREFIX) >= 1
     await notify(store, unique_date, 12, location="file:///last")
     event = await asyncio.wait_for(waiting, 10)
     assert event.payload["status"] == "success"
@@ -48,10 +60,12 @@ async def test_released_on_the_last_post_not_before(store: Store, unique_date: s
     assert {n["location"] for n in event.payload["notifications"]} == {"file:///early", "file:///last"}
 
 
-async def test_known_notifications_count_as_found(store: Store, unique_date: str, aviso_conn: str) -> None:
+async def test_known_notifications_count_as_found(on_backend: OnBackend, unique_date: str,
+                                                 backend_conn: str) -> None:
+    store = on_backend.store
     await notify(store, unique_date, 0)
     known = [n.to_dict() for n in store.get("mars", {**FIELDS, "date": unique_date, "step": 0})]
-    trigger = AvisoTrigger(event="mars", request=request_of(store, unique_date, "0/6"), aviso_conn_id=aviso_conn,
+    trigger = AvisoTrigger(event="mars", request=request_of(store, unique_date, "0/6"), aviso_conn_id=backend_conn,
                            known=known)
     waiting = asyncio.create_task(anext(trigger.run()))
     await asyncio.sleep(0.3)
@@ -180,7 +194,10 @@ async def collect(trigger: AvisoEventTrigger, count: int, timeout: float = 10) -
         await events.aclose()
 
 
-async def test_event_trigger_resumes_from_its_cursor(store: Store, unique_date: str, aviso_conn: str) -> None:
+async def test_event_trigger_resumes_from_its_cursor(on_backend: OnBackend, unique_date: str,
+                                                    backend_conn: str) -> None:
+    """On etcd and on the aviso-server 0.7.1 double: batches delivered, then only what came while stopped."""
+    store, aviso_conn = on_backend.store, backend_conn
     state = MemoryStateStore()
     request = {**FIELDS, "date": unique_date}
     first = AvisoEventTrigger(event="mars", request=request, aviso_conn_id=aviso_conn)
