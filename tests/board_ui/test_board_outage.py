@@ -19,6 +19,7 @@ from conftest import START_SECONDS, forecast, until
 from aviso_workflows import Store, server
 from aviso_workflows.serve.app import ServeOptions
 from aviso_workflows.serve.cli import make_server, shutdown
+from aviso_workflows.waiters import register
 
 #: Bound of the board noticing a change of etcd (the watch retries every 2 s at most, the board looks twice a second).
 NOTICE_SECONDS = 20.0
@@ -48,6 +49,8 @@ def flaky(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flaky]:
     info = server.start(tmp / "etcd", port)
     store = Store([info.client_url])
     store.notify("mars", forecast("0001", TODAY, 0), location="file:///data/000.grib")
+    sensor = register(store, store.request("mars", forecast("0001", TODAY, 6)),
+                      who={"kind": "airflow-sensor", "dag_id": "products", "task_id": "wait_step_6"})
     serve_port = server.free_port()
     url = f"http://127.0.0.1:{serve_port}"
     uv = make_server(store, ServeOptions(base_url=url, heartbeat=1.0), "127.0.0.1", serve_port)
@@ -58,6 +61,7 @@ def flaky(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flaky]:
         assert thread.is_alive(), "serve did not start"
         yield Flaky(url, tmp / "etcd", port)
     finally:
+        sensor.close(wait=5)
         if thread.is_alive():
             shutdown(uv)
             thread.join(20)
@@ -134,9 +138,14 @@ def test_the_page_shows_the_outage_keeps_the_grid_and_says_when_it_ended(flaky: 
         # the last known state stays, marked stale
         assert page.evaluate(f"document.getElementById('{cell}').dataset.state") == "arrived"
         assert page.evaluate("document.body.classList.contains('stale')") is True
+        # a waiter cannot write while etcd is away: it says what was heard last, and is not marked late
+        waiters = page.evaluate("document.getElementById('waiters').innerText")
+        assert "products/wait_step_6" in waiters and "not heard since" in waiters, waiters
+        assert "late" not in waiters, waiters
     finally:
         flaky.start_etcd()
     page.until("document.getElementById('outage').innerText.startsWith('etcd reachable again after')",
                NOTICE_SECONDS)
     assert page.evaluate("document.body.classList.contains('stale')") is False
+    assert "not heard since" not in page.evaluate("document.getElementById('waiters').innerText")
     assert "reachable again" in page.evaluate("document.getElementById('store-events').innerText")

@@ -5,7 +5,7 @@
     "arrived": ["✓", "arrived"], "arrived-late": ["✓!", "arrived late"], "late": ["⚠", "late"],
     "waited": ["⚑", "waited for"], "expected": ["◷", "expected"], "none": ["·", "nothing yet"],
   };
-  const board = { rows: [], columns: [], cells: {}, query: null, selected: null };
+  const board = { rows: [], columns: [], cells: {}, query: null, selected: null, waiters: [] };
   const table = document.getElementById("board");
   const statusLine = document.getElementById("status");
   const outage = document.getElementById("outage");
@@ -123,14 +123,24 @@
     panel.replaceChildren(el("h3", { id: "details-title" }, "Details"), list);
   }
 
+  // A waiter writes its progress only when it changes, so its silence is no sign of trouble and is never
+  // marked late; while etcd is unreachable it cannot write at all, and each waiter says what was heard last.
   function drawWaiters(waiters) {
+    board.waiters = waiters;
     const list = document.getElementById("waiters");
     if (!waiters.length) { list.replaceChildren(el("li", { class: "empty" }, "nobody")); return; }
     list.replaceChildren(...waiters.map((w) => {
       const item = el("li", { class: "waiter" });
+      const heard = w.updated || w.since;
       item.append(el("span", { class: "who" }, "⚑ " + w.label), el("br"),
         el("span", { class: "small" }, w.where + (w.kind ? " · " + w.kind : "") + " · " + w.progress + " · since " +
-          clock(w.since)), el("br"), el("code", { class: "small" }, w.request));
+          clock(w.since) + (w.updated ? " · progress at " + clock(w.updated) : "") +
+          (w.deadline ? " · times out " + clock(w.deadline) : "")));
+      if (store.down) {
+        item.append(el("br"), el("span", { class: "small stale-note" }, "not heard since " + clock(heard) +
+          ": etcd unreachable, the wait goes on" + (w.deadline ? " until " + clock(w.deadline) : "")));
+      }
+      item.append(el("br"), el("code", { class: "small" }, w.request));
       return item;
     }));
   }
@@ -172,8 +182,10 @@
   // etcd's health, as the server's watch sees it: a banner while it is unreachable (the grid stays, greyed),
   // then "reachable again after N s" for a while; every outage and recovery in the side list.
   function drawStore(health, live) {
+    const wasDown = !!store.down;
     store.down = health.reachable ? null : health;
     document.body.classList.toggle("stale", !health.reachable);
+    if (wasDown !== !!store.down) drawWaiters(board.waiters);
     if (!health.reachable) {
       showOutage();
     } else if (live && health.message) {
