@@ -204,10 +204,8 @@ def watch_failure(state: ServeState) -> str | None:
     """Why the server's shared watch of etcd fails now (None: it works, or there is none).
 
     An idle watch being reconnected is routine, not an outage."""
-    for feed in list(getattr(state.hub, "_feeds", {}).values()):
-        source = getattr(feed, "source", None)
-        error = getattr(source, "last_error", None)
-        if error is not None and not isinstance(error, WatchIdle):
+    for error in state.hub.failures():
+        if not isinstance(error, WatchIdle):
             return one_line(error)
     return None
 

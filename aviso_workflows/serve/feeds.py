@@ -205,6 +205,11 @@ class FeedHub:
         """Shared etcd watches open now."""
         return len(self._feeds)
 
+    def failures(self) -> list[Exception]:
+        """The errors of the shared feeds whose source fails now (what a board shows as an outage)."""
+        errors = [feed.source.last_error for feed in list(self._feeds.values()) if feed.source is not None]
+        return [error for error in errors if error is not None]
+
     def stop(self) -> None:
         """End every shared feed."""
         for feed in list(self._feeds.values()):
