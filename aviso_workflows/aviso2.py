@@ -28,8 +28,9 @@ import socket
 import threading
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -62,6 +63,9 @@ NOTIFY_CONNECT_TRIES = 4
 #: The key of a position that stands for "every post from this UTC time on" (before the first sequence).
 SINCE_MARK = "@from_date="
 DATE_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+#: Sequences whose server time a source remembers for the cursor (a listener's position trails the stream by
+#: what its follower holds, at most its capacity).
+POSTED_KEPT = 20_000
 
 
 # -- errors ----------------------------------------------------------------------------------------
@@ -249,10 +253,15 @@ def received(data: Mapping[str, Any]) -> Received:
 
 def posted_at(notice: Received) -> dt.datetime | None:
     """The server's time of a notification (UTC, naive), or None if it has none that parses."""
-    if not notice.time:
+    return server_time(notice.time)
+
+
+def server_time(text: str | None) -> dt.datetime | None:
+    """A time as the server writes it (RFC 3339), UTC and naive; None if there is none that parses."""
+    if not text:
         return None
     try:
-        posted = dt.datetime.fromisoformat(str(notice.time).replace("Z", "+00:00"))
+        posted = dt.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
     except ValueError:
         return None
     return posted.astimezone(dt.UTC).replace(tzinfo=None) if posted.tzinfo is not None else posted
@@ -449,6 +458,10 @@ class StreamState:
     process a later post has a higher sequence, so a post with a later time and a sequence at or below the
     last one seen — or, opened ``from_id``, a sequence below it, which the server never sends — means the
     sequence started again (:meth:`went_back`).
+
+    A start that carries the server's time of its post (a cursor saved by a listener, :meth:`AvisoSource.stamped`)
+    is taken as that last notification seen: the stream opens from its time, so a server that restarted while
+    no listener ran is told by the same rule, and its posts numbered at or below the cursor are not skipped.
     """
 
     def __init__(self, start: Position) -> None:
@@ -456,6 +469,9 @@ class StreamState:
         self.last_sequence: int | None = None
         self.last_time: dt.datetime | None = None
         self.last_time_text: str | None = None
+        posted = server_time(start.posted) if start.revision > 0 else None
+        if posted is not None:
+            self.last_sequence, self.last_time, self.last_time_text = start.revision, posted, start.posted
         #: The ``from_id`` of the stream open now (None when opened from a date or live).
         self.asked_from: int | None = None
         self.heartbeat = DEFAULT_HEARTBEAT_SECONDS
@@ -527,6 +543,8 @@ class AvisoSource:
         self.connections_opened = 0
         #: How often the server's sequence was seen to start again (a restart or a purge).
         self.restarts = 0
+        #: The server's time of the latest sequences handed on (at most POSTED_KEPT), for :meth:`stamped`.
+        self._posted: OrderedDict[int, str] = OrderedDict()
         #: Why the last attempt failed (None while the stream works).
         self.last_error: Exception | None = None
         self._failures = 0
@@ -562,6 +580,18 @@ class AvisoSource:
         if self._responses and not self._stop.is_set() and now - self.last_activity > self.state.silence:
             self.silent = True
             self.cut()
+
+    def stamped(self, position: Position) -> Position:
+        """``position`` with the server's time of its post, when this stream handed that post on: a cursor
+        saved with it lets a later listener tell that the server restarted meanwhile (see StreamState)."""
+        posted = self._posted.get(position.revision) if position.revision > 0 else None
+        return position if posted is None else replace(position, posted=posted)
+
+    def _remember(self, sequence: int, posted: str | None) -> None:
+        if posted is not None:
+            self._posted[sequence] = posted
+            while len(self._posted) > POSTED_KEPT:
+                self._posted.popitem(last=False)
 
     def __enter__(self) -> AvisoSource:
         self.start()
@@ -647,6 +677,7 @@ class AvisoSource:
             self._started_again(notice, posted)
             return True
         kv = key_value(self.schema_request, notice)
+        self._remember(notice.sequence, notice.time if posted is not None else None)
         self._emit(Feed("events", notice.sequence, [kv] if kv is not None else []))
         self.state.seen(notice.sequence, posted, notice.time)
         return False
@@ -659,6 +690,7 @@ class AvisoSource:
                     state.last_sequence if state.last_sequence is not None else f"<{state.asked_from}",
                     state.last_time_text or "?", self.event, notice.sequence, notice.time or "?")
         self.restarts += 1
+        self._posted.clear()  # times of the old sequence's numbers: none may stamp the new one's
         self._emit(Feed("restarted", 0))
         state.start_again()
 

@@ -65,9 +65,11 @@ def _feed(follower: Follower, feed: Feed | None) -> None:
         follower.feed(feed)
 
 
-def _save(cursor: Cursor | None, position: Position, saved: Position) -> Position:
+def _save(cursor: Cursor | None, position: Position, saved: Position, source: FollowSource | None = None) -> Position:
     if cursor is not None and position != saved:
-        cursor.save(position)
+        # A source that knows more of a position than the follower (an aviso-server's time of the post) adds it.
+        stamped = getattr(source, "stamped", None)
+        cursor.save(stamped(position) if stamped is not None else position)
     return position
 
 
@@ -91,7 +93,7 @@ def listen(store: Store, requests: list[Request], *, after: Position | None = No
             else:
                 yield notification
                 follower.handled(notification)
-            saved = _save(cursor, follower.position, saved)
+            saved = _save(cursor, follower.position, saved, source)
 
 
 async def listen_async(store: Store, requests: list[Request], *, after: Position | None = None,

@@ -12,7 +12,7 @@ import datetime as dt
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -51,10 +51,14 @@ class Position:
     """A place in the store's history: after this revision and, within it, after this key.
 
     Without a key, the whole revision is passed (``Position(store.current_revision())`` means "now").
+    ``posted`` is the server's time of the post at this position where the store numbers posts per process
+    (an aviso-server): a cursor keeps it so that a resume can tell a restarted server; it is no part of the
+    place in history (positions compare without it).
     """
 
     revision: int
     key: str = END_OF_REVISION
+    posted: str | None = field(default=None, compare=False)
 
     @property
     def order(self) -> Place:
@@ -84,7 +88,9 @@ class Cursor:
         """The saved position, or None if this cursor was never saved."""
         try:
             data = json.loads(self.path.read_text())
-            return Position(int(data["revision"]), str(data.get("key", END_OF_REVISION)))
+            posted = data.get("posted")
+            return Position(int(data["revision"]), str(data.get("key", END_OF_REVISION)),
+                            None if posted is None else str(posted))
         except FileNotFoundError:
             return None
         except (ValueError, KeyError, TypeError) as error:
@@ -96,6 +102,8 @@ class Cursor:
         temporary = self.path.with_suffix(f".{os.getpid()}.tmp")
         data = {"revision": position.revision, "key": position.key,
                 "updated": dt.datetime.now(dt.UTC).strftime(CURSOR_TIME_FORMAT)}
+        if position.posted is not None:
+            data["posted"] = position.posted
         with open(temporary, "w") as handle:
             json.dump(data, handle)
             handle.flush()

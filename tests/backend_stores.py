@@ -22,7 +22,11 @@ import pytest
 
 from aviso_workflows import Store
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "conformance"))
+# Appended, not prepended: the conformance folder has a conftest.py of its own, and test folders that say
+# ``from conftest import …`` must still find theirs first.
+_CONFORMANCE = str(Path(__file__).resolve().parent / "conformance")
+if _CONFORMANCE not in sys.path:
+    sys.path.append(_CONFORMANCE)
 from aviso_server_double import AvisoServerDouble  # noqa: E402
 
 #: etcd over its default transport (gRPC), etcd over its HTTP gateway, and the aviso-server double.
