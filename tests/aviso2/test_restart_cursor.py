@@ -68,3 +68,31 @@ def test_posts_of_a_restarted_server_with_sequences_below_the_cursor_are_deliver
     warnings = [r.getMessage() for r in caplog.records if "went back" in r.getMessage()]
     assert len(warnings) == 1, warnings
     assert "mars@3" in warnings[0] and "mars@1" in warnings[0]
+
+
+def test_a_cursor_on_the_same_server_resumes_after_its_post_without_a_warning(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The control: no restart, posts while away numbered after the cursor (some in the same second as the
+    cursor's post). The cursor file holds the server's time of the last post handled; the resumed listener
+    delivers only the later posts, once, and warns of nothing."""
+    date = "20300102"
+    with AvisoServerDouble(heartbeat=1.0) as server:
+        store = Store([server.endpoint])
+        request = store.request("mars", {**FIELDS, "date": date})
+        after = store.now()
+        for step in (1, 2, 3):
+            server.post("mars", identifier(date, step))
+        stop = threading.Event()
+        stream = listen(store, [request], after=after, cursor=Cursor("same"), stop=stop)
+        first = take(stream, 2)
+        stop.set()
+        assert list(stream) == []
+        saved = Cursor("same").load()
+        assert saved is not None and saved.revision == first[-1].revision and saved.posted is not None
+        for step in (4, 5):
+            server.post("mars", identifier(date, step))
+        caplog.set_level(logging.WARNING, logger="aviso_workflows")
+        with closing(listen(store, [request], cursor=Cursor("same"))) as resumed:
+            rest = take(resumed, 3)
+    assert steps(first) == ["1", "2"] and steps(rest) == ["3", "4", "5"]
+    assert [r.getMessage() for r in caplog.records if "went back" in r.getMessage()] == []
