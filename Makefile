@@ -23,6 +23,7 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check aviso_workflows tests examples dags suites bench
 	$(VENV)/bin/mypy aviso_workflows
+	$(VENV)/bin/lint-imports --no-logo
 
 bench: setup
 	$(PY) bench/run.py

@@ -17,10 +17,10 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from .embedded import DEFAULT_ENDPOINT, DEFAULT_PORT
+from .embedded import endpoint as _embedded_endpoint
 from .errors import ValidationError
 
-DEFAULT_PORT = 2379
-DEFAULT_ENDPOINT = f"http://127.0.0.1:{DEFAULT_PORT}"
 ENDPOINTS_VARIABLE = "AVISO_WORKFLOWS_ENDPOINTS"
 CONFIG_VARIABLE = "AVISO_WORKFLOWS_CONFIG"
 STATE_VARIABLE = "AVISO_WORKFLOWS_STATE_DIR"
@@ -289,10 +289,3 @@ def _keep_one_credential_kind(values: dict[str, Any], sources: Sequence[tuple[st
                     values.pop(name, None)
             return
 
-
-def _embedded_endpoint() -> str:
-    """The running embedded server's address, else its default one."""
-    from . import server
-
-    running = server.status()
-    return running.client_url if running is not None else DEFAULT_ENDPOINT

@@ -232,54 +232,16 @@ class _Session(requests.Session):
         return settings
 
 
-def grpc_usable(config: StoreConfig) -> bool:
-    """True when ``config`` talks to etcd over gRPC (see ``StoreConfig.transport``): asked for, or ``auto``
-    without HTTP-only settings (headers, token, email: an auth proxy) and with the gRPC stubs loadable."""
-    if config.transport == "gateway" or config.is_aviso:
-        return False
-    if config.transport == "grpc":
-        return True
-    if config.headers or config.token is not None or config.email is not None:
-        return False
-    if not _stubs_load():
-        return False
-    from .etcd_grpc import GATEWAY_ONLY
-
-    return config.identity not in GATEWAY_ONLY
-
-
-_STUBS_LOAD: list[bool] = []
-
-
-def _stubs_load() -> bool:
-    """The gRPC stubs import here (they need protobuf 5.27 or newer; a venv pinned older keeps the gateway)."""
-    if not _STUBS_LOAD:
-        try:
-            from . import etcd_grpc  # noqa: F401
-            _STUBS_LOAD.append(True)
-        except Exception as error:  # noqa: BLE001 - any failure to load means: use the gateway
-            log.info("etcd's gRPC API is not usable here (%s); using the HTTP gateway", error)
-            _STUBS_LOAD.append(False)
-    return _STUBS_LOAD[0]
-
-
 class EtcdGateway:
     """Talks to one etcd cluster through any of its endpoints; thread safe (a bounded pool of connections shared
     by all threads, and a connection of its own for each watch stream).
 
-    Constructed with a config whose transport is gRPC (:func:`grpc_usable`), it is a
-    :class:`~aviso_workflows.etcd_grpc.GrpcGateway`: the same methods over etcd's native API.
+    :func:`~aviso_workflows.etcd_transport.open_gateway` gives this client or its gRPC subclass
+    (:class:`~aviso_workflows.etcd_grpc.GrpcGateway`: the same methods over etcd's native API), as the config asks.
     """
 
     #: ``gateway`` (HTTP/JSON) or ``grpc``.
     transport = "gateway"
-
-    def __new__(cls, config: StoreConfig) -> EtcdGateway:
-        if cls is EtcdGateway and grpc_usable(config):
-            from .etcd_grpc import GrpcGateway
-
-            return super().__new__(GrpcGateway)
-        return super().__new__(cls)
 
     def __init__(self, config: StoreConfig) -> None:
         self.config = config
@@ -655,15 +617,3 @@ def _checked(response: requests.Response, endpoint: str) -> requests.Response:
         raise PermissionDenied(f"{endpoint} refused the credentials in use (HTTP 401: {message})")
     raise StoreError(f"etcd at {endpoint} answered {response.status_code}: {message}")
 
-
-def wait_until_ready(config: StoreConfig, deadline_seconds: float = 10.0) -> int:
-    """Poll until etcd answers (bounded); return its revision."""
-    gateway = EtcdGateway(config)
-    until = time.monotonic() + deadline_seconds
-    while True:
-        try:
-            return gateway.current_revision()
-        except StoreUnavailable:
-            if time.monotonic() > until:
-                raise
-            time.sleep(0.05)

@@ -26,10 +26,10 @@ from .wait import wait, wait_async
 from .watch import HUB, STOP_CHECK, Channel, PrefixWatch
 
 if TYPE_CHECKING:
-    from .store import Store
+    from .storelike import StoreLike
 
 
-def start_position(store: Store, after: Position | None, cursor: Cursor | None) -> Position:
+def start_position(store: StoreLike, after: Position | None, cursor: Cursor | None) -> Position:
     """Where a listener starts: ``after``, else its cursor's position, else now.
 
     A cursor that was never saved is saved at once: a listener stopped before its first
@@ -42,13 +42,13 @@ def start_position(store: Store, after: Position | None, cursor: Cursor | None) 
     return position
 
 
-def last_post(store: Store, requests: list[Request], revision: int | None) -> int | None:
+def last_post(store: StoreLike, requests: list[Request], revision: int | None) -> int | None:
     """The position of the last post at or before ``revision`` that the requests may match: a listener has
     seen everything up to ``revision`` once it has seen that one (or anything later)."""
     return store.backend.last_post(requests, revision)
 
 
-def _follower(store: Store, requests: list[Request], start: Position, until: int | None,
+def _follower(store: StoreLike, requests: list[Request], start: Position, until: int | None,
               capacity: int | None) -> Follower:
     if not requests:
         raise ValidationError("request", [], "at least one request is needed to listen")
@@ -56,7 +56,7 @@ def _follower(store: Store, requests: list[Request], start: Position, until: int
     return Follower(requests, start, capacity=capacity, until=last_post(store, requests, until), label=label)
 
 
-def _source(store: Store, follower: Follower, channel: Channel) -> FollowSource:
+def _source(store: StoreLike, follower: Follower, channel: Channel) -> FollowSource:
     return store.backend.follow(follower.requests, follower.frontier, channel, follower.label)
 
 
@@ -73,7 +73,7 @@ def _save(cursor: Cursor | None, position: Position, saved: Position, source: Fo
     return position
 
 
-def listen(store: Store, requests: list[Request], *, after: Position | None = None, cursor: Cursor | None = None,
+def listen(store: StoreLike, requests: list[Request], *, after: Position | None = None, cursor: Cursor | None = None,
            stop: threading.Event | None = None, poll: float = STOP_CHECK, until_revision: int | None = None,
            capacity: int | None = DEFAULT_CAPACITY) -> Iterator[Notification]:
     """Yield every post that ``requests`` match, in write order, until ``stop`` is set.
@@ -96,7 +96,7 @@ def listen(store: Store, requests: list[Request], *, after: Position | None = No
             saved = _save(cursor, follower.position, saved, source)
 
 
-async def listen_async(store: Store, requests: list[Request], *, after: Position | None = None,
+async def listen_async(store: StoreLike, requests: list[Request], *, after: Position | None = None,
                        capacity: int | None = DEFAULT_CAPACITY) -> AsyncGenerator[Notification, None]:
     """The asyncio form of :func:`listen` for event triggers: yields every matching post in write order
     after ``after`` (or now). The watch runs in its own thread and reads there; nothing blocks the loop.

@@ -12,14 +12,16 @@ import signal
 import socket
 import subprocess
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
-from .config import DEFAULT_PORT, StoreConfig
+from .config import StoreConfig
+from .embedded import DEFAULT_PORT, STATE_FILE, ServerInfo, default_data_dir, status
+from .embedded import is_our_etcd as _is_our_etcd
+from .embedded import read_state as _read_state
 from .errors import AvisoWorkflowsError, StoreUnavailable
-from .etcd import wait_until_ready
+from .etcd_transport import wait_until_ready
 
-STATE_FILE = "server.json"
 START_SECONDS = 30.0
 STOP_SECONDS = 20.0
 #: How often the embedded etcd tells quiet watches how far the store has moved.
@@ -28,27 +30,6 @@ PROGRESS_INTERVAL = "30s"
 
 class ServerError(AvisoWorkflowsError):
     """The embedded server could not be started or stopped."""
-
-
-@dataclass(frozen=True)
-class ServerInfo:
-    """A running (or last started) embedded etcd."""
-
-    pid: int
-    client_url: str
-    peer_url: str
-    data_dir: str
-
-    @property
-    def port(self) -> int:
-        """Client port."""
-        return int(self.client_url.rsplit(":", 1)[1])
-
-
-def default_data_dir() -> Path:
-    """``$XDG_DATA_HOME/aviso-workflows/etcd`` (``~/.local/share/...``)."""
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return Path(base) / "aviso-workflows" / "etcd"
 
 
 def etcd_binary() -> Path:
@@ -77,28 +58,6 @@ def port_is_free(port: int) -> bool:
         except OSError:
             return False
         return True
-
-
-def _read_state(data_dir: Path) -> ServerInfo | None:
-    try:
-        return ServerInfo(**json.loads((data_dir / STATE_FILE).read_text()))
-    except (FileNotFoundError, ValueError, TypeError):
-        return None
-
-
-def _is_our_etcd(info: ServerInfo) -> bool:
-    """The pid is alive and is the etcd started on this data directory (not a recycled pid)."""
-    try:
-        command = Path(f"/proc/{info.pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return bool(command) and command[0].endswith(b"etcd") and info.data_dir.encode() in b" ".join(command)
-
-
-def status(data_dir: str | Path | None = None) -> ServerInfo | None:
-    """The server running on ``data_dir``, or None."""
-    info = _read_state(Path(data_dir or default_data_dir()).resolve())
-    return info if info is not None and _is_our_etcd(info) else None
 
 
 def _command(info: ServerInfo) -> list[str]:

@@ -17,7 +17,7 @@ from .notification import Notification
 from .request import Request
 
 if TYPE_CHECKING:
-    from .store import Store
+    from .storelike import StoreLike
 
 Read = tuple[int, list[Notification]]
 #: How long a queued thread sleeps before it looks whether it must read for the others (the reader
@@ -45,7 +45,7 @@ _condition = threading.Condition()
 _queues: dict[tuple[Any, ...], _Queue] = {}
 
 
-def read(store: Store, request: Request, min_revision: int = 0) -> Read:
+def read(store: StoreLike, request: Request, min_revision: int = 0) -> Read:
     """What ``store.read(request, min_revision=...)`` returns, read together with other threads' requests."""
     key = (store.config.identity, store.config.max_txn_ops, min_revision)
     entry = _Entry(request)
@@ -76,7 +76,7 @@ def _take_or_wait(queue: _Queue, entry: _Entry) -> list[_Entry]:
         return []
 
 
-def _read_for(store: Store, key: tuple[Any, ...], queue: _Queue, taken: list[_Entry], min_revision: int) -> None:
+def _read_for(store: StoreLike, key: tuple[Any, ...], queue: _Queue, taken: list[_Entry], min_revision: int) -> None:
     """One shared read; every entry taken gets its answer, or the read's error (each waiter retries on its own)."""
     answers: list[Read] = []
     error: BaseException | None = None

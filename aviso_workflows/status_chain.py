@@ -33,7 +33,7 @@ from .position import Position
 from .request import Request
 
 if TYPE_CHECKING:
-    from .store import Store
+    from .storelike import StoreLike
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ _COMPACTED = _Compacted()
 class _ChainReader:
     """The status key as it was at past revisions, each revision read once; remembers where history is compacted."""
 
-    def __init__(self, store: Store, key: str) -> None:
+    def __init__(self, store: StoreLike, key: str) -> None:
         self.store = store
         self.key = key
         self.reads: dict[int, KeyValue | None | _Compacted] = {}
@@ -100,7 +100,7 @@ def _first_revision(low: int, high: int, reached: Callable[[int], bool]) -> int:
     return low
 
 
-def revision_window(store: Store, status_key: str, start: dt.datetime,
+def revision_window(store: StoreLike, status_key: str, start: dt.datetime,
                     end: dt.datetime | None = None) -> tuple[int, int] | None:
     """Revisions of the first and last status posted in [start, end) under ``status_key``.
 
@@ -152,7 +152,7 @@ def _moved_past(status: KeyValue | None | _Compacted, revision: int) -> bool:
     return isinstance(status, KeyValue) and status.mod_revision > revision
 
 
-def replay(store: Store, requests: list[Request], start: dt.datetime,
+def replay(store: StoreLike, requests: list[Request], start: dt.datetime,
            end: dt.datetime | None = None) -> list[Notification]:
     """Every post between ``start`` and ``end`` (UTC, naive) that the requests match, in write order."""
     windows = revision_windows(store, sorted({key for request in requests for key in request.status_keys()}),
@@ -165,7 +165,7 @@ def replay(store: Store, requests: list[Request], start: dt.datetime,
     return [n for n in posts if _inside(windows, n)]
 
 
-def revision_windows(store: Store, status_keys: list[str], start: dt.datetime,
+def revision_windows(store: StoreLike, status_keys: list[str], start: dt.datetime,
                      end: dt.datetime | None = None) -> dict[str, tuple[int, int]]:
     """The windows of several status chains (those with a post in [start, end)), searched in parallel."""
     if len(status_keys) <= 1:

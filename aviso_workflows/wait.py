@@ -30,7 +30,7 @@ from .request import Request, ready_prefix
 from .watch import one_line
 
 if TYPE_CHECKING:
-    from .store import Store
+    from .storelike import StoreLike
 
 log = logging.getLogger(__name__)
 #: The longest a waiting thread blocks for its next feed before it looks at its deadline again.
@@ -106,7 +106,7 @@ class _Tracker:
     """What every wait does besides waiting: its entry among the registered waiters (with ``who``), which
     follows the found count, and the release with part of the keys at the deadline (``min_found``)."""
 
-    def __init__(self, store: Store, request: Request, mode: str, timeout: float | None, known: list[Notification],
+    def __init__(self, store: StoreLike, request: Request, mode: str, timeout: float | None, known: list[Notification],
                  on_progress: ProgressCallback | None, min_found: int | None, who: Mapping[str, Any] | None,
                  on_ready: ReadyCallback | None = None) -> None:
         self.request = request
@@ -116,7 +116,7 @@ class _Tracker:
         self.registration = None if who is None else self._register(store, request, mode, timeout, known, who)
 
     @staticmethod
-    def _register(store: Store, request: Request, mode: str, timeout: float | None, known: list[Notification],
+    def _register(store: StoreLike, request: Request, mode: str, timeout: float | None, known: list[Notification],
                   who: Mapping[str, Any]) -> waiters.Registration:
         have = {n.key for n in known}
         ready = ready_prefix(request.keys(), have) if mode == "all" and request.is_complete else len(have)
@@ -265,7 +265,7 @@ class _OutageReport:
             log.info("a wait reads etcd again after %d failed attempts", self.failures)
 
 
-def _read(store: Store, request: Request, follower: Follower, deadline: _Deadline, found: _Found) -> None:
+def _read(store: StoreLike, request: Request, follower: Follower, deadline: _Deadline, found: _Found) -> None:
     """Read what exists into the follower, riding out an outage until the deadline."""
     report = _OutageReport(deadline, found)
     while True:  # bounded by the deadline and MAX_READ_ATTEMPTS
@@ -287,7 +287,7 @@ def _until_ready(feeds: WaitFeeds, deadline: _Deadline, found: _Found) -> None:
             raise found.timed_out(deadline.timeout, feeds.last_error)
 
 
-def wait(store: Store, request: Request, *, mode: str = "all", timeout: float | None = None,
+def wait(store: StoreLike, request: Request, *, mode: str = "all", timeout: float | None = None,
          known: Iterable[Notification] = (), on_progress: ProgressCallback | None = None,
          min_found: int | None = None, who: Mapping[str, Any] | None = None,
          on_ready: ReadyCallback | None = None) -> WaitResult:
@@ -313,7 +313,7 @@ def wait(store: Store, request: Request, *, mode: str = "all", timeout: float | 
         tracker.close(block=True)
 
 
-def _wait(store: Store, request: Request, *, mode: str = "all", timeout: float | None = None,
+def _wait(store: StoreLike, request: Request, *, mode: str = "all", timeout: float | None = None,
           known: Iterable[Notification] = (),
           on_progress: ReadyCallback | None = None) -> list[Notification]:
     """Block until every key of ``request`` exists (``mode="any"``: at least one matching key).
@@ -360,14 +360,14 @@ class _ReadBatch:
     _batches: dict[tuple[asyncio.AbstractEventLoop, Any], _ReadBatch] = {}
     _lock = threading.Lock()
 
-    def __init__(self, store: Store, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, store: StoreLike, loop: asyncio.AbstractEventLoop) -> None:
         self.store = store
         self.loop = loop
         self.pending: list[tuple[Request, asyncio.Future[Read]]] = []
         self.draining: asyncio.Task[None] | None = None
 
     @classmethod
-    async def read(cls, store: Store, request: Request) -> Read:
+    async def read(cls, store: StoreLike, request: Request) -> Read:
         """What :meth:`Store.read` returns for ``request``, read together with the other waiters' requests."""
         loop = asyncio.get_running_loop()
         with cls._lock:
@@ -396,7 +396,7 @@ class _ReadBatch:
                     future.set_result(answer)
 
 
-async def _read_async(store: Store, request: Request, follower: Follower, deadline: _Deadline,
+async def _read_async(store: StoreLike, request: Request, follower: Follower, deadline: _Deadline,
                       found: _Found) -> None:
     """:func:`_read` in a shared read of the loop's waiters; the pauses are the loop's, not a thread's."""
     report = _OutageReport(deadline, found)
@@ -421,7 +421,7 @@ async def _until_ready_async(feeds: WaitFeeds, deadline: _Deadline, found: _Foun
         raise found.timed_out(deadline.timeout, feeds.last_error)
 
 
-async def wait_async(store: Store, request: Request, *, mode: str = "all", timeout: float | None = None,
+async def wait_async(store: StoreLike, request: Request, *, mode: str = "all", timeout: float | None = None,
                      known: Iterable[Notification] = (), on_progress: ProgressCallback | None = None,
                      min_found: int | None = None, who: Mapping[str, Any] | None = None,
                      on_ready: ReadyCallback | None = None) -> WaitResult:
@@ -438,7 +438,7 @@ async def wait_async(store: Store, request: Request, *, mode: str = "all", timeo
         tracker.close(block=False)
 
 
-async def _wait_async(store: Store, request: Request, *, mode: str = "all", timeout: float | None = None,
+async def _wait_async(store: StoreLike, request: Request, *, mode: str = "all", timeout: float | None = None,
                       known: Iterable[Notification] = (),
                       on_progress: ReadyCallback | None = None) -> list[Notification]:
     """The asyncio form of :func:`wait`, for triggers: the shared watch feeds an asyncio queue, and

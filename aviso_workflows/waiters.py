@@ -35,7 +35,7 @@ from .etcd import EtcdGateway, KeyValue, put_op
 
 if TYPE_CHECKING:
     from .request import Request
-    from .store import Store
+    from .storelike import StoreLike
 
 log = logging.getLogger(__name__)
 #: Where waiters register (outside Aviso's ``/ec/`` keys: Aviso clients never read it).
@@ -148,12 +148,12 @@ class Waiter:
             parts.append(f"{name}={'/'.join(map(str, value)) if isinstance(value, list) else value}")
         return ",".join(parts)
 
-    def matches(self, filters: Mapping[str, str], store: Store | None = None) -> bool:
+    def matches(self, filters: Mapping[str, str], store: StoreLike | None = None) -> bool:
         """True when every ``name=value`` filter holds: on the waiter's own fields, its ``who``, or its request
         (a request field matches a value the request waits for; a field the request leaves open matches any)."""
         return all(self._matches_one(name, value, store) for name, value in filters.items())
 
-    def _matches_one(self, name: str, value: str, store: Store | None) -> bool:
+    def _matches_one(self, name: str, value: str, store: StoreLike | None) -> bool:
         own = {"id": self.id, "event": self.event, "host": self.host, "pid": str(self.pid), "mode": self.mode}
         if name in own:
             return own[name] == value
@@ -165,7 +165,7 @@ class Waiter:
         values = [str(v) for v in wanted] if isinstance(wanted, list) else [str(wanted)]
         return _canonical(store, self.event, name, value) in values
 
-    def _is_request_field(self, name: str, store: Store | None) -> bool:
+    def _is_request_field(self, name: str, store: StoreLike | None) -> bool:
         """An open field of the waiter's event matches any value; a name the event does not have, none."""
         if store is None:
             return False
@@ -179,7 +179,7 @@ def _optional_int(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
-def _canonical(store: Store | None, event: str, name: str, value: str) -> str:
+def _canonical(store: StoreLike | None, event: str, name: str, value: str) -> str:
     if store is None:
         return value
     try:
@@ -249,7 +249,7 @@ def _unregistered(record: dict[str, Any]) -> Registration:
 class _Keeper:
     """The thread that writes a process's entries for one store and keeps their shared lease alive."""
 
-    def __init__(self, store: Store, ttl: int) -> None:
+    def __init__(self, store: StoreLike, ttl: int) -> None:
         self.gateway: EtcdGateway = store.gateway
         self.max_ops = max(1, store.config.max_txn_ops)
         self.ttl = ttl
@@ -392,7 +392,7 @@ _KEEPERS: dict[tuple[Any, ...], _Keeper] = {}
 _KEEPERS_LOCK = threading.Lock()
 
 
-def _keeper(store: Store, ttl: int) -> _Keeper:
+def _keeper(store: StoreLike, ttl: int) -> _Keeper:
     key = (os.getpid(), store.config.identity, ttl)
     with _KEEPERS_LOCK:
         keeper = _KEEPERS.get(key)
@@ -401,7 +401,7 @@ def _keeper(store: Store, ttl: int) -> _Keeper:
         return keeper
 
 
-def register(store: Store, request: Request, *, who: Mapping[str, Any] | None = None, mode: str = "all",
+def register(store: StoreLike, request: Request, *, who: Mapping[str, Any] | None = None, mode: str = "all",
              found: int | None = 0, total: int | None = None, timeout: float | None = None,
              ttl: int | None = None, ready: int | None = None) -> Registration:
     """Register a waiter for ``request`` (never blocks, never raises for the store's sake).
@@ -429,7 +429,7 @@ def register(store: Store, request: Request, *, who: Mapping[str, Any] | None = 
     return registration
 
 
-def _keeps_registry(store: Store) -> bool:
+def _keeps_registry(store: StoreLike) -> bool:
     """True for an etcd store; another backend (an aviso-server) keeps no registry of waiters."""
     try:
         store.backend.etcd("the waiting registry")
@@ -439,7 +439,7 @@ def _keeps_registry(store: Store) -> bool:
 
 
 # -- listing and following -----------------------------------------------------------------------
-def list_waiters(store: Store, filters: Mapping[str, str] | None = None) -> list[Waiter]:
+def list_waiters(store: StoreLike, filters: Mapping[str, str] | None = None) -> list[Waiter]:
     """The waiters registered now (those matching every ``name=value`` filter), oldest first."""
     _, kvs = store.gateway.range_all(WAITING_PREFIX)
     waiters = [w for w in (Waiter.from_kv(kv) for kv in kvs) if w is not None]
@@ -455,7 +455,7 @@ class WaiterChange:
     waiter: Waiter
 
 
-def watch_waiters(store: Store, stop: threading.Event, *, idle_timeout: float = 30.0,
+def watch_waiters(store: StoreLike, stop: threading.Event, *, idle_timeout: float = 30.0,
                   snapshot: bool = True) -> Iterator[WaiterChange]:
     """Every change of the registered waiters until ``stop`` is set: first ``added`` for each waiter
     registered now (``snapshot``), then changes as etcd reports them. After a lost watch it reads the list
@@ -493,7 +493,7 @@ def _differences(known: dict[str, Waiter], kvs: Sequence[KeyValue], report: bool
         yield from changes
 
 
-def _follow(store: Store, known: dict[str, Waiter], start: int, stop: threading.Event,
+def _follow(store: StoreLike, known: dict[str, Waiter], start: int, stop: threading.Event,
             idle_timeout: float) -> Iterator[WaiterChange]:
     stream = store.gateway.watch(WAITING_PREFIX, start, idle_timeout=idle_timeout)
     finished = threading.Event()

@@ -27,7 +27,8 @@ from typing import Any, Protocol
 
 from .config import StoreConfig
 from .errors import HistoryCompacted, NotForwarded, PermissionDenied, StoreError, TlsRefused
-from .etcd import EtcdGateway, KeyValue, WatchBatch, WatchIdle
+from .etcd import KeyValue, WatchBatch, WatchIdle
+from .etcd_transport import open_gateway
 from .follow import Feed
 from .position import place
 
@@ -60,7 +61,7 @@ class WatchLoop:
         self.config = config
         self.prefix = prefix
         self.label = label
-        self.gateway = EtcdGateway(config)
+        self.gateway = open_gateway(config)
         self.next_revision = next_revision
         #: True once a proxy refused the watch: the prefix is read every ``poll_interval`` seconds instead.
         self.polling = False

@@ -26,7 +26,8 @@ from typing import Any
 from common import Figure, private_etcd, pyplot, reported, results_path, save_plot, write_results
 
 from aviso_workflows.config import StoreConfig
-from aviso_workflows.etcd import EtcdGateway, put_op
+from aviso_workflows.etcd import put_op
+from aviso_workflows.etcd_transport import open_gateway
 
 TRANSACTIONS = 200
 OPS = 128  # etcd's default limit of operations per transaction
@@ -45,7 +46,7 @@ VALUE = "file:///data/forecast/20300101/00/od/oper/E1.grib"
 
 # -- the HTTP gateway --------------------------------------------------------------------------------
 def gateway_writes(url: str, prefix: str, transactions: int, writers: int) -> float:
-    gateway = EtcdGateway(StoreConfig(endpoints=(url,)))
+    gateway = open_gateway(StoreConfig(endpoints=(url,)))
 
     def write(part: int) -> None:
         for txn in range(part, transactions, writers):
@@ -58,7 +59,7 @@ def gateway_writes(url: str, prefix: str, transactions: int, writers: int) -> fl
 
 
 def gateway_fanout(url: str, prefix: str, start: int, events: int) -> float:
-    gateway = EtcdGateway(StoreConfig(endpoints=(url,)))
+    gateway = open_gateway(StoreConfig(endpoints=(url,)))
     counts = [0] * WATCHERS
 
     def watch(index: int) -> None:
@@ -132,7 +133,7 @@ def has_aetcd() -> bool:
 
 
 def measure(url: str, transactions: int) -> dict[str, float]:
-    gateway = EtcdGateway(StoreConfig(endpoints=(url,)))
+    gateway = open_gateway(StoreConfig(endpoints=(url,)))
     gateway.current_revision()
     grpc = has_aetcd()  # without it (a venv without the gRPC transport) only the gateway is measured
     results = {

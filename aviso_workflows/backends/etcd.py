@@ -23,7 +23,8 @@ from typing import Any
 
 from ..config import StoreConfig
 from ..errors import HistoryCompacted, NotForwarded, PermissionDenied, StoreError
-from ..etcd import EtcdGateway, KeyValue, first_kv_of_failure, put_op, range_op, unchanged_since
+from ..etcd import KeyValue, first_kv_of_failure, put_op, range_op, unchanged_since
+from ..etcd_transport import open_gateway
 from ..follow import Feed
 from ..notification import NO_PAYLOAD, Notification, in_order, notification_from_kv
 from ..position import Position
@@ -64,7 +65,7 @@ class EtcdBackend:
 
     def __init__(self, config: StoreConfig, history: DatedHistory) -> None:
         self.config = config
-        self.gateway = EtcdGateway(config)
+        self.gateway = open_gateway(config)
         self.history = history
         self._reads_in_txn = True
         #: The status each status key got from this store's last notify: the next notify compares against it

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter
@@ -32,10 +31,11 @@ from ..schema import EventSchema
 from ..watch import one_line
 from .auth import refusal
 from .protocol import SEQUENCE_SLOTS, ApiError
+from .streams import Removed
 
 if TYPE_CHECKING:
     from ..store import Store
-    from .app import ServeState
+    from .state import ServeState
 
 
 def event_prefix(schema: EventSchema) -> str:
@@ -54,17 +54,6 @@ def _resolve(state: ServeState, name: str) -> EventSchema | None:
 
 #: Where the markers of deletes and wipes are kept.
 MARKERS = "/aviso-workflows/admin/"
-
-
-@dataclass(frozen=True)
-class Removed:
-    """What the admin routes removed from an event: sequences, and everything up to a revision."""
-
-    sequences: frozenset[int] = frozenset()
-    wiped_at: int = 0
-
-    def hides(self, sequence: int) -> bool:
-        return sequence in self.sequences or sequence // SEQUENCE_SLOTS <= self.wiped_at
 
 
 def _markers(schema: EventSchema) -> str:

@@ -46,7 +46,7 @@ from .streams import Stream, StreamPlan
 if TYPE_CHECKING:
     from ..expect import ExpectationChecker
     from ..store import Store
-    from .app import ServeState
+    from .state import ServeState
 
 log = logging.getLogger(__name__)
 ROUTE = "/board/events"

@@ -37,11 +37,21 @@ from .server_config import StreamFilter, stored_envelope
 
 if TYPE_CHECKING:
     from ..store import Store
-    from .admin import Removed
 
 log = logging.getLogger(__name__)
 #: Returned by a wait whose time ran out (a heartbeat may be due).
 _TIMEOUT = object()
+
+
+@dataclass(frozen=True)
+class Removed:
+    """What the admin routes (admin.py) removed from an event: sequences, and everything up to a revision."""
+
+    sequences: frozenset[int] = frozenset()
+    wiped_at: int = 0
+
+    def hides(self, sequence: int) -> bool:
+        return sequence in self.sequences or sequence // SEQUENCE_SLOTS <= self.wiped_at
 
 
 @dataclass(frozen=True)

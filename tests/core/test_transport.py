@@ -16,8 +16,9 @@ from etcd_helpers import running_etcd
 from aviso_workflows import server
 from aviso_workflows.config import StoreConfig, resolve_config
 from aviso_workflows.errors import HistoryCompacted, StoreUnavailable, ValidationError
-from aviso_workflows.etcd import EtcdGateway, WatchIdle, put_op
+from aviso_workflows.etcd import WatchIdle, put_op
 from aviso_workflows.etcd_grpc import GrpcGateway
+from aviso_workflows.etcd_transport import open_gateway
 
 
 def closed_port_url() -> str:
@@ -45,7 +46,7 @@ def test_grpc_with_proxy_headers_is_refused_at_build_time() -> None:
     ({"transport": "grpc"}, "grpc"),
 ])
 def test_the_transport_in_use(settings: dict[str, object], expected: str) -> None:
-    gateway = EtcdGateway(StoreConfig(**settings))  # type: ignore[arg-type]
+    gateway = open_gateway(StoreConfig(**settings))  # type: ignore[arg-type]
     assert gateway.transport == expected
     assert isinstance(gateway, GrpcGateway) == (expected == "grpc")
 
@@ -61,7 +62,7 @@ def test_the_environment_chooses_the_transport_over_the_config_file(tmp_path: Pa
 
 
 def test_grpc_fails_over_to_the_next_endpoint(etcd_url: str) -> None:
-    gateway = EtcdGateway(StoreConfig(endpoints=(closed_port_url(), etcd_url), transport="grpc", timeout=5))
+    gateway = open_gateway(StoreConfig(endpoints=(closed_port_url(), etcd_url), transport="grpc", timeout=5))
     revision, _ = gateway.get("/transport/failover")
     assert revision > 0
     assert gateway.endpoint == etcd_url
@@ -69,14 +70,14 @@ def test_grpc_fails_over_to_the_next_endpoint(etcd_url: str) -> None:
 
 def test_grpc_with_no_endpoint_reachable_names_each(etcd_url: str) -> None:
     endpoints = (closed_port_url(), closed_port_url())
-    gateway = EtcdGateway(StoreConfig(endpoints=endpoints, transport="grpc", timeout=5))
+    gateway = open_gateway(StoreConfig(endpoints=endpoints, transport="grpc", timeout=5))
     with pytest.raises(StoreUnavailable, match="cannot reach etcd") as failed:
         gateway.get("/transport/none")
     assert all(endpoint in str(failed.value) for endpoint in endpoints)
 
 
 def test_a_silent_grpc_watch_ends_with_watch_idle(etcd_url: str) -> None:
-    gateway = EtcdGateway(StoreConfig(endpoints=(etcd_url,), transport="grpc"))
+    gateway = open_gateway(StoreConfig(endpoints=(etcd_url,), transport="grpc"))
     stream = gateway.watch("/transport/silent/", gateway.current_revision() + 1, idle_timeout=0.6)
     kinds = []
     with pytest.raises(WatchIdle):
@@ -87,7 +88,7 @@ def test_a_silent_grpc_watch_ends_with_watch_idle(etcd_url: str) -> None:
 
 
 def test_a_grpc_watch_sees_puts_and_deletes_in_order(etcd_url: str) -> None:
-    gateway = EtcdGateway(StoreConfig(endpoints=(etcd_url,), transport="grpc"))
+    gateway = open_gateway(StoreConfig(endpoints=(etcd_url,), transport="grpc"))
     start = gateway.current_revision() + 1
     gateway.txn([], [put_op("/transport/order/a", "1"), put_op("/transport/order/b", "2")])
     deleted_at = gateway.delete("/transport/order/a")
@@ -111,7 +112,7 @@ def private_etcd_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def test_compacted_history_over_grpc(private_etcd_url: str) -> None:
-    gateway = EtcdGateway(StoreConfig(endpoints=(private_etcd_url,), transport="grpc"))
+    gateway = open_gateway(StoreConfig(endpoints=(private_etcd_url,), transport="grpc"))
     first = int(gateway.txn([], [put_op("/transport/compact/a", "1")])["header"]["revision"])
     gateway.txn([], [put_op("/transport/compact/a", "2")])
     gateway.compact(first + 1)
@@ -125,7 +126,7 @@ def test_compacted_history_over_grpc(private_etcd_url: str) -> None:
 
 
 def test_a_grpc_watch_is_closed_from_another_thread(etcd_url: str) -> None:
-    gateway = EtcdGateway(StoreConfig(endpoints=(etcd_url,), transport="grpc"))
+    gateway = open_gateway(StoreConfig(endpoints=(etcd_url,), transport="grpc"))
     stream = gateway.watch("/transport/closed/", gateway.current_revision() + 1, idle_timeout=60)
     created = threading.Event()
     ended = threading.Event()
@@ -178,19 +179,19 @@ class Http1Forwarder:
 
 def test_auto_uses_the_gateway_where_the_endpoint_speaks_http1_only(etcd_url: str) -> None:
     with Http1Forwarder(etcd_url) as proxy:
-        gateway = EtcdGateway(StoreConfig(endpoints=(proxy.url,), transport="auto", timeout=5))
+        gateway = open_gateway(StoreConfig(endpoints=(proxy.url,), transport="auto", timeout=5))
         assert gateway.transport == "grpc"
         gateway.txn([], [put_op("/transport/http1/a", "1")])
         assert gateway.transport == "gateway"
         assert gateway.get("/transport/http1/a")[1] is not None
         assert proxy.forwarded == ["/v3/kv/txn", "/v3/kv/range"]
-        again = EtcdGateway(StoreConfig(endpoints=(proxy.url,), transport="auto", timeout=5))
+        again = open_gateway(StoreConfig(endpoints=(proxy.url,), transport="auto", timeout=5))
         assert again.transport == "gateway", "the process remembers the endpoint speaks HTTP/1 only"
 
 
 def test_grpc_asked_for_where_the_endpoint_speaks_http1_only_says_what_to_set(etcd_url: str) -> None:
     with Http1Forwarder(etcd_url) as proxy:
-        gateway = EtcdGateway(StoreConfig(endpoints=(proxy.url,), transport="grpc", timeout=5))
+        gateway = open_gateway(StoreConfig(endpoints=(proxy.url,), transport="grpc", timeout=5))
         with pytest.raises(StoreUnavailable, match="does not speak gRPC.*set transport: gateway"):
             gateway.get("/transport/http1/b")
         assert proxy.forwarded == []

@@ -25,6 +25,7 @@ from aviso_workflows import Notification, Store, server
 from aviso_workflows.config import StoreConfig
 from aviso_workflows.errors import StoreError
 from aviso_workflows.etcd import EtcdGateway
+from aviso_workflows.etcd_transport import open_gateway
 from aviso_workflows.listen import HUB, Cursor, Position, PrefixWatch, listen, wait, wait_async
 from aviso_workflows.request import Request
 
@@ -52,7 +53,7 @@ class Member:
     @property
     def gateway(self) -> EtcdGateway:
         """A client of this member alone."""
-        return EtcdGateway(StoreConfig(endpoints=(self.client_url,), timeout=2.0))
+        return open_gateway(StoreConfig(endpoints=(self.client_url,), timeout=2.0))
 
     def status(self) -> dict[str, Any]:
         """etcd's maintenance status of this member (``leader`` and ``header.member_id`` among others)."""

@@ -29,7 +29,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from aviso_workflows import server
 from aviso_workflows.config import StoreConfig
 from aviso_workflows.errors import StoreError, StoreUnavailable
-from aviso_workflows.etcd import EtcdGateway
+from aviso_workflows.etcd_transport import open_gateway
 
 READY_SECONDS = 60.0  # generous: two loaded cores, other suites running
 STOP_SECONDS = 20.0
@@ -97,7 +97,7 @@ class PrivateEtcd:
 
     def _wait_ready(self) -> None:
         assert self.process is not None
-        gateway = EtcdGateway(StoreConfig(endpoints=(self.client_url,), timeout=5.0, **self.probe))
+        gateway = open_gateway(StoreConfig(endpoints=(self.client_url,), timeout=5.0, **self.probe))
         until = time.monotonic() + READY_SECONDS
         while True:
             assert self.process.poll() is None, f"etcd exited with {self.process.returncode}; see {self.data_dir}"
