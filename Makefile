@@ -23,7 +23,7 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check aviso_workflows tests examples dags suites bench
 	$(VENV)/bin/mypy aviso_workflows
-	$(VENV)/bin/lint-imports --no-logo
+	$(VENV)/bin/lint-imports --no-logo --no-cache
 
 bench: setup
 	$(PY) bench/run.py
