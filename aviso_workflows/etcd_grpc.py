@@ -456,7 +456,10 @@ def _is_busy(error: grpc.RpcError) -> bool:
     """etcd cannot serve the request now but may in a moment (electing, overloaded, stopping)."""
     if _code(error) == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return True
-    return _code(error) == grpc.StatusCode.UNAVAILABLE and any(m in _details(error).lower() for m in BUSY_MARKERS)
+    # A member without a leader lets a linearizable read run into its own deadline and answers UNKNOWN
+    # "context deadline exceeded" (the gateway's HTTP 500 with the same words): not now, rather than never.
+    busy_codes = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN)
+    return _code(error) in busy_codes and any(m in _details(error).lower() for m in BUSY_MARKERS)
 
 
 def _speaks_http1(error: grpc.RpcError) -> bool:
