@@ -35,7 +35,7 @@ class SlowTxnProxy:
                 answer = requests.post(target + self.path, data=body, timeout=BOUND)
                 if self.path.endswith("/kv/txn"):
                     proxy.delayed += 1
-                    time.sleep(delay)
+                    time.sleep(delay)  # the late answer this proxy exists for, not a synchronisation
                 try:
                     self.send_response(answer.status_code)
                     self.send_header("Content-Type", "application/json")

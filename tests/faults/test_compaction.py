@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import requests
 from etcd_helpers import running_etcd
+from waiting import eventually
 
 from aviso_workflows import Store
 from aviso_workflows.listen import Cursor, Position, listen, wait
@@ -185,11 +186,15 @@ class Collector:
         except BaseException as error:  # noqa: BLE001 - reported by the test
             self.error = error
 
+    def has(self, count: int) -> bool:
+        """True once ``count`` notifications arrived (the listener's error, if it failed, raised)."""
+        if self.error is not None:
+            raise self.error
+        return len(self.received) >= count
+
     def until(self, count: int) -> list[Notification]:
-        deadline = time.monotonic() + BOUND
-        while len(self.received) < count and time.monotonic() < deadline and self.error is None:
-            time.sleep(0.05)
-        time.sleep(0.3)  # anything delivered twice would arrive now
+        eventually(lambda: self.has(count), what=f"{count} notifications reached the listener", timeout=BOUND)
+        time.sleep(0.3)  # not a synchronisation: the window in which anything delivered twice would arrive
         self.stop.set()
         self.thread.join(BOUND)
         if self.error is not None:
@@ -202,12 +207,9 @@ def test_a_watch_compacted_past_while_disconnected_reads_again_and_misses_nothin
     date = "20240303"
     direct = Store([own_etcd])
     listener_store = Store([proxy.url], timeout=2.0)
-    collector = Collector(listener_store, day(listener_store, date))
-    time.sleep(0.5)
+    collector = Collector(listener_store, day(listener_store, date))  # from now: later posts reach it
     direct.notify(mars(0, date))
-    deadline = time.monotonic() + BOUND
-    while not collector.received and time.monotonic() < deadline:
-        time.sleep(0.05)
+    eventually(lambda: collector.has(1), what="the first post reached the listener before the cut")
 
     with caplog.at_level(logging.INFO, logger="aviso_workflows"):
         proxy.cut()
@@ -229,18 +231,19 @@ def test_a_waiter_compacted_past_while_disconnected_is_released(
     waiter_store = Store([proxy.url], timeout=2.0)
     request = waiter_store.request({**mars(0, date), "step": [0, 6, 12]})
     outcome: list[Any] = []
+    progress: list[str] = []
 
     def run() -> None:
         try:
-            outcome.append(wait(waiter_store, request, timeout=BOUND))
+            outcome.append(wait(waiter_store, request, timeout=BOUND,
+                                on_progress=lambda _found, _total, n: progress.append(n.request["step"])))
         except BaseException as error:  # noqa: BLE001 - reported by the test
             outcome.append(error)
 
     waiting = threading.Thread(target=run, daemon=True)
     waiting.start()
-    time.sleep(0.5)
-    direct.notify(mars(0, date))
-    time.sleep(0.3)
+    direct.notify(mars(0, date))  # found by the waiter's first read or by its watch, whichever comes first
+    eventually(lambda: progress == ["0"] or outcome, what="the waiter found step 0 before the cut")
     proxy.cut()
     direct.notify({**mars(0, date), "step": [6, 12]})
     direct.notify(mars(18, date))  # more history after the keys, then all of it compacted
@@ -257,12 +260,9 @@ def test_a_watch_back_from_a_cut_delivers_every_post_of_a_key_made_meanwhile(
     date = "20240305"
     direct = Store([own_etcd])
     listener_store = Store([proxy.url], timeout=2.0)
-    collector = Collector(listener_store, day(listener_store, date))
-    time.sleep(0.5)
+    collector = Collector(listener_store, day(listener_store, date))  # from now: later posts reach it
     direct.notify(mars(0, date), location="file:///a")
-    deadline = time.monotonic() + BOUND
-    while not collector.received and time.monotonic() < deadline:
-        time.sleep(0.05)
+    eventually(lambda: collector.has(1), what="the first post reached the listener before the cut")
 
     proxy.cut()  # the watch resumes with the history it missed, several puts of one key in one answer
     direct.notify(mars(0, date), location="file:///b")

@@ -8,13 +8,13 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from slow_proxy import SlowTxnProxy, slow_proxy_fixture  # noqa: F401 - the slow_proxy fixture
+from waiting import eventually
 
 from aviso_workflows import Store
 from aviso_workflows.cli import main
@@ -73,11 +73,12 @@ class LiveListener:
             self._error = error
 
     def _wait_for(self, step: str) -> None:
-        deadline = time.monotonic() + BOUND
-        while not any(n.request["step"] == step for n in self.received) and time.monotonic() < deadline:
+        def arrived() -> bool:
             if self._error is not None:
                 raise self._error
-            time.sleep(0.02)
+            return any(n.request["step"] == step for n in self.received)
+
+        eventually(arrived, what=f"the listener received step {step}", timeout=BOUND)
 
     def until_step(self, step: str) -> list[Notification]:
         """Wait (bounded) for the notification of ``step``, then stop and return all received."""
@@ -153,13 +154,15 @@ def test_a_notify_retried_after_a_timeout_writes_once_and_listeners_see_it_once(
 
 async def test_an_asset_watcher_stream_gets_one_event_for_a_retried_notify(
         store: Store, unique_date: str, etcd_url: str, slow_proxy: SlowTxnProxy) -> None:
-    stream = listen_async(store, [day_request(store, unique_date)])
-    first = asyncio.ensure_future(stream.__anext__())
-    await asyncio.sleep(0.5)  # the stream has read what exists and follows the watch
-    await asyncio.to_thread(retried_notify, slow_proxy, etcd_url, mars(unique_date, 0), "file:///a")
-    await asyncio.to_thread(store.notify, mars(unique_date, 6))
+    stream = listen_async(store, [day_request(store, unique_date)], after=Position(store.current_revision()))
     try:
-        received = [await asyncio.wait_for(first, BOUND), await asyncio.wait_for(stream.__anext__(), BOUND)]
+        # The marker has come through the stream: it has read what exists, later posts follow the watch.
+        await asyncio.to_thread(store.notify, mars(unique_date, int(MARKER_STEP)))
+        marker = await asyncio.wait_for(stream.__anext__(), BOUND)
+        assert marker.request["step"] == MARKER_STEP
+        await asyncio.to_thread(retried_notify, slow_proxy, etcd_url, mars(unique_date, 0), "file:///a")
+        await asyncio.to_thread(store.notify, mars(unique_date, 6))
+        received = [await asyncio.wait_for(stream.__anext__(), BOUND) for _ in range(2)]
     finally:
         await stream.aclose()
 
@@ -177,7 +180,8 @@ def test_listener_actions_run_once_for_a_retried_notify(
     exit_codes: list[int] = []
     running = threading.Thread(target=lambda: exit_codes.append(main(arguments)), daemon=True)
     running.start()
-    time.sleep(1.0)  # the listener follows the watch: both posts arrive live
+    # The listener saves its cursor at its start position before it reads: every later post reaches it.
+    eventually(lambda: Cursor("dedupe-actions").load(), what="the listener saved its start position")
 
     retried_notify(slow_proxy, etcd_url, mars(unique_date, 0), "file:///a")
     store.notify(mars(unique_date, 6))

@@ -1,0 +1,50 @@
+"""Waiting in tests for something to happen: poll a condition within a bound, never sleep a guessed time.
+
+A test that sleeps "long enough" either wastes time or fails on a slow machine; a test that polls a
+condition goes on as soon as it holds, and when it never holds fails with a message naming what did
+not happen. (A sleep that is part of a scenario, such as an idle window in which nothing may arrive, is
+not a synchronisation and says so where it is written.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+#: Seconds: how long a test waits for something that normally takes milliseconds.
+BOUND = 20.0
+#: Seconds between two looks: short, so a test goes on soon after the condition holds.
+EVERY = 0.02
+
+
+def eventually(check: Callable[[], T], *, what: str, timeout: float = BOUND, every: float = EVERY) -> T:
+    """Call ``check`` until it returns something true, and return that; fail after ``timeout`` seconds.
+
+    ``what`` names what should have happened ("the listener received step 6"); the assertion says it
+    did not, within how long, and what ``check`` returned last. Exceptions of ``check`` propagate.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what}: not within {timeout:g} s (last: {result!r})")
+        time.sleep(every)
+
+
+async def eventually_async(check: Callable[[], T], *, what: str, timeout: float = BOUND,
+                           every: float = EVERY) -> T:
+    """:func:`eventually` on an asyncio loop: the loop runs other tasks between two looks."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what}: not within {timeout:g} s (last: {result!r})")
+        await asyncio.sleep(every)
