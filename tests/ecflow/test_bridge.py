@@ -17,6 +17,7 @@ import pyflow as pf
 import pytest
 import yaml
 from ecflow_helpers import Watcher
+from waiting import eventually
 
 from aviso_workflows import Store, ValidationError
 from aviso_workflows.actions import ActionFailed
@@ -80,10 +81,13 @@ def test_bridge_restarted_mid_stream_misses_nothing_and_applies_nothing_twice(
     bridge = start_bridge(ecflow_server, config, output)
     wait_for_line(output, "listening after revision", 20)
 
+    posted: list[int] = []
+
     def produce() -> None:
         for step in range(STEPS):
             store.notify("mars", {**FORECAST, "date": unique_date, "step": step}, location=f"file:///d/{step}")
-            time.sleep(0.1)
+            posted.append(step)
+            time.sleep(0.1)  # a producer's pace, so that the bridge stops mid-stream; not a synchronisation
 
     producer = threading.Thread(target=produce)
     producer.start()
@@ -91,7 +95,8 @@ def test_bridge_restarted_mid_stream_misses_nothing_and_applies_nothing_twice(
         wait_for_line(output, "force complete /bridged/done_5", 30)
         bridge.send_signal(signal.SIGTERM)
         assert bridge.wait(timeout=20) == 0
-        time.sleep(0.5)  # notifications keep coming while the bridge is down
+        down_at = len(posted)
+        eventually(lambda: len(posted) >= min(down_at + 2, STEPS), what="two posts while the bridge is down")
         bridge = start_bridge(ecflow_server, config, output)
         producer.join(timeout=30)
         watcher.until(lambda d: str(d.find_abs_node(f"/bridged/done_{STEPS - 1}").get_state()) == "complete", 30,

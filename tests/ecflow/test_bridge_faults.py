@@ -118,7 +118,7 @@ def test_the_bridge_waits_for_a_stopped_server_and_catches_up(store: Store, uniq
         server.stop()
         store.notify("mars", {**DATA, "date": unique_date, "step": "1/2"})
         until(lambda: "does not answer" in bridge.text(), "the outage noticed")
-        time.sleep(2)  # several tries during the outage
+        time.sleep(2)  # not a synchronisation: the outage lasts over several of the bridge's tries
         assert bridge.process is not None and bridge.process.poll() is None, bridge.text()
         own_server.append(ecflow_server_module.start(server.home, server.port))
         server = own_server[-1]

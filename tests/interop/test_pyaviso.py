@@ -151,8 +151,7 @@ def test_pyaviso_replays_our_notifies(aviso_home: Path, store: Store, unique_dat
     request = {**fields, "date": unique_date}
     for step in ("0", "6", "12"):
         store.notify(event, {**request, "step": step}, location=f"file:///data/{step}.grib")
-    time.sleep(1.2)
-    end = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    end = dt.datetime.now(dt.UTC).replace(tzinfo=None)  # after the last status's date_time (microseconds)
     listener = listener_file(aviso_home, event, pyaviso_listener_request(request))
 
     replayed = aviso(aviso_home, "listen", str(listener), "--from", start.strftime(PYAVISO_DATE),

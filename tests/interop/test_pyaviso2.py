@@ -334,7 +334,8 @@ def test_pyaviso2_listener_resumes_across_restarts_of_serve_and_itself(etcd_url:
             again.wait_for(1)
             post(24)
             again.wait_for(2)
-            time.sleep(1.0)  # anything repeated would come now
+            post(30)  # the stream is in order: anything repeated before this post has come when it does
+            again.wait_for(3)
         finally:
             again.stop()
         second_run = again.notifications()
