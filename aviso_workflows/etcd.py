@@ -411,6 +411,18 @@ class EtcdGateway:
         """One transaction."""
         return self.call("kv/txn", {"compare": list(compare), "success": list(success), "failure": list(failure)})
 
+    def put_if_unchanged(self, key: str, previous: KeyValue | None, puts: Sequence[tuple[str, str]],
+                         lease: str | None = None) -> tuple[bool, int, KeyValue | None]:
+        """One transaction: if ``key`` is unchanged since ``previous`` (None: it does not exist), put ``puts``
+        (with ``lease``, if given); else read ``key``. Returns (written, revision, ``key`` as it is now when not
+        written). A notify's step on its status chain: compare the status key, write, or learn what moved it."""
+        answer = self.txn([unchanged_since(key, previous)], [put_op(k, v, lease) for k, v in puts],
+                          [{"request_range": range_op(key)}])
+        revision = int(answer["header"]["revision"])
+        if answer.get("succeeded"):
+            return True, revision, None
+        return False, revision, first_kv_of_failure(answer)
+
     def grant_lease(self, ttl: int) -> str:
         """A lease that expires after ``ttl`` seconds; returns its id."""
         return str(self.call("lease/grant", {"TTL": ttl, "ID": 0})["ID"])

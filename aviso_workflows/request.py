@@ -146,8 +146,16 @@ class Request:
             yield dict(zip(names, combination))
 
     def keys(self) -> list[str]:
-        """All data keys of a complete request."""
-        return [self.schema.format_key(values) for values in self.concrete()]
+        """All data keys of a complete request, in the order of :meth:`concrete`."""
+        parts = self.schema.key_parts
+        if parts is None:
+            return [self.schema.format_key(values) for values in self.concrete()]
+        self.require_complete("expanding keys")
+        # the template's fields in key order, the last varying fastest: each step extends every key built so far
+        keys = [""]
+        for literal, name in parts[0]:
+            keys = [key + literal + value for key in keys for value in self.values[name]]
+        return [key + parts[1] for key in keys]
 
     def matches(self, fields: Mapping[str, str]) -> bool:
         """True when a parsed key's fields satisfy every constraint of the request."""

@@ -142,6 +142,22 @@ class EventSchema:
         return self._base_template + self.stem.lstrip("/")
 
     @cached_property
+    def key_parts(self) -> tuple[tuple[tuple[str, str], ...], str] | None:
+        """The key template as (literal, field) pairs and the literal after the last field, to build many keys by
+        concatenation; None when a field appears twice (those keys are formatted one by one)."""
+        template, parts, position = self.key_template, [], 0
+        for match in _PLACEHOLDER.finditer(template):
+            parts.append((template[position:match.start()], match.group(1)))
+            position = match.end()
+        names = [name for _, name in parts]
+        return (tuple(parts), template[position:]) if len(set(names)) == len(names) else None
+
+    @cached_property
+    def admin_fields(self) -> tuple[str, ...]:
+        """Fields of the admin key (none without one)."""
+        return tuple(dict.fromkeys(_template_fields(self.admin))) if self.admin else ()
+
+    @cached_property
     def _key_pattern(self) -> re.Pattern[str]:
         pattern, seen, position = "", set(), 0
         template = self.key_template

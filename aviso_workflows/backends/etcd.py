@@ -23,7 +23,7 @@ from typing import Any
 
 from ..config import StoreConfig
 from ..errors import HistoryCompacted, NotForwarded, PermissionDenied, StoreError
-from ..etcd import KeyValue, first_kv_of_failure, put_op, range_op, unchanged_since
+from ..etcd import KeyValue, range_op
 from ..etcd_transport import open_gateway
 from ..follow import Feed
 from ..notification import NO_PAYLOAD, Notification, in_order, notification_from_kv
@@ -51,6 +51,17 @@ class _Batch:
     status_key: str
     puts: list[tuple[str, str]] = field(default_factory=list)
     admin_keys: list[str] = field(default_factory=list)
+
+
+def _chunks(request: Request, value: str, limit: int) -> list[_Batch]:
+    """The batches of a request whose keys share one status key and one admin key (one base, one admin
+    date: a forecast's steps): its keys in order, ``limit`` operations (status key aside) per batch."""
+    fixed = {name: values[0] for name, values in request.values.items() if len(values) == 1}
+    status_key, admin = request.schema.status_key(fixed), request.schema.admin_key(fixed)
+    size = limit - 1 if admin else limit
+    keys = request.keys()
+    return [_Batch(status_key, [(key, value) for key in keys[start:start + size]], [admin] if admin else [])
+            for start in range(0, len(keys), size)]
 
 
 def status_prefixes(requests: Sequence[Request]) -> list[str]:
@@ -104,6 +115,8 @@ class EtcdBackend:
     def _batches(self, request: Request, value: str) -> list[_Batch]:
         limit = self.config.max_txn_ops - 1  # one operation is the status key
         schema = request.schema
+        if all(len(request.values[name]) == 1 for name in (*schema.base_fields, *schema.admin_fields)):
+            return _chunks(request, value, limit)
         batches: list[_Batch] = []
         open_batch: dict[str, _Batch] = {}
         for values in request.concrete():
@@ -139,14 +152,10 @@ class EtcdBackend:
         for _ in range(STATUS_RETRIES):
             status = json.dumps({**new_status(previous, text, self.config.username), "notify_id": notify_id})
             puts = [*batch.puts, (batch.status_key, status), *((k, NO_PAYLOAD) for k in batch.admin_keys)]
-            answer = self.gateway.txn([unchanged_since(batch.status_key, previous)],
-                                      [put_op(k, v, lease) for k, v in puts],
-                                      [{"request_range": range_op(batch.status_key)}])
-            if answer.get("succeeded"):
-                revision = int(answer["header"]["revision"])
+            written, revision, current = self.gateway.put_if_unchanged(batch.status_key, previous, puts, lease)
+            if written:
                 self._last_status[batch.status_key] = KeyValue(batch.status_key, status, revision)
                 return revision
-            current = first_kv_of_failure(answer)
             # The gateway re-sends a transaction whose answer was lost: the status may have moved by our own commit.
             committed = self._committed_revision(batch.status_key, previous, current, notify_id)
             if committed is not None:

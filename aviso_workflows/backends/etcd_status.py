@@ -7,9 +7,11 @@ searches (status_chain.py) share one definition.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import getpass
 import json
 import os
+import re
 from importlib import metadata
 from typing import Any
 
@@ -56,22 +58,14 @@ def previous_revision(status: KeyValue) -> int | None:
 def new_status(previous: KeyValue | None, message: str, etcd_user: str | None) -> dict[str, Any]:
     """The status record a notify writes after ``previous`` (None: the first of its chain), as pyaviso does."""
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    status: dict[str, Any] = {
-        "etcd_user": etcd_user,
-        "message": message,
-        "unix_user": _unix_user(),
-        "aviso_version": f"aviso-workflows {VERSION}",
-        "engine": "ETCD_REST",
-        "hostname": os.uname().nodename,
-        "date_time": now.strftime(STATUS_TIME_FORMAT),
-    }
+    status: dict[str, Any] = {"etcd_user": etcd_user, "message": message, **_writer(),
+                              "date_time": now.strftime(STATUS_TIME_FORMAT)}
     if previous is None:
         return status
     status["prev_rev"] = previous.mod_revision
     old = status_record(previous)
-    try:
-        old_day = dt.datetime.strptime(old["date_time"], STATUS_TIME_FORMAT).date()
-    except (ValueError, KeyError, TypeError):
+    old_day = _day_of(old.get("date_time"))
+    if old_day is None:
         return status
     if old_day == now.date():
         if "last_prev_day_rev" in old:
@@ -79,6 +73,31 @@ def new_status(previous: KeyValue | None, message: str, etcd_user: str | None) -
     else:
         status["last_prev_day_rev"] = previous.mod_revision
     return status
+
+
+#: ``date_time`` as every writer of the chain formats it (STATUS_TIME_FORMAT), with the ranges strptime checks.
+_STATUS_TIME = re.compile(r"(\d{4}-\d\d-\d\d)T([01]\d|2[0-3]):[0-5]\d:([0-5]\d|6[01])\.\d{6}Z", re.ASCII)
+
+
+def _day_of(date_time: Any) -> dt.date | None:
+    """The day of a status's ``date_time`` (None: not a time in STATUS_TIME_FORMAT). A previous status is
+    read at every notify: the usual shape is checked by a pattern, anything else by strptime."""
+    if not isinstance(date_time, str):
+        return None
+    shaped = _STATUS_TIME.fullmatch(date_time)
+    try:
+        if shaped is not None:
+            return dt.date.fromisoformat(shaped.group(1))
+        return dt.datetime.strptime(date_time, STATUS_TIME_FORMAT).date()
+    except ValueError:
+        return None
+
+
+@functools.cache
+def _writer() -> dict[str, str]:
+    """The fields of a status that say who wrote it: the same for every notify of a process."""
+    return {"unix_user": _unix_user(), "aviso_version": f"aviso-workflows {VERSION}", "engine": "ETCD_REST",
+            "hostname": os.uname().nodename}
 
 
 def _unix_user() -> str:

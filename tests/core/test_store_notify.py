@@ -182,3 +182,43 @@ def _b64(text: str) -> str:
     import base64
 
     return base64.b64encode(text.encode()).decode()
+
+
+def test_keys_are_built_in_the_order_and_form_of_the_template() -> None:
+    """Keys built by concatenation are the template formatted for each concrete request, in the same order;
+    a template that repeats a field is formatted key by key."""
+    from aviso_workflows.fields import EnumField, IntField
+    from aviso_workflows.request import Request
+    from aviso_workflows.schema import EventSchema
+
+    raw = {**diss("20260101", step="0/to/12/by/6"), "target": ["E1", "E2"], "time": [0, 12]}
+    request = Request.build(raw.pop("event"), raw)
+    assert request.keys() == [request.schema.format_key(values) for values in request.concrete()]
+    assert len(request.keys()) == 12 and request.keys()[:2] == [
+        "/ec/diss/COM/date=20260101,target=E1,class=od,expver=0001,domain=g,time=00,stream=oper,step=0",
+        "/ec/diss/COM/date=20260101,target=E1,class=od,expver=0001,domain=g,time=00,stream=oper,step=6"]
+    fields = {"kind": EnumField("kind", ("a", "b")), "n": IntField("n", 0, 9)}
+    repeated = EventSchema(name="twice", base="/t/{kind}", stem="n={n}/kind={kind}", fields=fields)
+    assert repeated.key_parts is None
+    twice = Request.build(repeated, {"kind": ["a", "b"], "n": "1/2"})
+    assert twice.keys() == ["/t/a/n=1/kind=a", "/t/a/n=2/kind=a", "/t/b/n=1/kind=b", "/t/b/n=2/kind=b"]
+
+
+def test_the_day_of_the_previous_status_is_read_as_strptime_reads_it() -> None:
+    """last_prev_day_rev starts a new day only after a status whose date_time parses in pyaviso's format."""
+    from aviso_workflows.backends.etcd_status import new_status
+    from aviso_workflows.etcd import KeyValue
+
+    today = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    yesterday = today - dt.timedelta(days=1)
+
+    def after(date_time: object) -> dict[str, object]:
+        return new_status(KeyValue("/s/", json.dumps({"date_time": date_time}), 41), "m", None)
+
+    assert after(yesterday.strftime(DATE_FORMAT))["last_prev_day_rev"] == 41
+    assert "last_prev_day_rev" not in after(today.strftime(DATE_FORMAT))
+    # strptime's own leniency: one-digit hour and short fractions are times of that day
+    assert after(yesterday.strftime("%Y-%m-%dT1:%M:%S.5Z"))["last_prev_day_rev"] == 41
+    for unreadable in ("2026-13-01T00:00:00.000000Z", "2026-12-05T24:00:00.000000Z", "2026-12-05", None, 7):
+        status = after(unreadable)
+        assert status["prev_rev"] == 41 and "last_prev_day_rev" not in status, unreadable

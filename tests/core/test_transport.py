@@ -195,3 +195,28 @@ def test_grpc_asked_for_where_the_endpoint_speaks_http1_only_says_what_to_set(et
         with pytest.raises(StoreUnavailable, match="does not speak gRPC.*set transport: gateway"):
             gateway.get("/transport/http1/b")
         assert proxy.forwarded == []
+
+
+@pytest.mark.parametrize("transport", ["grpc", "gateway"])
+def test_put_if_unchanged_writes_only_over_the_compared_revision(etcd_url: str, transport: str) -> None:
+    """A notify's step on its status chain, over each transport: written when the key is where it was compared,
+    otherwise nothing is written and the key comes back as it is now."""
+    gateway = open_gateway(StoreConfig(endpoints=(etcd_url,), transport=transport))
+    status, data = f"/transport/cas/{transport}/", f"/transport/cas/{transport}/k"
+    written, first, current = gateway.put_if_unchanged(status, None, [(data, "v1"), (status, "s1")], None)
+    assert (written, current) == (True, None)
+    stale = gateway.get(status)[1]
+    assert stale is not None and stale.mod_revision == first and stale.value == "s1"
+    assert gateway.put_if_unchanged(status, None, [(data, "lost")])[:1] == (False,)  # it exists: not "absent"
+    written, second, _ = gateway.put_if_unchanged(status, stale, [(data, "v2"), (status, "s2")])
+    assert written and second > first
+    written, revision, current = gateway.put_if_unchanged(status, stale, [(data, "v3"), (status, "s3")])
+    assert not written and revision >= second
+    assert current is not None and (current.value, current.mod_revision) == ("s2", second)
+    value = gateway.get(data)[1]
+    assert value is not None and (value.value, value.version, value.mod_revision) == ("v2", 2, second)
+    lease = gateway.grant_lease(60)
+    written, _, _ = gateway.put_if_unchanged(status, current, [(data, "v4"), (status, "s4")], lease)
+    leased = gateway.get(data)[1]
+    assert written and leased is not None and leased.lease == int(lease)
+    gateway.revoke_lease(lease)

@@ -125,8 +125,8 @@ def test_a_notifier_whose_status_was_moved_by_another_one_still_writes(
     other.notify(diss(unique_date, 6))
     moved = other.notify(diss(unique_date, 12)).revisions[0]   # ``one`` still compares against ``first``
     transactions: list[bool] = []
-    txn = one.gateway.txn
-    monkeypatch.setattr(one.gateway, "txn", lambda *a: transactions.append(True) or txn(*a))
+    txn = one.gateway.put_if_unchanged
+    monkeypatch.setattr(one.gateway, "put_if_unchanged", lambda *a: transactions.append(True) or txn(*a))
 
     last = one.notify(diss(unique_date, 18)).revisions[0]
 
