@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import sqlite3
-import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from cylc_helpers import CYLC, cylc
+from cylc_helpers import CYLC, cylc, running, wait_for
 
 from aviso_workflows import Store
 
@@ -80,35 +75,6 @@ def wait_until_done(run_dir: Path, points: list[str], seconds: float) -> None:
             return
         time.sleep(0.2)
     raise AssertionError(f"jobs of {points} did not succeed within {seconds} s")
-
-
-def wait_for(path: Path, seconds: float, process: subprocess.Popen[str] | None = None) -> None:
-    deadline = time.monotonic() + seconds
-    while not path.exists():
-        if process is not None and process.poll() is not None:
-            raise AssertionError(f"{process.args} ended with {process.returncode} before {path.name} appeared")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{path.name} did not appear within {seconds} s")
-        time.sleep(0.05)
-    time.sleep(0.05)  # the script writes its files one after the other
-
-
-@contextmanager
-def running(argv: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[str]]:
-    """A process of ours in its own process group, ended by its pid (and waited for) at the end."""
-    with open(log, "w") as output:
-        process = subprocess.Popen(argv, env=env, stdout=output, stderr=subprocess.STDOUT, text=True,
-                                   start_new_session=True)
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
 
 
 def listener_file(path: Path, workflow: str) -> Path:
