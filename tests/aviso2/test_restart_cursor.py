@@ -18,7 +18,7 @@ import pytest
 from backend_stores import AvisoServerDouble
 from threads import joined, run_in_thread
 
-from aviso_workflows import Notification, Store
+from aviso_workflows import Notification, Request, Store
 from aviso_workflows.listen import Cursor, listen
 
 FIELDS = {"class": "od", "expver": "0001", "domain": "g", "time": "0000", "stream": "oper"}
@@ -38,61 +38,53 @@ def steps(notifications: list[Notification]) -> list[str]:
     return [n.request["step"] for n in notifications]
 
 
-@pytest.mark.parametrize("posted_while_away", [3, 5])
-def test_posts_of_a_restarted_server_with_sequences_below_the_cursor_are_delivered(
-        posted_while_away: int, caplog: pytest.LogCaptureFixture) -> None:
-    """Three posts handled (cursor at sequence 3); the server restarts with ``posted_while_away`` new posts
+def first_run(server: AvisoServerDouble, store: Store, request: Request, date: str,
+              handled: int) -> list[Notification]:
+    """Posts 1, 2 and 3; a listener with the cursor ``resumed`` handles the first ``handled`` and stops."""
+    cursor = "resumed"
+    after = store.now()
+    for step in (1, 2, 3):
+        server.post("mars", identifier(date, step))
+    stop = threading.Event()
+    stream = listen(store, [request], after=after, cursor=Cursor(cursor), stop=stop)
+    handled_first = take(stream, handled)
+    stop.set()
+    assert list(stream) == []  # the listener saved its cursor and ended
+    saved = Cursor(cursor).load()
+    assert saved is not None and saved.revision == handled_first[-1].revision and saved.posted is not None
+    return handled_first
+
+
+@pytest.mark.parametrize(("restart", "away", "resumed"), [
+    pytest.param(True, [10, 11, 12], ["10", "11", "12"], id="restarted-3-posts-all-at-or-below-the-cursor"),
+    pytest.param(True, [10, 11, 12, 13, 14], ["10", "11", "12", "13", "14"], id="restarted-5-posts-some-above"),
+    pytest.param(False, [4, 5], ["3", "4", "5"], id="same-server-control"),
+])
+def test_a_resumed_cursor_delivers_every_post_made_while_it_was_away(
+        restart: bool, away: list[int], resumed: list[str], caplog: pytest.LogCaptureFixture) -> None:
+    """Restarted: three posts handled (cursor at sequence 3), then the server restarts with the posts ``away``
     (sequences 1..n, some at or below the cursor): the resumed listener delivers every one (0 lost) and says
-    once, naming the old and the new position, that the server's sequence started again."""
+    once, naming the old and the new position, that the server's sequence started again.
+
+    The control, no restart: two of three posts handled, then more posts numbered after the cursor (some in
+    the same second as the cursor's post): the resumed listener delivers only the later posts, once, and
+    warns of nothing (the cursor file holds the server's time of the last post handled)."""
     date = "20300101"
     with AvisoServerDouble(heartbeat=1.0) as server:
         store = Store([server.endpoint])
         request = store.request("mars", {**FIELDS, "date": date})
-        after = store.now()
-        for step in (1, 2, 3):
-            server.post("mars", identifier(date, step))
-        stop = threading.Event()
-        stream = listen(store, [request], after=after, cursor=Cursor("restart"), stop=stop)
-        assert steps(take(stream, 3)) == ["1", "2", "3"]
-        stop.set()
-        assert list(stream) == []  # the listener saved its cursor and ended
-
-        server.stop()
-        away = [("mars", identifier(date, step), None) for step in range(10, 10 + posted_while_away)]
-        server.start(away)
-
+        first = first_run(server, store, request, date, handled=3 if restart else 2)
+        if restart:
+            server.stop()
+            server.start([("mars", identifier(date, step), None) for step in away])
+        else:
+            for step in away:
+                server.post("mars", identifier(date, step))
         caplog.set_level(logging.WARNING, logger="aviso_workflows")
-        with closing(listen(store, [request], cursor=Cursor("restart"))) as resumed:
-            again = take(resumed, posted_while_away)
-    assert steps(again) == [str(step) for step in range(10, 10 + posted_while_away)]
+        with closing(listen(store, [request], cursor=Cursor("resumed"))) as stream:
+            again = take(stream, len(resumed))
+    assert steps(first) == ["1", "2", "3"][:len(first)]
+    assert steps(again) == resumed
     warnings = [r.getMessage() for r in caplog.records if "went back" in r.getMessage()]
-    assert len(warnings) == 1, warnings
-    assert "mars@3" in warnings[0] and "mars@1" in warnings[0]
-
-
-def test_a_cursor_on_the_same_server_resumes_after_its_post_without_a_warning(
-        caplog: pytest.LogCaptureFixture) -> None:
-    """The control: no restart, posts while away numbered after the cursor (some in the same second as the
-    cursor's post). The cursor file holds the server's time of the last post handled; the resumed listener
-    delivers only the later posts, once, and warns of nothing."""
-    date = "20300102"
-    with AvisoServerDouble(heartbeat=1.0) as server:
-        store = Store([server.endpoint])
-        request = store.request("mars", {**FIELDS, "date": date})
-        after = store.now()
-        for step in (1, 2, 3):
-            server.post("mars", identifier(date, step))
-        stop = threading.Event()
-        stream = listen(store, [request], after=after, cursor=Cursor("same"), stop=stop)
-        first = take(stream, 2)
-        stop.set()
-        assert list(stream) == []
-        saved = Cursor("same").load()
-        assert saved is not None and saved.revision == first[-1].revision and saved.posted is not None
-        for step in (4, 5):
-            server.post("mars", identifier(date, step))
-        caplog.set_level(logging.WARNING, logger="aviso_workflows")
-        with closing(listen(store, [request], cursor=Cursor("same"))) as resumed:
-            rest = take(resumed, 3)
-    assert steps(first) == ["1", "2"] and steps(rest) == ["3", "4", "5"]
-    assert [r.getMessage() for r in caplog.records if "went back" in r.getMessage()] == []
+    assert len(warnings) == (1 if restart else 0), warnings
+    assert all("mars@3" in warning and "mars@1" in warning for warning in warnings), warnings

@@ -12,7 +12,7 @@ from typing import Any
 import pendulum
 import pytest
 from airflow.sdk import DAG
-from conftest import Serve
+from serve_process import Serve
 from test_serve_core import mars
 
 from aviso_workflows import Store
@@ -54,7 +54,7 @@ def test_sensor_poke_mode_follows_the_stream(aviso: Store, unique_date: str, avi
 
     async def run_and_post() -> list[dict[str, Any]]:
         running = asyncio.create_task(asyncio.to_thread(task.execute, context))
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # not a synchronisation: the time in which a wrongly released sensor would end
         assert not running.done()
         await asyncio.to_thread(aviso.notify, mars(unique_date, step=6), location="file:///6")
         return await asyncio.wait_for(running, BOUND)

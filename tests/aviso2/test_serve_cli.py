@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Serve
+from serve_process import Serve
 from test_serve_core import WAIT_BOUND, mars, mars_key
 from threads import joined, run_in_thread
 

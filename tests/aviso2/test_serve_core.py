@@ -4,7 +4,6 @@ run over both backends (tests/core/test_backends.py: etcd and the aviso-server 0
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import closing
 from typing import Any
@@ -40,9 +39,8 @@ def _steps(notifications: list[Notification]) -> list[str]:
 # -- listen ----------------------------------------------------------------------------------------------
 def test_live_notifications_in_write_order(aviso: Store, unique_date: str) -> None:
     request = aviso.request(mars(unique_date, step=None))
-    stream = listen(aviso, [request], after=aviso.now())
+    stream = listen(aviso, [request], after=aviso.now())  # every post from now on, whenever the stream opens
     thread, outcome = run_in_thread(lambda: [next(stream) for _ in range(6)])
-    time.sleep(0.3)
     for step in (24, 0, 18, 6, 12):
         aviso.notify(mars(unique_date, step=step))
     aviso.notify(mars(unique_date, step=0), location="again")  # a re-post is a new notification

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 
 import pytest
-from conftest import Serve
+from serve_process import Serve
 from test_serve_core import WAIT_BOUND, mars
 from threads import joined, run_in_thread
 

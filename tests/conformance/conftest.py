@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from aviso_server_double import AvisoServerDouble
+from isolation import isolated  # noqa: F401 - autouse fixture
 from serve_target import start_serve
 from server_under_test import ServerUnderTest
 
@@ -70,11 +70,3 @@ def day() -> str:
     """A date no other case of the session uses, so cases sharing a server do not see each other's posts."""
     number = next(_DAYS)
     return f"2025{1 + number // 28 % 12:02d}{1 + number % 28:02d}"
-
-
-@pytest.fixture(autouse=True)
-def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AVISO_WORKFLOWS_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setenv("AVISO_WORKFLOWS_CONFIG", str(tmp_path / "no-config.yaml"))
-    for name in ("ENDPOINTS", "USERNAME", "PASSWORD", "TOKEN", "EMAIL", "KEY"):
-        monkeypatch.delenv(f"AVISO_WORKFLOWS_{name}", raising=False)
