@@ -40,7 +40,7 @@ from typing import Any
 from .documents import read_document
 from .errors import HistoryCompacted, StoreError, ValidationError
 from .listen import listen
-from .listeners import Action, Runtime, _build_actions, _located
+from .listeners import Action, Dispatcher, _build_actions, _located
 from .notification import Notification
 from .position import Position
 from .request import Request
@@ -453,7 +453,7 @@ class ExpectationChecker:
             if firing.identity in self.fired:
                 continue
             log.warning("%s", firing.notification.message)
-            runtime = Runtime([], transient_tries=3)
+            runtime = Dispatcher([], transient_tries=3)
             for number, (kind, action) in enumerate(firing.item.expectation.actions):
                 error = runtime.run(f"{firing.item.expectation.name} trigger {number} ({kind})", action,
                                     firing.notification)

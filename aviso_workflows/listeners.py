@@ -1,4 +1,4 @@
-"""Listener files ("when <request> do <triggers>", pyaviso 1.x's format) and the one runtime that runs them.
+"""Listener files ("when <request> do <triggers>", pyaviso 1.x's format) and the dispatcher that runs their triggers.
 
 ```yaml
 listeners:
@@ -48,7 +48,7 @@ FIRST_BACKOFF = 0.5
 BRIDGE_FORMAT = ("this is an ecflow-bridge file of the old format; a bridge file is a listener file now: put "
                  "'event: mars' beside 'request:' and write each action as a trigger such as {type: ecflow, "
                  "meter: steps, node: /s/t, value: '${request.step}'} (README: The ecFlow bridge)")
-__all__ = ["ACTION_TYPES", "ActionFactory", "Action", "DeadLetters", "Listener", "Runtime", "Stopped",
+__all__ = ["ACTION_TYPES", "ActionFactory", "Action", "DeadLetters", "Dispatcher", "Listener", "Stopped",
            "dispatch", "load_listener_file", "parse_listeners"]
 
 
@@ -153,7 +153,7 @@ def load_listener_file(store: Store, path: str | Path) -> list[Listener]:
 
 # -- running -------------------------------------------------------------------------------------
 class Stopped(Exception):
-    """The runtime was asked to stop while a trigger waited for a transient failure to end."""
+    """The dispatcher was asked to stop while a trigger waited for a transient failure to end."""
 
 
 class DeadLetters:
@@ -190,8 +190,12 @@ class DeadLetters:
         os.replace(temporary, self.path)
 
 
-class Runtime:
-    """Runs the triggers of matching listeners for each notification; never stops for a failing one."""
+class Dispatcher:
+    """Runs the triggers of matching listeners for each notification; never stops for a failing one.
+
+    It holds a running listener's dispatch state: its listeners, its dead letters, the event that stops it
+    and how transient failures are tried again.
+    """
 
     def __init__(self, listeners: list[Listener], dead_letters: DeadLetters | None = None,
                  stop: threading.Event | None = None, max_backoff: float = MAX_BACKOFF,
@@ -298,10 +302,10 @@ def dispatch(listeners: list[Listener], notification: Notification, *, dry_run: 
     """Run the actions of every listener whose request matches; returns how many failed.
 
     Each trigger is tried once (a transient failure counts as failed): waiting out outages and keeping
-    dead letters is the :class:`Runtime`'s, which ``aviso-workflows listen`` uses.
+    dead letters is the :class:`Dispatcher`'s, which ``aviso-workflows listen`` uses.
     """
     if not dry_run:
-        return Runtime(listeners, transient_tries=1).handle(notification)
+        return Dispatcher(listeners, transient_tries=1).handle(notification)
     for listener in listeners:
         if listener.request.event == notification.event and listener.request.matches(notification.request):
             for kind, action in listener.actions:

@@ -35,7 +35,7 @@ def add_commands(subparsers: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..cli import EXIT_OK, store_from_args
+    from ..commandline import EXIT_OK, store_from_args
     from ..request import check_location, parse_pairs, split_event
     from .core import cycle_request
 

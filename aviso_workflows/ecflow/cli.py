@@ -28,6 +28,13 @@ def add_commands(subparsers: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .bridge import run_bridge
+    from pathlib import Path
 
-    return run_bridge(args)
+    from ..commandline import parse_start, store_from_args
+    from .bridge import BridgeOptions, run_bridge
+
+    store = store_from_args(args)
+    bridge = BridgeOptions(args.bridge_config, args.port, args.host, cursor=args.cursor, start=parse_start(args.from_),
+                           dead_letters=args.dead_letters,
+                           dead_letter_file=Path(args.dead_letter_file) if args.dead_letter_file else None)
+    return run_bridge(store, bridge)

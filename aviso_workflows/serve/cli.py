@@ -49,7 +49,7 @@ def add_commands(subparsers: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..cli import store_from_args
+    from ..commandline import store_from_args
     from ..errors import ValidationError
     from .app import ServeOptions
     from .auth import load_tokens

@@ -1,14 +1,21 @@
-"""The Cylc adapter's parts without a scheduler: cycle points, one read, results, action specs, cylc-notify."""
+"""The Cylc adapter's parts without a scheduler: cycle points, one read, results, action specs, cylc-notify, the
+push listener on the listener runtime."""
 
 from __future__ import annotations
 
+import logging
+import os
+
 import pytest
+from cylc_helpers import CYLC, cylc_missing
 
 from aviso_workflows import Store, ValidationError
 from aviso_workflows.cli import main
 from aviso_workflows.cylc.actions import cylc_action
 from aviso_workflows.cylc.core import check, cycle_point, cycle_request, point_fields, shell_safe
 from aviso_workflows.cylc.xtrigger import aviso, validate
+from aviso_workflows.listeners import parse_listeners
+from aviso_workflows.listening import ListenOptions, run_listener
 
 FORECAST = {"class": "od", "expver": 1, "domain": "g", "stream": "oper"}
 
@@ -131,3 +138,21 @@ def test_cylc_notify_dates_by_the_cycle_point_and_checks_without_writing(
         {"file:///x"}
     assert main(["cylc-notify", pairs.replace("oper", "opre"), "--check"]) == 2
     assert "stream: 'opre' is not valid" in capsys.readouterr().err
+
+
+def test_the_push_listener_runs_the_listener_runtime_with_typed_options_and_leaves_the_environment(
+        store: Store, unique_date: str, caplog: pytest.LogCaptureFixture) -> None:
+    reason = cylc_missing()
+    if reason:
+        pytest.skip(reason)
+    listeners = parse_listeners(store, {"listeners": [{
+        "event": "mars", "request": {**FORECAST, "date": unique_date, "time": 0},
+        "triggers": [{"type": "cylc", "workflow": f"absent-{unique_date}", "task": "process", "xtrigger": "data",
+                      "cylc": str(CYLC)}]}]})
+    options = ListenOptions.of_listeners(listeners, None, start=store.now().revision + 1, count=1)
+    before = dict(os.environ)
+    store.notify("mars", {**FORECAST, "date": unique_date, "time": 0, "step": 0})
+    with caplog.at_level(logging.WARNING):
+        assert run_listener(store, options) == 0
+    assert f"cylc absent-{unique_date}//{unique_date}T0000Z/process xtrigger/data" in caplog.text
+    assert dict(os.environ) == before

@@ -27,7 +27,7 @@ from runners import ROOT, assert_loaded, deploy_and_load, parse_and_serialize_da
 from aviso_workflows import Store
 from aviso_workflows.ecflow import LoopbackHost
 from aviso_workflows.ecflow.server import EcflowServer
-from aviso_workflows.listeners import Runtime, dispatch, load_listener_file
+from aviso_workflows.listeners import Dispatcher, dispatch, load_listener_file
 
 CYLC = ROOT / ".venv-cylc" / "bin" / "cylc"
 DAGS = sorted((ROOT / "dags").glob("*.py"))
@@ -125,7 +125,7 @@ def test_bridge_file_changes_a_suite_on_the_server(store: Store, example_env: di
     request = {**FORECAST, "date": "20261122", "step": 6}
     store.notify("mars", request, location="file:///data/step6.grib")
     _, found = store.read(store.request("mars", request))
-    assert Runtime(listeners, transient_tries=1).handle(found[0]) == 0
+    assert Dispatcher(listeners, transient_tries=1).handle(found[0]) == 0
     client = examples_ecflow.client()
     client.sync_local()
     defs = client.get_defs()
@@ -147,7 +147,7 @@ def test_listeners_file_runs_its_triggers_for_a_notification(store: Store, examp
                           location="file:///data/fc_step12.grib")
     _, found = store.read(store.request("mars", {**FORECAST, "date": unique_date, "step": 12}))
     assert len(found) == 1 and found[0].revision == result.revisions[-1]
-    assert Runtime(listeners, transient_tries=1).handle(found[0]) == 0
+    assert Dispatcher(listeners, transient_tries=1).handle(found[0]) == 0
     assert (home / "aviso-steps.txt").read_text() == "12 fc_step12.grib\n"
     assert "file:///data/fc_step12.grib" in (home / "aviso" / "mars.log").read_text()
 
