@@ -52,27 +52,31 @@ def resolve(store: Store, event: str, raw: Mapping[str, Any], context: Mapping[s
 
 
 def check_static(event: Any, raw: Any, wait_for: str | None = None, *, complete: bool = False,
-                 templates: bool = True) -> None:
+                 templates: bool = True) -> Request | None:
     """Validate a request written without templates at DAG parse time (built-in events only).
 
     A missing date is fine here: the run's date fills it in. ``templates=False`` (triggers, which are
     never rendered) validates Jinja markup as the literal text it stays. Raises the core's ValidationError.
+    Returns the request built when it is exactly ``raw`` (nothing filled in or left out; a trigger reuses
+    it rather than validating the same fields twice), else None.
     """
     if wait_for is not None and wait_for not in WAIT_FOR:
         raise ValidationError("wait_for", wait_for, "expected 'all' or 'any'")
     if templates and (is_templated(event) or is_templated(raw)):
-        return
+        return None
     if not isinstance(event, str) or not event.strip():
         raise ValidationError("event", event, "expected the name of an event, such as 'mars'")
     if not isinstance(raw, Mapping):
         raise ValidationError("request", raw, "expected a mapping of field names to values")
     if event not in BUILTIN_SCHEMAS:  # a custom event's schema comes with the connection, read at run time
-        return
+        return None
     schema = BUILTIN_SCHEMAS[event]
     fields = {k: v for k, v in raw.items() if k not in NON_KEY_ENTRIES}
-    request = Request.build(schema, with_run_date(fields, DATE_FIELD in schema.fields, dt.date.today()))
+    dated = with_run_date(fields, DATE_FIELD in schema.fields, dt.date.today())
+    request = Request.build(schema, dated)
     if complete:
         request.require_complete("waiting for all keys" if wait_for else "notify")
+    return request if dated == raw else None
 
 
 def check_conn_id(conn_id: Any) -> None:

@@ -24,6 +24,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -69,11 +70,13 @@ class AvisoHook(BaseHook):
 
     async def aget_conn(self) -> Store:
         """The store of the connection, read without blocking the event loop (for triggers). The lookup
-        is shared by the triggers of a loop for ``CONNECTION_CACHE_SECONDS`` (see :func:`_looked_up`)."""
+        is shared by the triggers of a loop for ``CONNECTION_CACHE_SECONDS`` (see :func:`_looked_up`), and
+        so is the store built from it: ten thousand triggers share one Store rather than building one each."""
         try:
-            return store_from_connection(await _looked_up(self.aviso_conn_id, self.aget_connection))
+            conn = await _looked_up(self.aviso_conn_id, self.aget_connection)
         except AirflowNotFoundException as missing:
-            return self._fallback(missing)
+            return _shared_store(self.aviso_conn_id, missing, partial(self._fallback, missing))
+        return _shared_store(self.aviso_conn_id, conn, partial(store_from_connection, conn))
 
     def _fallback(self, missing: AirflowNotFoundException) -> Store:
         """Only the default connection falls back: a named connection that is missing is a mistake to report."""
@@ -113,6 +116,24 @@ async def _looked_up(conn_id: str, lookup: Callable[[str], Awaitable[Connection]
             del _LOOKUPS[stale]
         cached = _LOOKUPS[(loop, conn_id)] = (now, loop.create_task(_lookup(conn_id, lookup)))
     return await asyncio.shield(cached[1])  # one trigger cancelled must not cancel the others' lookup
+
+
+#: The store each loop's triggers share per connection id, with the lookup's answer it was built from (a
+#: Connection, or the error saying there is none): a new lookup (an edited connection) builds a new store.
+_STORES: dict[tuple[asyncio.AbstractEventLoop, str], tuple[object, Store]] = {}
+
+
+def _shared_store(conn_id: str, answer: object, build: Callable[[], Store]) -> Store:
+    """The store built from ``answer`` for this loop's triggers of ``conn_id`` (built by the first of them)."""
+    loop = asyncio.get_running_loop()
+    cached = _STORES.get((loop, conn_id))
+    if cached is not None and cached[0] is answer:
+        return cached[1]
+    for stale in [key for key in _STORES if key[0].is_closed()]:
+        del _STORES[stale]
+    store = build()
+    _STORES[(loop, conn_id)] = (answer, store)
+    return store
 
 
 async def _lookup(conn_id: str, lookup: Callable[[str], Awaitable[Connection]]) -> Connection:

@@ -66,7 +66,8 @@ class AvisoTrigger(BaseTrigger):
                  deadline: float | None = None, min_found: int | None = None,
                  who: dict[str, Any] | None = None) -> None:
         super().__init__()
-        _requests.check_static(event, request, wait_for, templates=False)
+        #: The request validated here, for a store that knows the event by the same built-in schema.
+        self._validated = _requests.check_static(event, request, wait_for, templates=False)
         _requests.check_conn_id(aviso_conn_id)
         self.event = event
         self.request = request
@@ -89,8 +90,11 @@ class AvisoTrigger(BaseTrigger):
         reporter = OutageReporter.of_loop()
         reporter.add(self)
         try:
-            async for event in self._wait():
-                yield event
+            # Closed here when the caller closes run() after the event: left to the garbage collector, ten
+            # thousand fired triggers would each cost the loop a finalizer callback and a task of its own.
+            async with aclosing(self._wait()) as events:
+                async for event in events:
+                    yield event
         finally:
             reporter.discard(self)
 
@@ -103,12 +107,12 @@ class AvisoTrigger(BaseTrigger):
     def outage_ended(self, seconds: float) -> None:
         self.log.info("etcd reachable again after %.1f s; still waiting", seconds)
 
-    async def _wait(self) -> AsyncIterator[TriggerEvent]:
+    async def _wait(self) -> AsyncGenerator[TriggerEvent, None]:
         timeout = None if self.deadline is None else max(0.0, self.deadline - time.time())
         try:
             store = await AvisoHook(self.aviso_conn_id).aget_conn()
             self._store = store
-            request = store.request(self.event, self.request)
+            request = self._request(store)
             found = await wait_async(store, request, mode=self.wait_for, timeout=timeout,
                                      known=[Notification.from_dict(n) for n in self.known],
                                      on_ready=self._progress, min_found=self.min_found, who=self.who)
@@ -122,6 +126,14 @@ class AvisoTrigger(BaseTrigger):
             return
         yield TriggerEvent({"status": "success", "notifications": [n.to_dict() for n in found],
                             **({"missing": found.missing} if found.partial else {})})
+
+    def _request(self, store: Store) -> Request:
+        """The request in ``store``'s schemas: the one validated at construction if its schema is the same
+        (ten thousand triggers starting together validate each request once, not twice)."""
+        validated = self._validated
+        if validated is not None and store.schema(self.event) is validated.schema:
+            return validated
+        return store.request(self.event, self.request)
 
     def _progress(self, progress: Progress) -> None:
         # A wait for one key says it all when it fires; thousands of them log nothing extra. Ready counts keys in
@@ -141,6 +153,8 @@ class OutageReporter:
     def __init__(self) -> None:
         #: Each waiting trigger, and when the outage it was told of began (None: none).
         self.triggers: dict[AvisoTrigger, float | None] = {}
+        #: How many of them were told of an outage not yet over.
+        self.told = 0
         self.task: asyncio.Task[None] | None = None
 
     @classmethod
@@ -156,21 +170,29 @@ class OutageReporter:
             self.task = asyncio.get_running_loop().create_task(self._watch())
 
     def discard(self, trigger: AvisoTrigger) -> None:
-        self.triggers.pop(trigger, None)
+        if self.triggers.pop(trigger, None) is not None:
+            self.told -= 1
 
     async def _watch(self) -> None:
         while self.triggers:
             await asyncio.sleep(OUTAGE_CHECK_SECONDS)
             broken = {watch.config.identity: watch for watch in HUB.watches()
                       if watch.last_error is not None and not isinstance(watch.last_error, WatchIdle)}
-            for trigger, since in list(self.triggers.items()):
-                watch = broken.get(trigger._store.config.identity) if trigger._store is not None else None
-                if watch is not None and since is None:
-                    self.triggers[trigger] = time.monotonic()
-                    trigger.outage_began(watch)
-                elif watch is None and since is not None:
-                    self.triggers[trigger] = None
-                    trigger.outage_ended(time.monotonic() - since)
+            if broken or self.told:  # all well and nobody told otherwise: one look at the watches, not at each trigger
+                self._tell(broken)
+
+    def _tell(self, broken: dict[Any, PrefixWatch]) -> None:
+        """Tell each trigger whose store's watch broke, or works again, since its last look."""
+        for trigger, since in list(self.triggers.items()):
+            watch = broken.get(trigger._store.config.identity) if trigger._store is not None else None
+            if watch is not None and since is None:
+                self.triggers[trigger] = time.monotonic()
+                self.told += 1
+                trigger.outage_began(watch)
+            elif watch is None and since is not None:
+                self.triggers[trigger] = None
+                self.told -= 1
+                trigger.outage_ended(time.monotonic() - since)
 
 
 class AvisoEventTrigger(BaseEventTrigger):

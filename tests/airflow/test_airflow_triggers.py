@@ -251,3 +251,49 @@ async def test_the_progress_logged_counts_steps_ready_in_order(store: Store, uni
     await notify(store, unique_date, 18)
     event = await asyncio.wait_for(waiting, 10)
     assert event.payload["status"] == "success"
+
+
+async def test_triggers_of_a_loop_share_the_store_of_their_connection_until_it_is_looked_up_again(
+        monkeypatch: pytest.MonkeyPatch, store: Store, etcd_url: str, unique_date: str) -> None:
+    """One store for the triggers of one lookup; a new lookup (an edited connection) builds a new one."""
+    from aviso_workflows.airflow import hooks
+
+    monkeypatch.setenv("AIRFLOW_CONN_AVISO_SHARED", connection_json(etcd_url, timeout=7))
+    triggers = [AvisoTrigger(event="mars", request=request_of(store, unique_date, step), aviso_conn_id="aviso_shared")
+                for step in (0, 6)]
+    waiting = [asyncio.create_task(anext(t.run())) for t in triggers]
+    await notify(store, unique_date, "0/6")
+    events = await asyncio.wait_for(asyncio.gather(*waiting), 15)
+    assert [e.payload["status"] for e in events] == ["success", "success"]
+    assert triggers[0]._store is not None and triggers[0]._store is triggers[1]._store
+    monkeypatch.setattr(hooks, "CONNECTION_CACHE_SECONDS", -1.0)  # every lookup is a new one from now on
+    monkeypatch.setenv("AIRFLOW_CONN_AVISO_SHARED", connection_json(etcd_url, timeout=9))
+    edited = await hooks.AvisoHook("aviso_shared").aget_conn()
+    assert edited is not triggers[0]._store
+    assert (triggers[0]._store.config.timeout, edited.config.timeout) == (7, 9)
+
+
+async def test_a_trigger_closed_after_its_event_leaves_nothing_to_the_loops_finalizer(
+        store: Store, unique_date: str, aviso_conn: str) -> None:
+    """The triggerer closes a trigger once it fired: its inner generator is closed then, not left to the
+    garbage collector (which would cost the loop a callback and a task for each of thousands of triggers)."""
+    import sys
+
+    hooks = sys.get_asyncgen_hooks()
+    finalized: list[str] = []
+
+    def finalizer(generator: Any) -> None:
+        finalized.append(generator.__qualname__)
+        hooks.finalizer(generator)
+
+    sys.set_asyncgen_hooks(firstiter=hooks.firstiter, finalizer=finalizer)
+    try:
+        await notify(store, unique_date, 0)
+        events = AvisoTrigger(event="mars", request=request_of(store, unique_date, 0), aviso_conn_id=aviso_conn).run()
+        event = await asyncio.wait_for(anext(events), 15)
+        await events.aclose()
+        del events
+    finally:
+        sys.set_asyncgen_hooks(firstiter=hooks.firstiter, finalizer=hooks.finalizer)
+    assert event.payload["status"] == "success"
+    assert finalized == []
