@@ -20,12 +20,14 @@ import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from aviso_workflows.serve.cli import ServeProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 AVISO2 = ROOT / ".venv-pyaviso2" / "bin" / "aviso"
-SERVE = [str(Path(sys.executable).with_name("aviso-workflows")), "serve"]
 STEPS = ("0", "6", "12")
 FORECAST = {"class": "od", "expver": "1", "domain": "g", "time": "18", "stream": "oper", "step": "/".join(STEPS)}
 LOCATION = "file:///data/od/oper/18/step{step:0>3}.grib"
@@ -37,22 +39,14 @@ def say(who: str, text: str) -> None:
     print(f"{time.monotonic() - START:6.2f}s  {who:<9} {text}", flush=True)
 
 
-def start_serve(store_url: str, port: int) -> subprocess.Popen[bytes]:
+def start_serve(store_url: str, port: int) -> ServeProcess:
     """``serve`` on 127.0.0.1:``port`` in front of the demo's etcd, once it answers /health."""
-    import httpx
+    from aviso_workflows.serve.cli import ServeFailed, start_serve_process
 
-    process = subprocess.Popen([*SERVE, "--port", str(port), "--endpoint", store_url])
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise SystemExit("aviso-workflows serve did not start")
-        time.sleep(0.1)
+    try:
+        return start_serve_process(store_url, port, timeout=20)
+    except ServeFailed as error:
+        raise SystemExit(f"aviso-workflows serve did not start: {error}") from None
 
 
 def start_sensor(store_url: str, request: dict[str, str], home: Path) -> subprocess.Popen[str]:
@@ -124,10 +118,10 @@ def run(store_url: str) -> None:
         waiting = threading.Event()
         echo = threading.Thread(target=_echo, args=(sensor, waiting), daemon=True)
         echo.start()
-        serve: subprocess.Popen[bytes] | None = None
+        serve: ServeProcess | None = None
         try:
             serve = start_serve(store_url, port)
-            say("serve", f"aviso-workflows serve (pid {serve.pid}) answers the Aviso 2 API at "
+            say("serve", f"aviso-workflows serve (pid {serve.process.pid}) answers the Aviso 2 API at "
                 f"http://127.0.0.1:{port}")
             aviso_wait, aviso_failed = start_aviso_wait(port, request)
             with ecflow_wait(store_url, request, Path(tmp) / "ecflow") as look:
@@ -146,8 +140,7 @@ def run(store_url: str) -> None:
                 sensor.kill()
                 sensor.wait(timeout=10)
             if serve is not None:
-                serve.terminate()
-                serve.wait(timeout=20)
+                serve.stop(timeout=20)
                 say("serve", "stopped")
     if sensor.returncode != 0:
         raise SystemExit(f"the Airflow sensor failed (exit {sensor.returncode})")

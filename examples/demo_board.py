@@ -8,7 +8,6 @@ seconds after the demo (at most an hour; Ctrl-C ends it sooner).
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -32,22 +31,12 @@ def start_board(store: Any) -> tuple[str, Callable[[], None]]:
     """``serve`` on a free loopback port in a thread; the board's URL and a function that stops it."""
     from aviso_workflows import server
     from aviso_workflows.serve.app import ServeOptions
-    from aviso_workflows.serve.cli import make_server, shutdown
+    from aviso_workflows.serve.cli import start_serve
 
     port = server.free_port()
     base = f"http://127.0.0.1:{port}"
-    uv = make_server(store, ServeOptions(base_url=base), "127.0.0.1", port)
-    thread = threading.Thread(target=uv.run, name="demo board", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not uv.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.02)
-
-    def stop() -> None:
-        shutdown(uv)
-        thread.join(15)
-
-    return f"{base}/board?{QUERY}", stop
+    started = start_serve(store, ServeOptions(base_url=base), "127.0.0.1", port, timeout=20)
+    return f"{base}/board?{QUERY}", lambda: started.stop(timeout=15)
 
 
 def keep(url: str, seconds: int) -> None:

@@ -2,16 +2,29 @@
 
 Added to the main command through the entry point group ``aviso_workflows.commands``. SIGTERM and
 SIGINT end every open stream with ``connection-closing`` ``server_shutdown`` before the server stops.
+
+Every start of the app goes through :func:`make_server`: :func:`serve` runs it in the foreground (the
+command), :func:`start_serve` in a thread of the caller (tests, the board's demo), and
+:func:`start_serve_process` runs the command itself as a child process (demos, tests that kill it).
 """
 
 from __future__ import annotations
 
 import argparse
-from types import FrameType
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType, TracebackType
 from typing import Any
 
 #: Seconds uvicorn waits for streams to finish after a shutdown was asked for.
 GRACEFUL_SECONDS = 10
+#: Seconds a started server has to answer, and a stopped one to end.
+START_SECONDS = STOP_SECONDS = 30.0
 
 
 def add_commands(subparsers: Any, common: argparse.ArgumentParser) -> None:
@@ -115,4 +128,117 @@ def shutdown(server: Any) -> None:
     server.should_exit = True
 
 
-__all__ = ["add_commands", "make_server", "serve", "shutdown"]
+class ServeFailed(RuntimeError):
+    """A serve did not start, or did not stop, within its bound (the end of its log, if any, is in the message)."""
+
+
+@dataclass
+class ServeThread:
+    """A serve run in a thread of this process by :func:`start_serve`; :meth:`stop` ends it as SIGTERM does."""
+
+    url: str
+    uvicorn: Any
+    thread: threading.Thread
+
+    @property
+    def state(self) -> Any:
+        """The app's shared state (streams, shared watches)."""
+        return self.uvicorn.config.app.state.serve
+
+    def stop(self, timeout: float = STOP_SECONDS) -> None:
+        """Streams get ``server_shutdown``, then the server ends; raises if it did not within ``timeout``."""
+        if self.thread.is_alive():
+            shutdown(self.uvicorn)
+            self.thread.join(timeout)
+        if self.thread.is_alive():
+            raise ServeFailed(f"serve at {self.url} did not stop within {timeout:g} s")
+
+    def __enter__(self) -> ServeThread:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        self.stop()
+
+
+def start_serve(store: Any, options: Any, host: str = "127.0.0.1", port: int | None = None, *,
+                verbose: bool = False, timeout: float = START_SECONDS) -> ServeThread:
+    """Serve ``store`` in a thread (uvicorn, the app's lifespan) on ``port`` (default: a free one); returns once
+    it accepts connections."""
+    from ..server import free_port
+
+    port = port or free_port()
+    server = make_server(store, options, host, port, verbose=verbose)
+    thread = threading.Thread(target=server.run, name=f"serve {port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:  # uvicorn sets it once its socket listens; it offers nothing to wait on
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise ServeFailed(f"serve on {host}:{port} did not start within {timeout:g} s")
+        time.sleep(0.02)
+    return ServeThread(f"http://{host}:{port}", server, thread)
+
+
+@dataclass
+class ServeProcess:
+    """``aviso-workflows serve`` run as a child process by :func:`start_serve_process`."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+
+    def stop(self, timeout: float = STOP_SECONDS) -> int:
+        """SIGTERM (streams get ``server_shutdown``), then SIGKILL after ``timeout``; the exit status."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                return self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        return self.process.wait(timeout=timeout)
+
+    def __enter__(self) -> ServeProcess:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        self.stop()
+
+
+def start_serve_process(endpoint: str, port: int, arguments: Sequence[str] = (), *, log: Path | None = None,
+                        env: Mapping[str, str] | None = None, timeout: float = START_SECONDS) -> ServeProcess:
+    """``aviso-workflows serve --port PORT --endpoint ENDPOINT ARGUMENTS`` on 127.0.0.1, once ``/health`` answers.
+
+    Its output is appended to ``log`` (else shared with this process); a serve that exits or does not answer
+    within ``timeout`` is stopped and raises :class:`ServeFailed` with the end of its log.
+    """
+    argv = [sys.executable, "-m", "aviso_workflows.cli", "serve", "--port", str(port), "--endpoint", endpoint,
+            *arguments]
+    if log is None:
+        process = subprocess.Popen(argv, env=None if env is None else dict(env))
+    else:
+        with log.open("ab") as output:
+            process = subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT,
+                                       env=None if env is None else dict(env))
+    served = ServeProcess(f"http://127.0.0.1:{port}", process)
+    deadline = time.monotonic() + timeout
+    while not _healthy(served.url):
+        if process.poll() is not None or time.monotonic() > deadline:
+            served.stop()
+            tail = log.read_text(errors="replace")[-3000:] if log is not None and log.exists() else ""
+            raise ServeFailed(f"serve on port {port} did not answer /health within {timeout:g} s"
+                                  + (f"; its log:\n{tail}" if tail else ""))
+        time.sleep(0.1)
+    return served
+
+
+def _healthy(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"{url}/health", timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+__all__ = ["ServeFailed", "ServeProcess", "ServeThread", "add_commands", "make_server", "serve", "shutdown",
+           "start_serve", "start_serve_process"]

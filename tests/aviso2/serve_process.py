@@ -8,15 +8,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
-import httpx
-from waiting import eventually
-
+from aviso_workflows.serve.cli import start_serve_process
 from aviso_workflows.server import free_port
 
-COMMAND = Path(sys.executable).with_name("aviso-workflows")
 START_SECONDS = 20.0
 STOP_SECONDS = 10.0
 
@@ -40,24 +36,9 @@ class Serve:
         return f"aviso+http://127.0.0.1:{self.port}"
 
     def start(self) -> Serve:
-        argv = [str(COMMAND), "serve", "--port", str(self.port), "--endpoint", self.etcd_url, *self.options]
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env)
-        try:
-            eventually(self._answers, what=f"serve answering on port {self.port}", timeout=START_SECONDS, every=0.1)
-        except AssertionError as error:
-            self.stop()
-            raise RuntimeError(f"{error}: {self.log.read_text()[-2000:]}") from None
+        self.process = start_serve_process(self.etcd_url, self.port, self.options, log=self.log, env=self.env,
+                                           timeout=START_SECONDS).process
         return self
-
-    def _answers(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise RuntimeError(f"serve exited {self.process.returncode}: {self.log.read_text()[-2000:]}")
-        try:
-            return httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
 
     def kill(self) -> None:
         """SIGKILL: the streams are cut without a closing event."""

@@ -8,7 +8,6 @@ import os
 import secrets
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from chromium import Page, chromium, chromium_path
 
 from aviso_workflows import Store, server
 from aviso_workflows.serve.app import ServeOptions, ServeState
-from aviso_workflows.serve.cli import make_server, shutdown
+from aviso_workflows.serve.cli import ServeThread, start_serve
 from aviso_workflows.waiters import Registration, list_waiters, register
 
 COMMAND = str(Path(sys.executable).parent / "aviso-workflows")
@@ -109,24 +108,20 @@ def board(etcd_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[B
                                          "task_id": "wait_step_24", "run_id": "scheduled__0"})
     port = server.free_port()
     url = f"http://127.0.0.1:{port}"
-    uv = make_server(store, ServeOptions(base_url=url, heartbeat=2.0, expect=str(expectations),
-                                         expect_dates=(today,)), "127.0.0.1", port)
-    thread = threading.Thread(target=uv.run, name=f"serve {port}", daemon=True)
-    thread.start()
+    started: ServeThread | None = None
     try:
-        until(lambda: uv.started or not thread.is_alive(), START_SECONDS, "serve starting")
-        assert thread.is_alive(), "serve did not start"
+        started = start_serve(store, ServeOptions(base_url=url, heartbeat=2.0, expect=str(expectations),
+                                                  expect_dates=(today,)), "127.0.0.1", port, timeout=START_SECONDS)
         until(lambda: {w.who.get("ecflow_path") for w in list_waiters(store)} >= {"/forecast/00/wait_step12"},
               20, "the CLI waiter registering")
-        yield Board(url, uv.config.app.state.serve, store, expver, today, yesterday, late_log, waiter)
+        yield Board(url, started.state, store, expver, today, yesterday, late_log, waiter)
     finally:
         sensor.close(wait=5)
         if waiter.poll() is None:
             waiter.kill()
         waiter.communicate(timeout=10)
-        if thread.is_alive():
-            shutdown(uv)
-            thread.join(20)
+        if started is not None:
+            started.stop(20)
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,11 +13,11 @@ from typing import Any
 import httpx
 import pytest
 from chromium import Page
-from conftest import START_SECONDS, forecast, until
+from conftest import START_SECONDS, forecast
 
 from aviso_workflows import Store, server
 from aviso_workflows.serve.app import ServeOptions
-from aviso_workflows.serve.cli import make_server, shutdown
+from aviso_workflows.serve.cli import ServeThread, start_serve
 from aviso_workflows.waiters import register
 
 #: Bound of the board noticing a change of etcd (the watch retries every 2 s at most, the board looks twice a second).
@@ -53,18 +52,15 @@ def flaky(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flaky]:
                       who={"kind": "airflow-sensor", "dag_id": "products", "task_id": "wait_step_6"})
     serve_port = server.free_port()
     url = f"http://127.0.0.1:{serve_port}"
-    uv = make_server(store, ServeOptions(base_url=url, heartbeat=1.0), "127.0.0.1", serve_port)
-    thread = threading.Thread(target=uv.run, name=f"serve {serve_port}", daemon=True)
-    thread.start()
+    started: ServeThread | None = None
     try:
-        until(lambda: uv.started or not thread.is_alive(), START_SECONDS, "serve starting")
-        assert thread.is_alive(), "serve did not start"
+        started = start_serve(store, ServeOptions(base_url=url, heartbeat=1.0), "127.0.0.1", serve_port,
+                              timeout=START_SECONDS)
         yield Flaky(url, tmp / "etcd", port)
     finally:
         sensor.close(wait=5)
-        if thread.is_alive():
-            shutdown(uv)
-            thread.join(20)
+        if started is not None:
+            started.stop(20)
         server.stop(tmp / "etcd")
 
 

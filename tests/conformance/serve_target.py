@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import atexit
 import tempfile
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +19,8 @@ import yaml
 from aviso_server_double import SCHEMAS
 
 from aviso_workflows import Store, server
+from aviso_workflows.serve import cli as serve_cli
 from aviso_workflows.serve.app import ServeOptions
-from aviso_workflows.serve.cli import make_server, shutdown
 from aviso_workflows.serve.server_config import load_server_config
 
 START_SECONDS = 20.0
@@ -60,8 +58,7 @@ class ServeTarget:
         self.port = server.free_port()
         self.options = ServeOptions(base_url=self.url, heartbeat=heartbeat, replay_limit=replay_cap or 10_000,
                                     server_events=self.events)
-        self._uvicorn: Any = None
-        self._thread: threading.Thread | None = None
+        self._serve: serve_cli.ServeThread | None = None
 
     @property
     def url(self) -> str:
@@ -69,29 +66,22 @@ class ServeTarget:
 
     @property
     def open_streams(self) -> int:
-        return len(self._uvicorn.config.app.state.serve.streams) if self._uvicorn is not None else 0
+        return len(self._serve.state.streams) if self._serve is not None else 0
 
     @property
     def endpoint(self) -> str:
         return f"aviso+http://127.0.0.1:{self.port}"
 
     def start(self) -> ServeTarget:
-        self._uvicorn = make_server(Store([shared_etcd()]), self.options, "127.0.0.1", self.port)
-        self._thread = threading.Thread(target=self._uvicorn.run, name=f"serve-target {self.port}", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + START_SECONDS
-        while not self._uvicorn.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"serve did not start on port {self.port}")
-            time.sleep(0.02)
+        self._serve = serve_cli.start_serve(Store([shared_etcd()]), self.options, "127.0.0.1", self.port,
+                                            timeout=START_SECONDS)
         return self
 
     def stop(self) -> None:
-        if self._uvicorn is None or self._thread is None:
+        if self._serve is None:
             return
-        shutdown(self._uvicorn)
-        self._thread.join(START_SECONDS)
-        self._uvicorn = None
+        self._serve.stop(START_SECONDS)
+        self._serve = None
 
     def restart(self) -> None:
         self.stop()

@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -27,12 +26,12 @@ import pytest
 from test_pyaviso import aviso, aviso_home, json_objects, listener_file, pairs  # noqa: F401 - aviso_home: fixture
 
 from aviso_workflows import Store, server
+from aviso_workflows.serve.cli import start_serve_process
 
 pytestmark = pytest.mark.interop
 ROOT = Path(__file__).resolve().parent.parent.parent
 AVISO2 = ROOT / ".venv-pyaviso2" / "bin" / "aviso"
 PYTHON2 = ROOT / ".venv-pyaviso2" / "bin" / "python"
-SERVE = [str(Path(sys.executable).with_name("aviso-workflows")), "serve"]
 MARS = {"class": "od", "expver": "1", "domain": "g", "time": "0", "stream": "oper"}
 DISS = {"destination": "COM", "target": "E1", **MARS}
 #: How the fields come back from every reader: canonical strings.
@@ -49,31 +48,8 @@ if not AVISO2.exists():
 @contextmanager
 def running_serve(etcd_url: str, port: int, log: Path, *options: str) -> Iterator[str]:
     """``aviso-workflows serve`` on 127.0.0.1:``port``; stopped by its pid (SIGTERM, then SIGKILL)."""
-    with log.open("a") as output:
-        process = subprocess.Popen([*SERVE, "--port", str(port), "--endpoint", etcd_url, *options],
-                                   stdout=output, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_SECONDS
-        while not _healthy(url):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"serve did not become healthy; its log:\n{log.read_text()[-3000:]}")
-            time.sleep(0.1)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-
-
-def _healthy(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/health", timeout=1.0).status_code == 200
-    except httpx.HTTPError:
-        return False
+    with start_serve_process(etcd_url, port, options, log=log, timeout=START_SECONDS) as started:
+        yield started.url
 
 
 @pytest.fixture(scope="module")

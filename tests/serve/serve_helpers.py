@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +15,7 @@ import httpx
 
 from aviso_workflows import Store, server
 from aviso_workflows.serve.app import ServeOptions, ServeState
-from aviso_workflows.serve.cli import make_server, shutdown
+from aviso_workflows.serve.cli import ServeFailed, shutdown, start_serve, start_serve_process
 
 START_SECONDS = 20.0
 STOP_SECONDS = 20.0
@@ -53,18 +51,12 @@ def serving(store: Store, **options: Any) -> Iterator[Served]:
     """Serve ``store`` on a free loopback port in a thread (uvicorn, the app's lifespan); stopped at the end."""
     port = server.free_port()
     url = f"http://127.0.0.1:{port}"
-    uv = make_server(store, ServeOptions(base_url=url, **options), "127.0.0.1", port)
-    thread = threading.Thread(target=uv.run, name=f"serve {port}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + START_SECONDS
-    while not uv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    served = Served(url, uv.config.app.state.serve, uv, thread)
+    started = start_serve(store, ServeOptions(base_url=url, **options), "127.0.0.1", port, timeout=START_SECONDS)
+    served = Served(url, started.state, started.uvicorn, started.thread)
     try:
         yield served
     finally:
-        if thread.is_alive():
+        if started.thread.is_alive():
             served.shutdown()
 
 
@@ -146,34 +138,12 @@ def sequence(event: dict[str, Any]) -> int:
     return int(event["id"].split("@", 1)[1])
 
 
-SERVE_COMMAND = [str(Path(sys.executable).with_name("aviso-workflows")), "serve"]
-
-
 @contextmanager
 def serve_process(etcd_url: str, port: int, log: Path, *args: str) -> Iterator[str]:
     """``aviso-workflows serve`` as a command on 127.0.0.1:``port`` (its output in ``log``); stopped by its pid."""
-    with log.open("a") as output:
-        process = subprocess.Popen([*SERVE_COMMAND, "--port", str(port), "--endpoint", etcd_url, *args],
-                                   stdout=output, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + START_SECONDS
-        while not _healthy(url):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"serve did not become healthy; its log:\n{log.read_text()[-3000:]}")
-            time.sleep(0.1)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=STOP_SECONDS)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=STOP_SECONDS)
-
-
-def _healthy(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/health", timeout=1.0).status_code == 200
-    except httpx.HTTPError:
-        return False
+        started = start_serve_process(etcd_url, port, args, log=log, timeout=START_SECONDS)
+    except ServeFailed as error:
+        raise AssertionError(str(error)) from None
+    with started:
+        yield started.url

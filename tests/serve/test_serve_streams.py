@@ -7,8 +7,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,6 +15,7 @@ import httpx
 from serve_helpers import READ_SECONDS, Served, mars, sequence, serving, stream
 
 from aviso_workflows import Store, server
+from aviso_workflows.serve.cli import start_serve_process
 
 
 def test_replay_then_live_with_posts_racing_the_hand_over(served: Served, store: Store, unique_date: str) -> None:
@@ -151,19 +150,9 @@ def test_a_slow_client_is_cut_off_and_others_go_on(store: Store, unique_date: st
 def test_sigterm_sends_server_shutdown(etcd_url: str, tmp_path: Path, unique_date: str) -> None:
     port = server.free_port()
     environment = {**os.environ, "AVISO_WORKFLOWS_CONFIG": str(tmp_path / "none.yaml")}
-    process = subprocess.Popen([sys.executable, "-m", "aviso_workflows.cli", "serve", "--endpoint", etcd_url,
-                                "--port", str(port)], env=environment, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT)
+    started = start_serve_process(etcd_url, port, log=tmp_path / "serve.log", env=environment, timeout=READ_SECONDS)
+    process, url = started.process, started.url
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + READ_SECONDS
-        while True:
-            assert process.poll() is None and time.monotonic() < deadline, "serve did not start"
-            try:
-                httpx.get(url + "/health", timeout=1)
-                break
-            except httpx.TransportError:
-                time.sleep(0.1)
         body = {"event_type": "mars", "identifier": {"date": unique_date}}
         with httpx.Client(timeout=READ_SECONDS) as client, client.stream("POST", url + "/api/v1/watch",
                                                                         json=body) as response:
