@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -21,30 +21,34 @@ BOUND = 20.0
 EVERY = 0.02
 
 
+def _looks(check: Callable[[], T], what: str, timeout: float) -> Iterator[T]:
+    """What ``check`` returns, once per look, until ``timeout`` seconds have passed; then the assertion."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        yield result
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what}: not within {timeout:g} s (last: {result!r})")
+
+
 def eventually(check: Callable[[], T], *, what: str, timeout: float = BOUND, every: float = EVERY) -> T:
     """Call ``check`` until it returns something true, and return that; fail after ``timeout`` seconds.
 
     ``what`` names what should have happened ("the listener received step 6"); the assertion says it
     did not, within how long, and what ``check`` returned last. Exceptions of ``check`` propagate.
     """
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
+    for result in _looks(check, what, timeout):
         if result:
             return result
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{what}: not within {timeout:g} s (last: {result!r})")
         time.sleep(every)
+    raise AssertionError("unreachable: _looks ends only by raising")
 
 
 async def eventually_async(check: Callable[[], T], *, what: str, timeout: float = BOUND,
                            every: float = EVERY) -> T:
     """:func:`eventually` on an asyncio loop: the loop runs other tasks between two looks."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
+    for result in _looks(check, what, timeout):
         if result:
             return result
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{what}: not within {timeout:g} s (last: {result!r})")
         await asyncio.sleep(every)
+    raise AssertionError("unreachable: _looks ends only by raising")

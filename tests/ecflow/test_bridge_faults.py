@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+from waiting import eventually
 
 from aviso_workflows import Store
 from aviso_workflows.ecflow import server as ecflow_server_module
@@ -53,10 +54,7 @@ def listener_file(path: Path, date: str, suite: str) -> Path:
 
 
 def until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + BOUND
-    while not condition():
-        assert time.monotonic() < deadline, f"not within {BOUND:g} s: {what}"
-        time.sleep(0.1)
+    eventually(condition, what=what, timeout=BOUND, every=0.1)
 
 
 def meter(server: EcflowServer, path: str) -> int | None:

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from waiting import eventually
+
 from aviso_workflows import Notification, Store, server
 from aviso_workflows.config import StoreConfig
 from aviso_workflows.errors import StoreError
@@ -189,11 +191,7 @@ def steps_of(notifications: Sequence[Notification]) -> list[int]:
 
 def until(what: str, condition: Callable[[], bool], seconds: float) -> None:
     """Wait (bounded) until ``condition()`` holds."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not within {seconds:g} s")
-        time.sleep(0.05)
+    eventually(condition, what=what, timeout=seconds, every=0.05)
 
 
 def shared_watch(store: Store, request: Request, subscribers: int = 1, seconds: float = 60.0) -> PrefixWatch:

@@ -25,6 +25,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from waiting import eventually
 
 from aviso_workflows import server
 from aviso_workflows.config import StoreConfig
@@ -356,13 +357,7 @@ class AuthProxy:
 
 def wait_until(what: str, check: Any, seconds: float = WAIT_SECONDS) -> Any:
     """Poll ``check()`` until it returns something true (bounded)."""
-    until = time.monotonic() + seconds
-    while time.monotonic() < until:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"{what} not within {seconds:g} s")
+    return eventually(check, what=what, timeout=seconds, every=0.05)
 
 
 def as_json(value: Any) -> str:
