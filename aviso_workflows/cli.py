@@ -100,8 +100,8 @@ def cmd_wait(args: argparse.Namespace) -> int:
     request, _ = request_from_args(store, args)
     if not args.any:
         request.require_complete("wait (without --any)")
-    options = WaitOptions(mode="any" if args.any else "all", timeout=check_timeout(args.timeout), min_found=args.min_found,
-                          progress_commands=tuple(args.progress_command or ()),
+    options = WaitOptions(mode="any" if args.any else "all", timeout=check_timeout(args.timeout),
+                          min_found=args.min_found, progress_commands=tuple(args.progress_command or ()),
                           partial_commands=tuple(args.partial_command or ()),
                           show_progress=sys.stderr.isatty() and not args.quiet, who=who_of(args))
     outcome = run_wait(store, request, options)
