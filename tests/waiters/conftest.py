@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from helpers import TTL
 
 TESTS = Path(__file__).resolve().parent.parent
 for folder in ("security", "ecflow", "airflow"):
@@ -17,9 +18,6 @@ for folder in ("security", "ecflow", "airflow"):
 # Airflow reads its home when first imported: a temp one, as the Airflow tests do.
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="aviso-airflow-waiters-"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-
-#: The waiters' lease TTL in these tests (etcd's shortest).
-TTL = 2
 
 
 @pytest.fixture(autouse=True)

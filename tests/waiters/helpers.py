@@ -17,6 +17,8 @@ from aviso_workflows.waiters import Waiter, list_waiters
 BIN = Path(sys.executable).parent
 COMMAND = str(BIN / "aviso-workflows")
 FORECAST = {"class": "od", "expver": 1, "domain": "g", "time": 0, "stream": "oper"}
+#: The waiters' lease TTL in these tests (etcd's shortest).
+TTL = 2
 
 
 def mars(date: str, step: Any, **fields: Any) -> dict[str, Any]:

@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TTL
-from helpers import COMMAND, FORECAST, listed, mars, pairs, until
+from helpers import COMMAND, FORECAST, TTL, listed, mars, pairs, until
 from test_waiters import airflow_context
 
 from aviso_workflows import Store, ValidationError, WaitTimeout

@@ -15,8 +15,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from conftest import TTL
-from helpers import COMMAND, FORECAST, kill_hard, listed, mars, pairs, start, stop, until, until_gone, until_listed
+from helpers import COMMAND, FORECAST, TTL, kill_hard, listed, mars, pairs, start, stop, until, until_gone, until_listed
 
 from aviso_workflows import Store, ValidationError
 from aviso_workflows.etcd import WatchIdle
