@@ -36,7 +36,7 @@ def wait_for(path: Path, seconds: float, process: subprocess.Popen[str] | None =
 
     def written() -> bool:
         if process is not None and process.poll() is not None:
-            raise AssertionError(f"{process.args} ended with {process.returncode} before {path.name} was written")
+            raise AssertionError(f"{process.args!r} ended with {process.returncode} before {path.name} was written")
         return path.exists() and path.read_text().endswith("\n")
 
     eventually(written, what=f"{path.name} written", timeout=seconds, every=0.05)
