@@ -186,7 +186,7 @@ def figures(results: dict[str, dict[str, float]], count: int) -> list[Figure]:
         at_most(f"{count} threaded waits: TCP connections to etcd ({POOL_SIZE} pooled + the watch stream)",
                 threads["connections"], "connections", POOL_SIZE + 1, loop["connections"]),
         at_most(f"{count} threaded waits: time until all wait ÷ asyncio form's", threads["armed_s"] / loop["armed_s"],
-                "×", 2),
+                "×", 1.5),
         reported(f"{count} threaded waits: time until all wait", threads["armed_s"], "s"),
         reported(f"{count} asyncio waits: time until all wait", loop["armed_s"], "s"),
         reported(f"{count} threaded waits: last post → all released", threads["release_s"], "s"),
