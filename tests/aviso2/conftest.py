@@ -1,6 +1,6 @@
 """Fixtures of the Aviso 2 source tests: ``aviso-workflows serve`` in front of the session's etcd, started
 as a subprocess on a free loopback port and stopped by its PID; stores that reach it through aviso+http.
-(The process itself is :class:`serve_process.Serve`, importable by the tests of this folder.)
+(The process itself is :class:`serve_process.Serve` in tests/, importable from every test folder.)
 """
 
 from __future__ import annotations
