@@ -38,7 +38,7 @@ from httpx_sse import SSEError, connect_sse
 
 from .errors import PermissionDenied, StoreError, StoreUnavailable, ValidationError
 from .etcd import KeyValue
-from .follow import Feed
+from .follow import Feed, FeedKind
 from .notification import NO_PAYLOAD, Notification, in_order, notification_from_kv
 from .position import Position
 from .request import Request
@@ -609,11 +609,11 @@ class AvisoSource:
             try:
                 self._follow_once()
             except (ReplayLimitReached, AvisoRefused, ValidationError) as error:  # the same again would fail
-                self._emit(Feed("failure", 0, error=error))
+                self._emit(Feed(FeedKind.FAILURE, 0, error=error))
                 return
             except AvisoServerError as error:
                 if not isinstance(error, AvisoUnavailable):  # a request the server will never take
-                    self._emit(Feed("failure", 0, error=error))
+                    self._emit(Feed(FeedKind.FAILURE, 0, error=error))
                     return
                 self._interrupted(error)
             except (httpx.HTTPError, SSEError, OSError, ValueError) as error:
@@ -678,7 +678,7 @@ class AvisoSource:
             return True
         kv = key_value(self.schema_request, notice)
         self._remember(notice.sequence, notice.time if posted is not None else None)
-        self._emit(Feed("events", notice.sequence, [kv] if kv is not None else []))
+        self._emit(Feed(FeedKind.EVENTS, notice.sequence, [kv] if kv is not None else []))
         self.state.seen(notice.sequence, posted, notice.time)
         return False
 
@@ -691,7 +691,7 @@ class AvisoSource:
                     state.last_time_text or "?", self.event, notice.sequence, notice.time or "?")
         self.restarts += 1
         self._posted.clear()  # times of the old sequence's numbers: none may stamp the new one's
-        self._emit(Feed("restarted", 0))
+        self._emit(Feed(FeedKind.RESTARTED, 0))
         state.start_again()
 
     def _control(self, data: Mapping[str, Any]) -> None:
@@ -706,7 +706,7 @@ class AvisoSource:
         if isinstance(sequence, int):  # the server could not render this one notification: say so, go past it
             log.warning("%s: aviso-server could not send notification %s@%d (%s); it is skipped", self.label,
                         self.event, sequence, data.get("message"))
-            self._emit(Feed("events", sequence, []))
+            self._emit(Feed(FeedKind.EVENTS, sequence, []))
             self.state.seen(sequence, None, None)
             return
         raise AvisoUnavailable(f"aviso-server stream failed: {data.get('error')}: {data.get('message')}")

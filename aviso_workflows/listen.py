@@ -22,8 +22,9 @@ from .follow import DEFAULT_CAPACITY, Feed, Follower
 from .notification import Notification
 from .position import END_OF_REVISION, Cursor, Position
 from .request import Request
+from .runtime import AllWatches
 from .wait import wait, wait_async
-from .watch import HUB, STOP_CHECK, Channel, PrefixWatch
+from .watch import STOP_CHECK, Channel, PrefixWatch
 
 if TYPE_CHECKING:
     from .storelike import StoreLike
@@ -65,11 +66,10 @@ def _feed(follower: Follower, feed: Feed | None) -> None:
         follower.feed(feed)
 
 
-def _save(cursor: Cursor | None, position: Position, saved: Position, source: FollowSource | None = None) -> Position:
+def _save(cursor: Cursor | None, position: Position, saved: Position, source: FollowSource) -> Position:
     if cursor is not None and position != saved:
         # A source that knows more of a position than the follower (an aviso-server's time of the post) adds it.
-        stamped = getattr(source, "stamped", None)
-        cursor.save(stamped(position) if stamped is not None else position)
+        cursor.save(source.stamped(position))
     return position
 
 
@@ -117,6 +117,9 @@ async def listen_async(store: StoreLike, requests: list[Request], *, after: Posi
     finally:
         await asyncio.to_thread(source.stop)
 
+
+#: The shared watches of every store's runtime in this process (what status pages and tests look at).
+HUB = AllWatches()
 
 __all__ = ["END_OF_REVISION", "HUB", "Cursor", "Position", "PrefixWatch", "last_post", "listen", "listen_async",
            "start_position", "wait", "wait_async"]

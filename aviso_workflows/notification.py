@@ -7,8 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .etcd import KeyValue
-from .position import Place, place
+from .position import Place, StoredKey, place
 from .request import Request
 
 log = logging.getLogger(__name__)
@@ -56,7 +55,7 @@ class Notification:
 _REPORTED_LAYOUTS: set[str] = set()
 
 
-def notification_from_kv(request: Request, kv: KeyValue) -> Notification | None:
+def notification_from_kv(request: Request, kv: StoredKey) -> Notification | None:
     """The notification held by ``kv`` if it is a data key that ``request`` matches."""
     fields = request.schema.parse_key(kv.key)
     if fields is None:

@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Protocol
 
 from .config import state_dir
 from .errors import ValidationError
@@ -24,6 +25,29 @@ END_OF_REVISION = "\U0010ffff"
 #: How the ``updated`` time of a cursor file is written (UTC).
 CURSOR_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 _DIGITS = re.compile(r"(\d+)")
+
+class StoredKey(Protocol):
+    """A key as a store holds it, as followers and notifications read it: etcd's key-values keep it, and
+    so do the posts an aviso-server backend hands on (the layers above never see a backend's own types)."""
+
+    @property
+    def key(self) -> str:
+        """The whole key, from the root."""
+        ...
+
+    @property
+    def value(self) -> str:
+        """The payload (the literal ``None`` when there is none)."""
+        ...
+
+    @property
+    def mod_revision(self) -> int:
+        """The position of its latest post: a revision (etcd) or a sequence (aviso-server)."""
+        ...
+
+    @property
+    def version(self) -> int: ...
+
 
 #: The sortable form of a place in history: (revision, 1 for the end of the revision else 0, key order, key).
 Place = tuple[int, int, tuple[object, ...], str]
@@ -111,4 +135,4 @@ class Cursor:
         os.replace(temporary, self.path)
 
 
-__all__ = ["END_OF_REVISION", "Cursor", "Place", "Position", "key_order", "place"]
+__all__ = ["END_OF_REVISION", "Cursor", "Place", "Position", "StoredKey", "key_order", "place"]

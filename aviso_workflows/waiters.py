@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from .backends.protocol import CapabilityError
 from .errors import PermissionDenied, StoreError, StoreUnavailable, ValidationError
 from .etcd import EtcdGateway, KeyValue, put_op
+from .runtime import runtime_for
 
 if TYPE_CHECKING:
     from .request import Request
@@ -274,6 +275,11 @@ class _Keeper:
         with self.lock:
             self._work.notify()
 
+    def close(self) -> None:
+        """The runtime closes: the entries go as their waiters close them (the thread ends with the last),
+        and the lease expires by itself if the process ends first; wake the thread to write what changed."""
+        self.wake()
+
     def last_one(self, registration: Registration) -> bool:
         with self.lock:
             return all(r is registration or r.closed for r in self.entries.values())
@@ -388,17 +394,9 @@ class _Keeper:
                 registration.done.set()
 
 
-_KEEPERS: dict[tuple[Any, ...], _Keeper] = {}
-_KEEPERS_LOCK = threading.Lock()
-
-
 def _keeper(store: StoreLike, ttl: int) -> _Keeper:
-    key = (os.getpid(), store.config.identity, ttl)
-    with _KEEPERS_LOCK:
-        keeper = _KEEPERS.get(key)
-        if keeper is None:
-            keeper = _KEEPERS[key] = _Keeper(store, ttl)
-        return keeper
+    """The keeper of the store's runtime for entries of ``ttl`` (one per runtime and ttl)."""
+    return runtime_for(store).part(("waiters", ttl), lambda: _Keeper(store, ttl))
 
 
 def register(store: StoreLike, request: Request, *, who: Mapping[str, Any] | None = None, mode: str = "all",

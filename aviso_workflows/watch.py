@@ -11,7 +11,7 @@ Two kinds of loop use it:
   listener's driver (a thread or an asyncio task) empties; a full channel holds the loop back, so a
   slow listener never piles up what it has not read. Where history was compacted it reads the state
   at the compaction revision, says so, and goes on from there.
-- :class:`PrefixWatch`, shared by every waiter of a process on one prefix (:data:`HUB`): it fans the
+- :class:`PrefixWatch`, shared by every waiter of a store's runtime on one prefix (:class:`WatchHub`): it fans the
   puts out to its subscribers without ever waiting on one; a subscriber whose inbox overflows reads
   again instead.
 """
@@ -29,8 +29,8 @@ from .config import StoreConfig
 from .errors import HistoryCompacted, NotForwarded, PermissionDenied, StoreError, TlsRefused
 from .etcd import KeyValue, WatchBatch, WatchIdle
 from .etcd_transport import open_gateway
-from .follow import Feed
-from .position import place
+from .follow import Feed, FeedKind, one_line
+from .position import Position, place
 
 log = logging.getLogger(__name__)
 RETRY_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
@@ -146,7 +146,7 @@ class WatchLoop:
 
     def _fail(self, error: Exception) -> None:
         """A refusal that will not change: tell the reader and end."""
-        self.emit(Feed("failure", self.next_revision, error=error))
+        self.emit(Feed(FeedKind.FAILURE, self.next_revision, error=error))
         self._stop.set()
 
     def _watch(self) -> None:
@@ -168,9 +168,9 @@ class WatchLoop:
 
     def _hand_on(self, batch: WatchBatch) -> None:
         if batch.kind == "events":
-            self.emit(Feed("events", batch.revision, batch.puts))
+            self.emit(Feed(FeedKind.EVENTS, batch.revision, batch.puts))
         elif batch.is_progress:
-            self.emit(Feed("progress", batch.revision))
+            self.emit(Feed(FeedKind.PROGRESS, batch.revision))
         else:
             return
         self._advance(batch.revision + 1)
@@ -180,7 +180,7 @@ class WatchLoop:
         while not self._stop.is_set() and self.polling:
             revision, kvs = self.gateway.range_all(self.prefix, min_mod_revision=self.next_revision)
             self._connected()
-            self.emit(Feed("snapshot", revision, kvs))
+            self.emit(Feed(FeedKind.SNAPSHOT, revision, kvs))
             self._advance(revision + 1)
             self._stop.wait(self.config.poll_interval)
 
@@ -276,12 +276,16 @@ class HistorySource(WatchLoop):
     def emit(self, feed: Feed) -> None:
         self.channel.put(feed, lambda: self.stopped)
 
+    def stamped(self, position: Position) -> Position:
+        """A revision is all a cursor needs of an etcd position."""
+        return position
+
     def compacted(self, error: HistoryCompacted) -> int:
         """Hand on the state at the compaction revision (what can still be seen), then follow from it."""
         since, revision = self.next_revision, error.compact_revision
-        self.emit(Feed("compacted", revision))
+        self.emit(Feed(FeedKind.COMPACTED, revision))
         _, kvs = self._read_state(self.prefix, since, revision)
-        self.emit(Feed("snapshot", revision, kvs))
+        self.emit(Feed(FeedKind.SNAPSHOT, revision, kvs))
         return revision + 1
 
     def __enter__(self) -> HistorySource:
@@ -369,7 +373,7 @@ class PrefixWatch(WatchLoop):
             return not self._keys_of
 
     def emit(self, feed: Feed) -> None:
-        if feed.kind == "failure" and feed.error is not None:
+        if feed.kind is FeedKind.FAILURE and feed.error is not None:
             self._error = feed.error
             self._ready.set()
             for subscriber in self._subscribers():
@@ -402,7 +406,7 @@ class PrefixWatch(WatchLoop):
 
 
 class WatchHub:
-    """The process-wide registry of shared watches, one per (store identity, prefix).
+    """The shared watches of one store's runtime (:mod:`~aviso_workflows.runtime`), one per prefix.
 
     Joining and leaving happen under one lock: a waiter never joins a watch that its last subscriber
     is leaving (the leaving one is out of the registry before it stops).
@@ -438,15 +442,12 @@ class WatchHub:
         with self._lock:
             return list(self._watches.values())
 
-
-HUB = WatchHub()
-
-
-def one_line(error: BaseException) -> str:
-    """The first line of an error's text, shortened: for log lines."""
-    text = str(error).strip().splitlines()
-    return text[0][:200] if text else type(error).__name__
+    def close(self) -> list[PrefixWatch]:
+        """Forget every watch (a join after this starts a new one); returns them, to be stopped."""
+        with self._lock:
+            watches, self._watches = list(self._watches.values()), {}
+            return watches
 
 
-__all__ = ["HUB", "Channel", "HistorySource", "PrefixWatch", "StoreError", "Subscriber", "WatchHub", "WatchLoop",
+__all__ = ["Channel", "HistorySource", "PrefixWatch", "StoreError", "Subscriber", "WatchHub", "WatchLoop",
            "covering_prefix", "one_line"]

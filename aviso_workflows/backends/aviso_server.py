@@ -20,7 +20,7 @@ from ..follow import Feed
 from ..notification import Notification
 from ..position import Position, key_order
 from ..request import Request
-from ..watch import Channel
+from ..watch import Channel, WatchHub
 from .protocol import CapabilityError, NotifyResult, Read
 
 #: What to use instead of an aviso-server for what only etcd keeps.
@@ -109,8 +109,9 @@ class AvisoServerBackend:
         """The server's ``/watch`` from the position: replay, then live, in one stream."""
         return AvisoSource(self.client, requests, start, channel, label)
 
-    def wait_feeds(self, request: Request, wanted: Sequence[str] | None,
+    def wait_feeds(self, request: Request, wanted: Sequence[str] | None, hub: WatchHub,
                    loop: asyncio.AbstractEventLoop | None = None) -> StreamFeeds:
+        """One stream per wait: the shared watches of ``hub`` are etcd's."""
         start = wait_start(request, self.config.replay_lookback_hours)
         return StreamFeeds(AvisoSource(self.client, [request], start, Channel(loop=loop), f"wait for {request}"))
 

@@ -25,11 +25,11 @@ from ..config import StoreConfig
 from ..errors import HistoryCompacted, NotForwarded, PermissionDenied, StoreError
 from ..etcd import KeyValue, range_op
 from ..etcd_transport import open_gateway
-from ..follow import Feed
+from ..follow import Feed, FeedKind
 from ..notification import NO_PAYLOAD, Notification, in_order, notification_from_kv
 from ..position import Position
 from ..request import Request
-from ..watch import HUB, Channel, HistorySource, PrefixWatch, covering_prefix
+from ..watch import Channel, HistorySource, PrefixWatch, WatchHub, covering_prefix
 from .etcd_status import StatusChainTooLong, new_status, status_after, status_record
 from .protocol import DatedHistory, NotifyResult, Read
 
@@ -43,7 +43,7 @@ _UNVERIFIED_STATUS_KEYS: set[str] = set()
 PINNED_READ_ATTEMPTS = 3
 #: Feeds a waiter's inbox holds; beyond that it forgets them and reads again (memory stays bounded).
 INBOX_LIMIT = 1_000
-RESYNC = Feed("resync", 0)
+RESYNC: Feed[KeyValue] = Feed(FeedKind.RESYNC, 0)
 
 
 @dataclass
@@ -287,10 +287,10 @@ class EtcdBackend:
     def _read_state(self, prefix: str, since: int, revision: int) -> tuple[int, list[KeyValue]]:
         return self.read_prefixes([prefix], min_revision=since, revision=revision)
 
-    def wait_feeds(self, request: Request, wanted: Sequence[str] | None,
+    def wait_feeds(self, request: Request, wanted: Sequence[str] | None, hub: WatchHub,
                    loop: asyncio.AbstractEventLoop | None = None) -> SharedWatchFeeds:
         inbox: _Inbox = _Inbox() if loop is None else _AsyncInbox(loop)
-        return SharedWatchFeeds(self.config, covering_prefix(request.status_keys()), wanted, inbox)
+        return SharedWatchFeeds(self.config, covering_prefix(request.status_keys()), wanted, inbox, hub)
 
 
 def _matching_notifications(request: Request, kvs: Mapping[str, KeyValue]) -> list[Notification]:
@@ -312,13 +312,13 @@ class _Inbox:
         self.queue: queue.Queue[Feed] = queue.Queue()
 
     def on_puts(self, puts: list[KeyValue], revision: int) -> None:
-        self._put(Feed("events", revision, puts))
+        self._put(Feed(FeedKind.EVENTS, revision, puts))
 
     def on_resync(self) -> None:
         self._put(RESYNC)
 
     def on_failure(self, error: Exception) -> None:
-        self._put(Feed("failure", 0, error=error))
+        self._put(Feed(FeedKind.FAILURE, 0, error=error))
 
     def _put(self, feed: Feed) -> None:
         if self.queue.qsize() >= INBOX_LIMIT:
@@ -374,7 +374,9 @@ class SharedWatchFeeds:
 
     reads_state = True
 
-    def __init__(self, config: StoreConfig, prefix: str, wanted: Sequence[str] | None, inbox: _Inbox) -> None:
+    def __init__(self, config: StoreConfig, prefix: str, wanted: Sequence[str] | None, inbox: _Inbox,
+                 hub: WatchHub) -> None:
+        self.hub = hub
         self.config = config
         self.prefix = prefix
         self.wanted = wanted
@@ -390,7 +392,7 @@ class SharedWatchFeeds:
         return self.watch.last_error if self.watch is not None else None
 
     def start(self) -> None:
-        self.watch = HUB.join(self.config, self.prefix, self.inbox, self.wanted)  # a new watch starts in a thread
+        self.watch = self.hub.join(self.config, self.prefix, self.inbox, self.wanted)  # a new watch starts in a thread
 
     def ready(self, timeout: float) -> bool:
         return self.watch is not None and self.watch.wait_ready(timeout)
@@ -406,7 +408,7 @@ class SharedWatchFeeds:
         if self.watch is None:
             return None
         self.watch = None
-        ended = HUB.leave(self.config, self.prefix, self.inbox)
+        ended = self.hub.leave(self.config, self.prefix, self.inbox)
         return ended.stop if ended is not None else None
 
 

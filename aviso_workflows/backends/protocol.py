@@ -27,7 +27,7 @@ from ..follow import Feed
 from ..notification import Notification
 from ..position import Position
 from ..request import Request
-from ..watch import Channel
+from ..watch import Channel, WatchHub
 
 #: What a read returns: the position read at (a revision, or the last sequence) and the notifications.
 Read = tuple[int, list[Notification]]
@@ -63,6 +63,11 @@ class FollowSource(Protocol):
     def start(self) -> None: ...
 
     def stop(self) -> None: ...
+
+    def stamped(self, position: Position) -> Position:
+        """``position`` with what the source knows more of it (an aviso-server adds the time of the post),
+        as a cursor saves it; the position itself where there is nothing to add."""
+        ...
 
     def __enter__(self) -> Any: ...
 
@@ -187,9 +192,10 @@ class Backend(Protocol):
         """A source of the history after ``start`` (then live), feeding ``channel``; not started yet."""
         ...
 
-    def wait_feeds(self, request: Request, wanted: Sequence[str] | None,
+    def wait_feeds(self, request: Request, wanted: Sequence[str] | None, hub: WatchHub,
                    loop: asyncio.AbstractEventLoop | None = None) -> WaitFeeds:
-        """The feeds of one wait for ``request`` (``wanted``: its keys, if complete); ``loop``: for asyncio."""
+        """The feeds of one wait for ``request`` (``wanted``: its keys, if complete); ``hub``: the shared watches
+        of the store's runtime, to join; ``loop``: for asyncio."""
         ...
 
     # -- the rest

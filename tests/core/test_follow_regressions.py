@@ -28,8 +28,9 @@ from aviso_workflows.config import StoreConfig
 from aviso_workflows.etcd import KeyValue
 from aviso_workflows.follow import Follower
 from aviso_workflows.listen import Cursor, Position, listen, listen_async
+from aviso_workflows.runtime import runtime_for
 from aviso_workflows.status_chain import replay
-from aviso_workflows.watch import HUB, Channel, HistorySource
+from aviso_workflows.watch import Channel, HistorySource
 
 BOUND = 10.0  # seconds: the longest any single step below may take
 
@@ -292,24 +293,24 @@ class _Quiet:
 def test_a_join_right_after_the_last_leave_gets_a_live_watch(store: Store, unique_date: str) -> None:
     prefix = f"/ec/diss/{destination_for(unique_date, 'H')}/"
     first, second, third = _Quiet(), _Quiet(), _Quiet()
-    watch = HUB.join(store.config, prefix, first, None)
-    ended = HUB.leave(store.config, prefix, first)
+    watch = runtime_for(store).hub.join(store.config, prefix, first, None)
+    ended = runtime_for(store).hub.leave(store.config, prefix, first)
     assert ended is watch, "the last one out gets the watch to stop"
-    joined_after = HUB.join(store.config, prefix, second, None)  # before the ended watch is stopped
+    joined_after = runtime_for(store).hub.join(store.config, prefix, second, None)  # before the ended watch is stopped
     assert joined_after is not watch and joined_after.alive
     ended.stop()
     assert not watch.alive and joined_after.alive
     assert joined_after.wait_ready(BOUND)
-    assert HUB.join(store.config, prefix, third, None) is joined_after, "one watch is shared"
-    assert HUB.leave(store.config, prefix, third) is None
-    last = HUB.leave(store.config, prefix, second)
+    assert runtime_for(store).hub.join(store.config, prefix, third, None) is joined_after, "one watch is shared"
+    assert runtime_for(store).hub.leave(store.config, prefix, third) is None
+    last = runtime_for(store).hub.leave(store.config, prefix, second)
     assert last is joined_after
     last.stop()
-    again = HUB.join(store.config, prefix, first, None)  # after the stop: a new one
+    again = runtime_for(store).hub.join(store.config, prefix, first, None)  # after the stop: a new one
     try:
         assert again is not joined_after and again.alive
     finally:
-        stopped = HUB.leave(store.config, prefix, first)
+        stopped = runtime_for(store).hub.leave(store.config, prefix, first)
         assert stopped is again
         stopped.stop()
 
@@ -333,9 +334,9 @@ def test_short_waits_racing_with_joins_and_leaves_all_return(store: Store, uniqu
         rounds = 0
         while not waiters_done.is_set() and rounds < 2_000:
             subscriber = _Quiet()
-            watch = HUB.join(store.config, prefix, subscriber, None)
+            watch = runtime_for(store).hub.join(store.config, prefix, subscriber, None)
             assert watch.wait_ready(BOUND) and watch.alive
-            ended = HUB.leave(store.config, prefix, subscriber)
+            ended = runtime_for(store).hub.leave(store.config, prefix, subscriber)
             if ended is not None:
                 ended.stop()
             rounds += 1
@@ -351,7 +352,7 @@ def test_short_waits_racing_with_joins_and_leaves_all_return(store: Store, uniqu
         waiters_done.set()
     assert all(joined(thread, outcome, BOUND) > 0 for thread, outcome in joiners)
     assert len(durations) == 8 * 15 and max(durations) < 2.5, "no wait hung until its timeout"
-    assert not [w for w in HUB.watches() if w.prefix == prefix], "the last one out stopped the watch"
+    assert not [w for w in runtime_for(store).watches() if w.prefix == prefix], "the last one out stopped the watch"
 
 
 def test_a_join_racing_with_the_last_leave_never_gets_a_watch_that_is_stopped(store: Store, unique_date: str) -> None:
@@ -362,14 +363,14 @@ def test_a_join_racing_with_the_last_leave_never_gets_a_watch_that_is_stopped(st
     barrier = threading.Barrier(2, timeout=BOUND)
 
     def leave(subscriber: _Quiet) -> None:
-        ended = HUB.leave(store.config, prefix, subscriber)
+        ended = runtime_for(store).hub.leave(store.config, prefix, subscriber)
         if ended is not None:
             ended.stop()
 
     def last_out() -> None:
         for _ in range(rounds):
             subscriber = _Quiet()
-            assert HUB.join(store.config, prefix, subscriber, None).wait_ready(BOUND)
+            assert runtime_for(store).hub.join(store.config, prefix, subscriber, None).wait_ready(BOUND)
             barrier.wait()  # alone on the watch: this leave is the last one, racing with the join
             leave(subscriber)
             barrier.wait()
@@ -379,7 +380,7 @@ def test_a_join_racing_with_the_last_leave_never_gets_a_watch_that_is_stopped(st
             subscriber = _Quiet()
             barrier.wait()
             time.sleep(index % 5 * 0.0003)  # land before, inside and after the leave
-            watch = HUB.join(store.config, prefix, subscriber, None)
+            watch = runtime_for(store).hub.join(store.config, prefix, subscriber, None)
             assert watch.wait_ready(BOUND)
             time.sleep(0.005)  # subscribed a while: the racing leave has stopped whatever it took out
             assert watch.alive, f"round {index}: the watch was stopped under a subscriber"
@@ -389,7 +390,7 @@ def test_a_join_racing_with_the_last_leave_never_gets_a_watch_that_is_stopped(st
     threads = [run_in_thread(last_out), run_in_thread(joiner)]
     for thread, outcome in threads:
         joined(thread, outcome, 30)
-    assert not [w for w in HUB.watches() if w.prefix == prefix]
+    assert not [w for w in runtime_for(store).watches() if w.prefix == prefix]
 
 
 # -- 6. listen_async by polling delivers re-posts ----------------------------------------------------------
@@ -546,7 +547,7 @@ def test_a_wait_started_while_etcd_is_down_is_released_once_it_is_back(own_etcd:
     raw = diss("20240101", destination="OUTAGE", step=0)
     prefix, holder = "/ec/diss/OUTAGE/", _Quiet()
     if watch == "following":
-        assert HUB.join(store.config, prefix, holder, None).wait_ready(BOUND)
+        assert runtime_for(store).hub.join(store.config, prefix, holder, None).wait_ready(BOUND)
     try:
         server.stop(own_etcd.data_dir)
         thread, outcome = run_in_thread(lambda: store.wait(raw, timeout=20))
@@ -556,7 +557,7 @@ def test_a_wait_started_while_etcd_is_down_is_released_once_it_is_back(own_etcd:
         store.notify(raw)
         found = joined(thread, outcome, 20)
     finally:
-        ended = HUB.leave(store.config, prefix, holder)
+        ended = runtime_for(store).hub.leave(store.config, prefix, holder)
         if ended is not None:
             ended.stop()
     assert [n.key for n in found] == store.request(raw).keys()

@@ -194,7 +194,7 @@ def test_a_failure_raises_its_error_and_unknown_feeds_are_refused() -> None:
     follow = follower()
     with pytest.raises(StoreUnavailable, match="gone"):
         follow.feed(Feed("failure", 0, error=StoreUnavailable("gone")))
-    with pytest.raises(ValueError, match="unknown feed kind"):
+    with pytest.raises(ValueError, match="rumour"):
         follow.feed(Feed("rumour", 1))
 
 
