@@ -34,12 +34,17 @@ def waiting(server: EcflowServer, path: str) -> bool:
     return any("aviso-workflows wait" in line for line in job_processes(server, path))
 
 
+def started_wait(server: EcflowServer, home: Path, etcd_url: str, date: str, name: str) -> None:
+    """Suite ``name``: one WaitTask for steps 0 and 6 of ``date`` (one try), played until its wait runs."""
+    with suite(name, home, YMD=date, ECF_TRIES="1") as s:
+        WaitTask("wait", "mars", {**FORECAST, "date": "%YMD%", "step": "0/6"}, timeout=120, endpoints=[etcd_url])
+    play(s, "localhost", server.port)
+    until(lambda: waiting(server, f"/{name}/wait"), 30, "the wait starting")
+
+
 def test_a_kill_ends_the_wait_at_once_and_aborts_with_the_reason(
         ecflow_server: EcflowServer, watcher: Watcher, home: Path, etcd_url: str, unique_date: str) -> None:
-    with suite("killed", home, YMD=unique_date, ECF_TRIES="1") as s:
-        WaitTask("wait", "mars", {**FORECAST, "date": "%YMD%", "step": "0/6"}, timeout=120, endpoints=[etcd_url])
-    play(s, "localhost", ecflow_server.port)
-    until(lambda: waiting(ecflow_server, "/killed/wait"), 30, "the wait starting")
+    started_wait(ecflow_server, home, etcd_url, unique_date, "killed")
 
     start = time.monotonic()
     ecflow_server.client().kill("/killed/wait")  # pyflow's ECF_KILL_CMD: SIGTERM to the job shell
@@ -56,10 +61,7 @@ def test_a_kill_ends_the_wait_at_once_and_aborts_with_the_reason(
 def test_a_sigterm_to_every_process_of_the_job_aborts_it_with_the_reason(
         ecflow_server: EcflowServer, watcher: Watcher, home: Path, etcd_url: str, unique_date: str) -> None:
     """What a batch system's cancel does: SIGTERM to the job shell, the wait and everything else of the job."""
-    with suite("cancelled", home, YMD=unique_date, ECF_TRIES="1") as s:
-        WaitTask("wait", "mars", {**FORECAST, "date": "%YMD%", "step": "0/6"}, timeout=120, endpoints=[etcd_url])
-    play(s, "localhost", ecflow_server.port)
-    until(lambda: waiting(ecflow_server, "/cancelled/wait"), 30, "the wait starting")
+    started_wait(ecflow_server, home, etcd_url, unique_date, "cancelled")
 
     for process in job_processes(ecflow_server, "/cancelled/wait"):
         with contextlib.suppress(ProcessLookupError):
