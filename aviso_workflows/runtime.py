@@ -16,6 +16,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
 from .storelike import StoreLike
@@ -40,6 +41,7 @@ class Runtime:
         self.hub = WatchHub()
         self._lock = threading.Lock()
         self._parts: dict[Hashable, Closable] = {}
+        self._stopper: ThreadPoolExecutor | None = None
         self.closed = False
 
     def part(self, key: Hashable, make: Callable[[], PartT]) -> PartT:
@@ -54,15 +56,31 @@ class Runtime:
         """The shared watches running now."""
         return self.hub.watches()
 
+    def stop_later(self, stop: Callable[[], None]) -> None:
+        """Run ``stop`` (a watch's or a stream's end, which may block a little) in the runtime's stopping
+        thread: a released wait returns at once, and the ended watch is out of the hub already, so a new
+        wait starts a new one meanwhile."""
+        with self._lock:
+            if self._stopper is None:
+                self._stopper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aviso-watch-stopper")
+            stopper = self._stopper
+        try:
+            stopper.submit(stop)
+        except RuntimeError:  # closed meanwhile: stop here
+            stop()
+
     def close(self) -> None:
         """Stop the shared watches, close the parts and the backend; the runtime is out of :func:`runtime_for`'s
         hands from now on (a later call makes a new one)."""
         with self._lock:
             self.closed = True
             parts, self._parts = list(self._parts.values()), {}
+            stopper, self._stopper = self._stopper, None
         _forget(self)
         for watch in self.hub.close():
             watch.stop()
+        if stopper is not None:
+            stopper.shutdown(wait=True)
         for part in parts:
             part.close()
         self.backend.close()

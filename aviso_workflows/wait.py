@@ -15,7 +15,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from . import follow, waiters
@@ -24,7 +23,7 @@ from .errors import StoreUnavailable, ValidationError, WaitTimeout
 from .follow import Found, Progress, WaitMachine
 from .notification import Notification
 from .request import Request, ready_prefix
-from .runtime import runtime_for
+from .runtime import Runtime, runtime_for
 from .shared_reads import shared_reads
 
 if TYPE_CHECKING:
@@ -169,9 +168,7 @@ def _wait(store: StoreLike, request: Request, *, mode: str = "all", timeout: flo
             command = machine.handle(_do(store, request, feeds, command), time.monotonic())
         return command.found
     finally:
-        rest = feeds.detach()
-        if rest is not None:
-            rest()
+        _detach(runtime, feeds)
 
 
 def _do(store: StoreLike, request: Request, feeds: WaitFeeds, command: follow.WaitCommand) -> follow.WaitEvent:
@@ -190,10 +187,15 @@ def _do(store: StoreLike, request: Request, feeds: WaitFeeds, command: follow.Wa
         return follow.ReadFailed(error)
 
 
-# -- asyncio ---------------------------------------------------------------------------------------
-#: The thread stopping feeds (shared watches, streams) for asyncio waiters (never the loop's own thread).
-_WATCH_KEEPERS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aviso-watch-keeper")
+def _detach(runtime: Runtime, feeds: WaitFeeds) -> None:
+    """Leave the feeds at once (never blocks); what may block (the end of a watch whose last waiter this
+    was, or of a stream) is left to the runtime's stopping thread, off the path of the release."""
+    rest = feeds.detach()
+    if rest is not None:
+        runtime.stop_later(rest)
 
+
+# -- asyncio ---------------------------------------------------------------------------------------
 
 async def wait_async(store: StoreLike, request: Request, *, mode: str = "all", timeout: float | None = None,
                      known: Iterable[Notification] = (), on_progress: ProgressCallback | None = None,
@@ -219,8 +221,8 @@ async def _wait_async(store: StoreLike, request: Request, *, mode: str = "all", 
     the reads of waiters starting together share transactions in a worker thread, so thousands of
     waiters need no thread of their own and open no connection of their own.
     """
-    found, runtime, loop = Found(request, mode, known, on_progress), runtime_for(store), asyncio.get_running_loop()
-    feeds = store.backend.wait_feeds(request, found.wanted, runtime.hub, loop)
+    found, runtime = Found(request, mode, known, on_progress), runtime_for(store)
+    feeds = store.backend.wait_feeds(request, found.wanted, runtime.hub, asyncio.get_running_loop())
     feeds.start()  # no I/O: a stream or a new shared watch starts in a thread of its own
     try:
         machine = WaitMachine(found, timeout=timeout, reads_state=feeds.reads_state, patience=feeds.patience,
@@ -232,9 +234,7 @@ async def _wait_async(store: StoreLike, request: Request, *, mode: str = "all", 
             command = machine.handle(event, time.monotonic())
         return command.found
     finally:
-        rest = feeds.detach()  # on the loop: cheap; what may block (a watch's or a stream's end) in a thread
-        if rest is not None:
-            await loop.run_in_executor(_WATCH_KEEPERS, rest)
+        _detach(runtime, feeds)
 
 
 async def _listen(feeds: WaitFeeds, command: follow.Listen) -> follow.Fed:

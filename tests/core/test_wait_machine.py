@@ -20,9 +20,9 @@ from aviso_workflows.errors import StoreUnavailable, WaitTimeout
 from aviso_workflows.etcd import KeyValue
 from aviso_workflows.follow import (
     AwaitReady,
+    Fed,
     Feed,
     FeedKind,
-    Fed,
     Found,
     Listen,
     Pause,
