@@ -8,23 +8,18 @@ from waiting import eventually
 
 from aviso_workflows import Store
 from aviso_workflows.config import StoreConfig
-from aviso_workflows.etcd import KeyValue
 from aviso_workflows.runtime import Runtime, runtime_for
 
 BOUND = 20.0
 
 
 class _Quiet:
-    """A subscriber that ignores what it is given (it only holds a watch open)."""
+    """A subscriber that ignores whatever it is given (it only holds a watch open)."""
 
-    def on_puts(self, puts: list[KeyValue], revision: int) -> None:
-        pass
+    def on_puts(self, *_: object) -> None:
+        return None
 
-    def on_resync(self) -> None:
-        pass
-
-    def on_failure(self, error: Exception) -> None:
-        pass
+    on_resync = on_failure = on_puts
 
 
 def _own_store(etcd_url: str, tag: str) -> Store:
