@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from ..aviso2 import AvisoClient, AvisoSource, latest, now_position, replay, replay_window, since, wait_start
 from ..config import StoreConfig
@@ -21,6 +21,7 @@ from ..notification import Notification
 from ..position import Position, key_order
 from ..request import Request
 from ..watch import Channel, WatchHub
+from .base import ConfiguredBackend
 from .protocol import CapabilityError, NotifyResult, Read
 
 #: What to use instead of an aviso-server for what only etcd keeps.
@@ -28,7 +29,7 @@ ETCD_INSTEAD = ("give the etcd endpoint behind the server instead (http(s)://HOS
                 "`aviso-workflows serve --endpoint` uses)")
 
 
-class AvisoServerBackend:
+class AvisoServerBackend(ConfiguredBackend):
     """A store whose endpoints are ``aviso+http(s)://``: an aviso-server, with no etcd behind it for us."""
 
     position_unit = "sequence"
@@ -36,14 +37,6 @@ class AvisoServerBackend:
     def __init__(self, config: StoreConfig) -> None:
         self.config = config
         self.client = AvisoClient(config)
-
-    @property
-    def endpoint(self) -> str:
-        return self.config.endpoints[0]
-
-    @property
-    def identity(self) -> tuple[Any, ...]:
-        return self.config.identity
 
     def _cannot(self, what: str, reason: str, instead: str = ETCD_INSTEAD) -> NoReturn:
         raise CapabilityError(self.endpoint, what, f"an aviso-server, {reason}", instead)

@@ -19,7 +19,6 @@ import queue
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from ..config import StoreConfig
 from ..errors import HistoryCompacted, NotForwarded, PermissionDenied, StoreError
@@ -30,6 +29,7 @@ from ..notification import NO_PAYLOAD, Notification, in_order, notification_from
 from ..position import Position
 from ..request import Request
 from ..watch import Channel, HistorySource, PrefixWatch, WatchHub, covering_prefix
+from .base import ConfiguredBackend
 from .etcd_status import StatusChainTooLong, new_status, status_after, status_record
 from .protocol import DatedHistory, NotifyResult, Read
 
@@ -69,7 +69,7 @@ def status_prefixes(requests: Sequence[Request]) -> list[str]:
     return list(dict.fromkeys(p for request in requests for p in request.status_keys()))
 
 
-class EtcdBackend:
+class EtcdBackend(ConfiguredBackend):
     """An Aviso-compatible notification store in etcd (see the module's doc)."""
 
     position_unit = "revision"
@@ -83,14 +83,6 @@ class EtcdBackend:
         #: instead of reading it first (one round trip); if another writer moved it, the failed transaction
         #: returns the current one.
         self._last_status: dict[str, KeyValue | None] = {}
-
-    @property
-    def endpoint(self) -> str:
-        return self.config.endpoints[0]
-
-    @property
-    def identity(self) -> tuple[Any, ...]:
-        return self.config.identity
 
     def etcd(self, what: str) -> EtcdBackend:
         return self
