@@ -15,7 +15,8 @@ from aviso_workflows import Store, server
 ROOT = Path(__file__).resolve().parent.parent
 _unique = itertools.count()
 #: Modules whose ``store`` tests run over both of etcd's transports (the rest use the configured one).
-BOTH_TRANSPORTS = {"test_wait.py", "test_listen.py", "test_store_notify.py", "test_store_read.py"}
+BOTH_TRANSPORTS = {"test_wait.py", "test_listen.py", "test_store_notify.py", "test_store_read.py",
+                   "test_replay_search.py", "test_follow_regressions.py"}
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

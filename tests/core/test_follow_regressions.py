@@ -399,7 +399,7 @@ async def test_listen_async_by_polling_delivers_reposts_of_a_key(store: Store, e
     destination = destination_for(unique_date, "A")
     raw = diss(unique_date, destination=destination, step=0)
     with security_helpers().AuthProxy(etcd_url, tokens=["reader"]) as proxy:
-        reader = store_on(proxy.url, poll_interval=0.1, token="reader")
+        reader = store_on(proxy.url, poll_interval=0.1, token="reader", transport="gateway")  # an HTTP proxy
         start = Position(await asyncio.to_thread(store.current_revision))
         stream = listen_async(reader, [reader.request(diss(unique_date, destination=destination, step=None))],
                               after=start)
