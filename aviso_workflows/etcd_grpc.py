@@ -349,13 +349,15 @@ class GrpcGateway(EtcdGateway):
         """As over the gateway, with the request built directly from the keys' bytes (no JSON, no base64:
         a notify's hot path)."""
         key_bytes = key.encode()
-        compare = _unchanged_since(key_bytes, previous)
+        request = rpc_pb2.TxnRequest(compare=[_unchanged_since(key_bytes, previous)],
+                                     failure=[rpc_pb2.RequestOp(request_range=rpc_pb2.RangeRequest(key=key_bytes))])
         lease_id = int(lease or 0)
-        put, op = rpc_pb2.PutRequest, rpc_pb2.RequestOp
-        request = rpc_pb2.TxnRequest(compare=[compare],
-                                     success=[op(request_put=put(key=k.encode(), value=v.encode(), lease=lease_id))
-                                              for k, v in puts],
-                                     failure=[op(request_range=rpc_pb2.RangeRequest(key=key_bytes))])
+        add = request.success.add
+        for put_key, value in puts:  # fields set in place: a third of the time of building each message apart
+            put = add().request_put
+            put.key, put.value = put_key.encode(), value.encode()
+            if lease_id:
+                put.lease = lease_id
         answer = self._rpc("kv", "Txn", request, lambda: _keys(puts[0][0] if puts else key, False))
         if answer.succeeded:
             return True, answer.header.revision, None
