@@ -16,7 +16,9 @@ import datetime as dt
 import json
 import logging
 import queue
+import threading
 import uuid
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -281,7 +283,7 @@ class EtcdBackend(ConfiguredBackend):
 
     def wait_feeds(self, request: Request, wanted: Sequence[str] | None, hub: WatchHub,
                    loop: asyncio.AbstractEventLoop | None = None) -> SharedWatchFeeds:
-        inbox: _Inbox = _Inbox() if loop is None else _AsyncInbox(loop)
+        inbox: _Feeds = _Inbox() if loop is None else _AsyncInbox(loop)
         return SharedWatchFeeds(self.config, covering_prefix(request.status_keys()), wanted, inbox, hub)
 
 
@@ -296,12 +298,10 @@ def _matching_notifications(request: Request, kvs: Mapping[str, KeyValue]) -> li
 
 
 # -- a wait's feeds: the process's shared watch of the wait's prefix ----------------------------------
-class _Inbox:
-    """Queues what the shared watch sees for a waiting thread (bounded: too far behind, it forgets the feeds
-    and asks for a read instead)."""
+class _Feeds:
+    """What the shared watch calls on a wait's inbox; each kind of inbox says how a feed reaches its waiter."""
 
-    def __init__(self) -> None:
-        self.queue: queue.Queue[Feed] = queue.Queue()
+    __slots__ = ()
 
     def on_puts(self, puts: list[KeyValue], revision: int) -> None:
         self._put(Feed(FeedKind.EVENTS, revision, puts))
@@ -311,6 +311,25 @@ class _Inbox:
 
     def on_failure(self, error: Exception) -> None:
         self._put(Feed(FeedKind.FAILURE, 0, error=error))
+
+    def _put(self, feed: Feed) -> None:
+        raise NotImplementedError
+
+    def get(self, timeout: float) -> Feed | None:
+        raise TypeError("these feeds were opened for an asyncio loop, not for a thread")
+
+    async def aget(self) -> Feed:
+        raise TypeError("these feeds were opened for a thread, not for an asyncio loop")
+
+
+class _Inbox(_Feeds):
+    """Queues what the shared watch sees for a waiting thread (bounded: too far behind, it forgets the feeds
+    and asks for a read instead)."""
+
+    __slots__ = ("queue",)
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue[Feed] = queue.Queue()
 
     def _put(self, feed: Feed) -> None:
         if self.queue.qsize() >= INBOX_LIMIT:
@@ -324,9 +343,6 @@ class _Inbox:
         except queue.Empty:
             return None
 
-    async def aget(self) -> Feed:
-        raise TypeError("these feeds were opened for a thread, not for an asyncio loop")
-
 
 def _empty(items: queue.Queue[Feed]) -> None:
     for _ in range(items.qsize()):
@@ -336,21 +352,68 @@ def _empty(items: queue.Queue[Feed]) -> None:
             return
 
 
-class _AsyncInbox(_Inbox):
-    """Hands feeds to an asyncio loop (no thread per waiter; bounded as :class:`_Inbox`)."""
+class _LoopMailbox:
+    """The feeds on their way to one loop's inboxes, handed over in one loop callback per watch batch.
+
+    A post of 10 000 keys would otherwise cost the watch thread 10 000 ``call_soon_threadsafe`` (a handle
+    and a wake-up of the loop each); here the first feed of a batch schedules the hand-over and the rest
+    join it. One list keeps the order of each inbox's feeds.
+    """
+
+    __slots__ = ("__weakref__", "loop", "lock", "pending", "scheduled")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__()
         self.loop = loop
+        self.lock = threading.Lock()
+        self.pending: list[tuple[_AsyncInbox, Feed]] = []
+        self.scheduled = False
+
+    def post(self, inbox: _AsyncInbox, feed: Feed) -> None:  # on the watch thread
+        with self.lock:
+            self.pending.append((inbox, feed))
+            if self.scheduled:
+                return
+            self.scheduled = True
+        try:
+            self.loop.call_soon_threadsafe(self._hand_over)
+        except RuntimeError:  # the loop is closed: its waiters are gone, and so are their feeds
+            with self.lock:
+                self.pending, self.scheduled = [], False
+
+    def _hand_over(self) -> None:  # on the loop
+        with self.lock:
+            taken, self.pending, self.scheduled = self.pending, [], False
+        for inbox, feed in taken:
+            inbox.queue_up(feed)
+
+
+#: One mailbox per loop, gone with its loop.
+_MAILBOXES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopMailbox] = weakref.WeakKeyDictionary()
+_MAILBOXES_LOCK = threading.Lock()
+
+
+def _mailbox(loop: asyncio.AbstractEventLoop) -> _LoopMailbox:
+    with _MAILBOXES_LOCK:
+        mailbox = _MAILBOXES.get(loop)
+        if mailbox is None:
+            mailbox = _MAILBOXES[loop] = _LoopMailbox(loop)
+        return mailbox
+
+
+class _AsyncInbox(_Feeds):
+    """Hands feeds to an asyncio loop through its mailbox (no thread per waiter; bounded as :class:`_Inbox`).
+    It holds no ``queue.Queue``: thousands of triggers would carry its locks and conditions for nothing."""
+
+    __slots__ = ("aqueue", "mailbox")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.aqueue: asyncio.Queue[Feed] = asyncio.Queue()
+        self.mailbox = _mailbox(loop)
 
     def _put(self, feed: Feed) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self._queue_up, feed)
-        except RuntimeError:  # the loop is closed: the waiter is gone
-            pass
+        self.mailbox.post(self, feed)
 
-    def _queue_up(self, feed: Feed) -> None:  # on the loop
+    def queue_up(self, feed: Feed) -> None:  # on the loop
         if self.aqueue.qsize() >= INBOX_LIMIT:
             while not self.aqueue.empty():
                 self.aqueue.get_nowait()
@@ -366,7 +429,7 @@ class SharedWatchFeeds:
 
     reads_state = True
 
-    def __init__(self, config: StoreConfig, prefix: str, wanted: Sequence[str] | None, inbox: _Inbox,
+    def __init__(self, config: StoreConfig, prefix: str, wanted: Sequence[str] | None, inbox: _Feeds,
                  hub: WatchHub) -> None:
         self.hub = hub
         self.config = config

@@ -1,0 +1,60 @@
+"""How waits scale, counted rather than timed: feeds reach a loop in one hand-over per watch batch, threaded
+waits starting together share their reads, waiter ids stay unique across a fork."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from core_helpers import mars, mars_key
+
+from aviso_workflows import Store
+from aviso_workflows.backends import etcd as etcd_backend
+from aviso_workflows.listen import HUB
+from aviso_workflows.wait import wait_async
+
+WAITERS = 300
+BOUND = 30.0  # seconds a test's waits may take at most (a bound for a broken build, not a measure)
+
+
+def _subscribers(status_key: str) -> int:
+    """Subscribers of the shared watches that see ``status_key``."""
+    return sum(len(w._subscribers()) for w in HUB.watches() if status_key.startswith(w.prefix))
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    """Yield to the loop until ``condition`` holds (bounded)."""
+    deadline = time.monotonic() + BOUND
+    while not condition():
+        assert time.monotonic() < deadline, "the waits did not all join the shared watch"
+        await asyncio.sleep(0.01)
+
+
+def test_feeds_reach_a_loop_in_one_hand_over_per_watch_batch(store: Store, unique_date: str) -> None:
+    """A post of 300 keys (3 transactions) releases 300 asyncio waits: the watch thread wakes the loop once per
+    watch batch, not once per waiter."""
+    requests = [store.request(mars(unique_date, step=step)) for step in range(WAITERS)]
+    hand_overs = 0
+
+    async def scenario() -> list[Any]:
+        nonlocal hand_overs
+        loop = asyncio.get_running_loop()
+        original = loop.call_soon_threadsafe
+
+        def counting(callback: Callable[..., object], *args: Any, **kwargs: Any) -> Any:
+            nonlocal hand_overs
+            if getattr(callback, "__func__", None) is etcd_backend._LoopMailbox._hand_over:
+                hand_overs += 1
+            return original(callback, *args, **kwargs)
+
+        loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+        waits = [asyncio.create_task(wait_async(store, request, timeout=BOUND)) for request in requests]
+        await _until(lambda: _subscribers(requests[0].status_keys()[0]) >= WAITERS)
+        await loop.run_in_executor(None, lambda: store.notify(mars(unique_date, step=f"0/to/{WAITERS - 1}")))
+        return await asyncio.gather(*waits)
+
+    results = asyncio.run(scenario())
+    assert [[n.key for n in found] for found in results] == [[mars_key(unique_date, s)] for s in range(WAITERS)]
+    assert 1 <= hand_overs <= WAITERS // 10, f"{hand_overs} hand-overs for {WAITERS} waits"
