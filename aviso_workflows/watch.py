@@ -87,6 +87,9 @@ class WatchLoop:
         """History before ``error.compact_revision`` is gone; returns the revision to watch from next."""
         raise NotImplementedError
 
+    def following(self) -> None:
+        """etcd follows the prefix for us now: it confirmed the watch (or a poll's read answered)."""
+
     # -- life ------------------------------------------------------------------------------------
     def start(self) -> None:
         """Start following in the loop's thread."""
@@ -103,6 +106,12 @@ class WatchLoop:
     def stopped(self) -> bool:
         """True once :meth:`stop` was called."""
         return self._stop.is_set()
+
+    @property
+    def confirmed(self) -> bool:
+        """True while the loop reads a watch stream that etcd has confirmed (its ``created`` answer came)."""
+        stream = self._stream
+        return stream is not None and bool(stream.created)
 
     @property
     def alive(self) -> bool:
@@ -158,6 +167,8 @@ class WatchLoop:
                 return
             for batch in stream:
                 self._connected()
+                if batch.kind == "created":
+                    self.following()
                 self._hand_on(batch)
                 if self._stop.is_set():
                     return
@@ -180,6 +191,7 @@ class WatchLoop:
         while not self._stop.is_set() and self.polling:
             revision, kvs = self.gateway.range_all(self.prefix, min_mod_revision=self.next_revision)
             self._connected()
+            self.following()
             self.emit(Feed(FeedKind.SNAPSHOT, revision, kvs))
             self._advance(revision + 1)
             self._stop.wait(self.config.poll_interval)
@@ -312,7 +324,8 @@ class PrefixWatch(WatchLoop):
 
     Subscribers interested in known keys are found through a key index; the others (wildcard
     waiters) see every put of the prefix. It starts at the store's current revision; waiters read
-    what exists only once it is :attr:`ready`, so every post is in their read or in the watch.
+    what exists only once it is :attr:`ready` (etcd confirmed the watch), so every post is in their
+    read or in the watch, and one landing while the watch was being created is in their read.
     """
 
     def __init__(self, config: StoreConfig, prefix: str) -> None:
@@ -332,21 +345,23 @@ class PrefixWatch(WatchLoop):
 
     @property
     def ready(self) -> bool:
-        """True once the watch knows the revision it follows from."""
+        """True once etcd confirmed the watch (see :meth:`following`)."""
         return self._ready.is_set()
 
     def wait_ready(self, timeout: float | None) -> bool:
-        """Block until the watch knows its start (bounded); False if it did not in time. Raises why the
+        """Block until etcd confirmed the watch (bounded); False if it did not in time. Raises why the
         watch ended if it was refused for good."""
         ready = self._ready.wait(timeout)
         if self._error is not None:
             raise self._error
         return ready
 
-    def first_revision(self) -> int:
-        revision = super().first_revision()
+    def following(self) -> None:
+        """Ready only now, not once the start revision is known: a post landing before etcd created the
+        watch reaches it only through etcd's sync of unsynced watchers, up to 100 ms later, whereas a
+        waiter's read made after this point finds it at once. The start revision stays the one read
+        before the watch, so nothing between that read and the watch is lost."""
         self._ready.set()
-        return revision
 
     def add(self, subscriber: Subscriber, keys: Iterable[str] | None) -> None:
         """Deliver puts of ``keys`` (or of every key when None) to ``subscriber`` from now on."""
