@@ -28,7 +28,7 @@ from .backends.etcd_status import (
 from .errors import HistoryCompacted
 from .etcd import KeyValue
 from .listen import listen
-from .notification import Notification
+from .notification import Notification, in_order, notification_from_kv
 from .position import Position
 from .request import Request
 
@@ -154,11 +154,87 @@ def _moved_past(status: KeyValue | None | _Compacted, revision: int) -> bool:
 
 def replay(store: StoreLike, requests: list[Request], start: dt.datetime,
            end: dt.datetime | None = None) -> list[Notification]:
-    """Every post between ``start`` and ``end`` (UTC, naive) that the requests match, in write order."""
+    """Every post between ``start`` and ``end`` (UTC, naive) that the requests match, in write order.
+
+    Each chain's window is read as the store held it at the window's last status (ranged reads pinned
+    there), which costs the keys of the chain, however far the head has moved on since. A watch from
+    the window's first revision would give the same posts, but etcd's catch-up of a watch reads every
+    revision from there to the head: an early window would cost the whole history written after it.
+    Where that snapshot cannot show every post (a key deleted or expired inside the window), the chain
+    is replayed with the watch, which sees every put however the key ended.
+    """
     windows = revision_windows(store, sorted({key for request in requests for key in request.status_keys()}),
                                start, end)
-    if not windows:
-        return []
+    found: list[Notification] = []
+    watched: dict[str, tuple[int, int]] = {}
+    for status_key, (first, last) in windows.items():
+        posts = _window_posts(store, requests, status_key, first, last)
+        if posts is None:
+            watched[status_key] = (first, last)
+        else:
+            found += posts
+    if watched:
+        found += _watched_posts(store, requests, watched)
+    return in_order(found)
+
+
+def _window_posts(store: StoreLike, requests: list[Request], status_key: str, first: int,
+                  last: int) -> list[Notification] | None:
+    """The posts of one chain's window [first, last] read at revision ``last``; None when that read
+    cannot be shown to hold every post of the window (the caller then watches it)."""
+    try:
+        _, kvs = store.gateway.range_all(status_key, revision=last, min_mod_revision=first, max_mod_revision=last)
+        _, opening = store.gateway.get(status_key, revision=first)
+        versions = [older for kv in kvs if kv.key != status_key for older in _versions_since(store, kv, first)]
+    except HistoryCompacted:  # compacted since the window was searched: the watch says what is left
+        return None
+    closing = next((kv for kv in kvs if kv.key == status_key), None)
+    if not _every_post_seen(opening, closing, {kv.mod_revision for kv in versions}):
+        return None
+    return [n for kv in versions if (n := _match(requests, kv)) is not None]
+
+
+def _versions_since(store: StoreLike, kv: KeyValue, first: int) -> list[KeyValue]:
+    """``kv`` and its earlier versions written from revision ``first`` on: a key posted twice in a window
+    was posted twice (the snapshot shows only its last version; each earlier one is read at the revision
+    before the later one, as long as the key existed then)."""
+    versions = [kv]
+    while versions[-1].version > 1 and versions[-1].mod_revision - 1 >= first:
+        _, older = store.gateway.get(kv.key, revision=versions[-1].mod_revision - 1)
+        if older is None or older.mod_revision < first:
+            break
+        versions.append(older)
+    return versions
+
+
+def _every_post_seen(opening: KeyValue | None, closing: KeyValue | None, revisions: set[int]) -> bool:
+    """True when the posts found carry one revision per status of the window.
+
+    Every post writes the status key once with its data keys, so the status key's versions count the
+    window's posts (its version at the last status minus the one at the first, plus one). A data key
+    deleted, or rewritten after a deletion, inside the window leaves a post without a key in the snapshot:
+    fewer revisions than statuses. A chain restarted inside the window (the status key deleted and
+    written anew) counts its versions from one again, so it is not counted at all.
+    """
+    if opening is None or closing is None or opening.create_revision != closing.create_revision:
+        return False
+    return closing.version - opening.version + 1 == len(revisions)
+
+
+def _match(requests: list[Request], kv: KeyValue) -> Notification | None:
+    """The notification of ``kv`` for the first request that matches it, as a listen of the requests gives it."""
+    for request in requests:
+        status_keys = tuple(request.status_keys())
+        if kv.key.startswith(status_keys) and kv.key not in status_keys:
+            notification = notification_from_kv(request, kv)
+            if notification is not None:
+                return notification
+    return None
+
+
+def _watched_posts(store: StoreLike, requests: list[Request],
+                   windows: dict[str, tuple[int, int]]) -> list[Notification]:
+    """The posts of ``windows`` from a watch of their revisions (every put, even of keys deleted since)."""
     first = min(window[0] for window in windows.values())
     last = max(window[1] for window in windows.values())
     posts = listen(store, requests, after=Position(first - 1), until_revision=last)
