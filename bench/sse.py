@@ -18,7 +18,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,44 +42,29 @@ from common import (
 
 from aviso_workflows import Store, server
 from aviso_workflows.listen import HUB
+from aviso_workflows.serve.cli import ServeFailed, start_serve_process
 from aviso_workflows.wait import wait_async
 
 SSE_DATE = "20300401"
 WAIT_DATE = "20300402"
 ROUNDS = 3
 BOUND = 120.0  # seconds for any phase
-SERVE = [str(Path(sys.executable).with_name("aviso-workflows")), "serve"]
 
 
 # -- the serve process ------------------------------------------------------------------------------
 @contextmanager
 def running_serve(etcd_url: str) -> Iterator[tuple[str, int]]:
-    """``serve`` on a free loopback port; its URL and pid. Stopped by its pid."""
-    port = server.free_port()
-    log = tempfile.NamedTemporaryFile(prefix="aviso-bench-serve-", suffix=".log", delete=False)
-    process = subprocess.Popen([*SERVE, "--port", str(port), "--endpoint", etcd_url], stdout=log,
-                               stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"serve did not start; its log:\n{Path(log.name).read_text()[-3000:]}")
-            time.sleep(0.1)
-        yield url, process.pid
-    finally:
-        process.terminate()
+    """``serve`` started as the project starts it (:func:`start_serve_process`) on a free loopback port, its
+    output in a temporary log; its URL and pid (whose process tree is measured). Stopped by its pid."""
+    with tempfile.TemporaryDirectory(prefix="aviso-bench-serve-") as folder:
         try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-        Path(log.name).unlink(missing_ok=True)
+            served = start_serve_process(etcd_url, server.free_port(), log=Path(folder) / "serve.log")
+        except ServeFailed as error:
+            raise SystemExit(str(error)) from None
+        try:
+            yield served.url, served.process.pid
+        finally:
+            served.stop()
 
 
 def tree_rss_mb(pid: int) -> float:
