@@ -90,7 +90,8 @@ class _Tracker:
     def _register(store: StoreLike, request: Request, mode: str, timeout: float | None, known: list[Notification],
                   who: Mapping[str, Any]) -> waiters.Registration:
         have = {n.key for n in known}
-        ready = ready_prefix(request.keys(), have) if mode == "all" and request.is_complete else len(have)
+        # nothing known (a new wait: nearly always): none ready, without building the request's key list
+        ready = ready_prefix(request.keys(), have) if have and mode == "all" and request.is_complete else len(have)
         return waiters.register(store, request, who=who, mode=mode, found=len(have), ready=ready, timeout=timeout)
 
     def on_progress(self, progress: Progress) -> None:

@@ -18,6 +18,7 @@ user who may only read ``/ec/``) costs one INFO line and nothing more: the wait 
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import logging
 import os
@@ -26,7 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .backends.protocol import CapabilityError
@@ -190,7 +191,31 @@ def _canonical(store: StoreLike | None, event: str, name: str, value: str) -> st
 
 
 # -- registering ---------------------------------------------------------------------------------
-@dataclass
+def _renew_identity() -> tuple[str, itertools.count[int], str]:
+    """This process's host name, id counter and id prefix (random: ids of processes never meet)."""
+    return socket.gethostname(), itertools.count(), uuid.uuid4().hex[:8]
+
+
+#: Asked once per process, not once per waiter: both calls leave the interpreter, and with the keeper and
+#: reader threads busy each costs a hand-over of the interpreter lock (thousands of triggers arm at once).
+_HOST, _IDS, _ID_PREFIX = _renew_identity()
+
+
+def _after_fork() -> None:
+    """A forked child gets ids of its own (it would repeat its parent's counter under the same prefix)."""
+    global _HOST, _IDS, _ID_PREFIX
+    _HOST, _IDS, _ID_PREFIX = _renew_identity()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+def _new_id() -> str:
+    """16 hex characters: the process's random prefix and its count of waiters."""
+    return f"{_ID_PREFIX}{next(_IDS) & 0xFFFFFFFF:08x}"
+
+
+@dataclass(slots=True, eq=False)
 class Registration:
     """One waiter's entry while it waits: :meth:`progress` records counts (written coalesced),
     :meth:`close` removes the entry. Neither blocks on etcd (except ``close(wait=...)``)."""
@@ -204,7 +229,8 @@ class Registration:
     written: bool = False
     closed: bool = False
     last_write: float = 0.0
-    done: threading.Event = field(default_factory=threading.Event)
+    #: The entry is removed (the keeper's ``removed`` condition tells who waits for it: none per waiter).
+    done: bool = False
 
     def progress(self, found: int, total: int | None = None, ready: int | None = None) -> None:
         """Record ``found`` (of ``total``) keys, ``ready`` of them in request order with no gap (default: all
@@ -231,7 +257,8 @@ class Registration:
             self.closed = True
         self.keeper.wake()
         if wait:
-            self.done.wait(wait)
+            with self.keeper.lock:
+                self.keeper.removed.wait_for(lambda: self.done, wait)
 
     def __enter__(self) -> Registration:
         return self
@@ -242,9 +269,7 @@ class Registration:
 
 #: A registration that writes nothing (registering turned off).
 def _unregistered(record: dict[str, Any]) -> Registration:
-    registration = Registration(id=record["id"], key="", record=record, keeper=None)
-    registration.done.set()
-    return registration
+    return Registration(id=record["id"], key="", record=record, keeper=None, done=True)
 
 
 class _Keeper:
@@ -256,6 +281,11 @@ class _Keeper:
         self.ttl = ttl
         self.lock = threading.Lock()
         self._work = threading.Condition(self.lock)
+        #: Notified when entries are removed (their ``done`` set).
+        self.removed = threading.Condition(self.lock)
+        #: Work was handed to the thread since it last took some: a new hand-over need not wake it again
+        #: (thousands of waiters registering at once wake it once, not once each).
+        self.pending = False
         self.entries: dict[str, Registration] = {}
         self.lease: str | None = None
         self.next_renewal = 0.0
@@ -269,10 +299,15 @@ class _Keeper:
             if self.thread is None or not self.thread.is_alive():
                 self.thread = threading.Thread(target=self._run, name="aviso-waiters", daemon=True)
                 self.thread.start()
-            self._work.notify()
+            self._hand_over()
 
     def wake(self) -> None:
         with self.lock:
+            self._hand_over()
+
+    def _hand_over(self) -> None:  # holding the lock
+        if not self.pending:
+            self.pending = True
             self._work.notify()
 
     def close(self) -> None:
@@ -290,7 +325,9 @@ class _Keeper:
                 if not self.entries:
                     self.thread = None
                     return
-                self._work.wait(self._pause())
+                if not self.pending:
+                    self._work.wait(self._pause())
+                self.pending = False
             try:
                 self._step()
                 if self.failing:
@@ -347,7 +384,8 @@ class _Keeper:
         with self.lock:
             for registration in closing:
                 self.entries.pop(registration.id, None)
-                registration.done.set()
+                registration.done = True
+            self.removed.notify_all()
 
     def _write(self, writing: list[tuple[Registration, str]]) -> None:
         if self.lease is None:
@@ -391,7 +429,8 @@ class _Keeper:
                 registration.dirty = registration.written = False
             for registration in [r for r in self.entries.values() if r.closed]:
                 self.entries.pop(registration.id, None)
-                registration.done.set()
+                registration.done = True
+            self.removed.notify_all()
 
 
 def _keeper(store: StoreLike, ttl: int) -> _Keeper:
@@ -413,11 +452,11 @@ def register(store: StoreLike, request: Request, *, who: Mapping[str, Any] | Non
     deadline = None
     if timeout is not None:
         deadline = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=timeout)).strftime(TIME_FORMAT)
-    waiter_id = uuid.uuid4().hex[:16]
+    waiter_id = _new_id()
     if total is None:
         total = request.count if request.is_complete and mode == "all" else None
     record = Waiter(id=waiter_id, event=request.event, request=request.as_dict(), who=who_fields,
-                    host=socket.gethostname(), pid=os.getpid(), since=_now(), found=found, total=total, mode=mode,
+                    host=_HOST, pid=os.getpid(), since=_now(), found=found, total=total, mode=mode,
                     deadline=deadline, ready=found if ready is None else ready).to_dict()
     if ttl_seconds == 0 or not _keeps_registry(store):
         return _unregistered(record)
