@@ -14,7 +14,7 @@ import datetime as dt
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from .backends.etcd_status import (
     STATUS_TIME_FORMAT,
@@ -42,6 +42,11 @@ log = logging.getLogger(__name__)
 SEARCH_THREADS = 4
 #: A bound on the reads of one edge search: revisions are below 2**64, so bisection needs at most 64.
 MAX_SEARCH_STEPS = 64
+#: A window is watched, not read by ranges, when a watch from its first revision reads at most this many
+#: times the window's own history to reach the head: the newest windows, where the watch costs the window.
+WATCH_SPAN = 2
+
+_T = TypeVar("_T")
 
 
 class _Compacted:
@@ -156,26 +161,30 @@ def replay(store: StoreLike, requests: list[Request], start: dt.datetime,
            end: dt.datetime | None = None) -> list[Notification]:
     """Every post between ``start`` and ``end`` (UTC, naive) that the requests match, in write order.
 
-    Each chain's window is read as the store held it at the window's last status (ranged reads pinned
-    there), which costs the keys of the chain, however far the head has moved on since. A watch from
-    the window's first revision would give the same posts, but etcd's catch-up of a watch reads every
-    revision from there to the head: an early window would cost the whole history written after it.
-    Where that snapshot cannot show every post (a key deleted or expired inside the window), the chain
-    is replayed with the watch, which sees every put however the key ended.
+    A watch from a window's first revision gives its posts, but etcd's catch-up of a watch reads every
+    revision from there to the head: an early window would cost the whole history written after it. So a
+    window far from the head is read as the store held it at the window's last status (ranged reads pinned
+    there), which costs the keys of the chain instead. A window near the head (the watch reads little more
+    than the window), or whose snapshot cannot show every post (a key deleted or expired inside it), is
+    watched: the watch sees every put however the key ended.
     """
     windows = revision_windows(store, sorted({key for request in requests for key in request.status_keys()}),
                                start, end)
-    found: list[Notification] = []
-    watched: dict[str, tuple[int, int]] = {}
-    for status_key, (first, last) in windows.items():
-        posts = _window_posts(store, requests, status_key, first, last)
-        if posts is None:
-            watched[status_key] = (first, last)
-        else:
-            found += posts
+    if not windows:
+        return []
+    head = store.gateway.current_revision()
+    far = {key: window for key, window in windows.items() if _far_from(head, *window)}
+    ranged = _in_parallel(lambda key: _window_posts(store, requests, key, *far[key]), list(far))
+    found = [n for posts in ranged.values() if posts is not None for n in posts]
+    watched = {key: window for key, window in windows.items() if ranged.get(key) is None}
     if watched:
         found += _watched_posts(store, requests, watched)
     return in_order(found)
+
+
+def _far_from(head: int, first: int, last: int) -> bool:
+    """True when a watch from ``first`` would read over WATCH_SPAN times the window's history to reach the head."""
+    return head - first + 1 > WATCH_SPAN * (last - first + 1)
 
 
 def _window_posts(store: StoreLike, requests: list[Request], status_key: str, first: int,
@@ -244,12 +253,16 @@ def _watched_posts(store: StoreLike, requests: list[Request],
 def revision_windows(store: StoreLike, status_keys: list[str], start: dt.datetime,
                      end: dt.datetime | None = None) -> dict[str, tuple[int, int]]:
     """The windows of several status chains (those with a post in [start, end)), searched in parallel."""
+    found = _in_parallel(lambda key: revision_window(store, key, start, end), status_keys)
+    return {key: window for key, window in found.items() if window is not None}
+
+
+def _in_parallel(read: Callable[[str], _T], status_keys: list[str]) -> dict[str, _T]:
+    """``read`` of each status chain, on SEARCH_THREADS threads when there are several (each is a few reads)."""
     if len(status_keys) <= 1:
-        found = [revision_window(store, key, start, end) for key in status_keys]
-    else:
-        with ThreadPoolExecutor(min(SEARCH_THREADS, len(status_keys)), thread_name_prefix="replay-search") as pool:
-            found = list(pool.map(lambda key: revision_window(store, key, start, end), status_keys))
-    return {key: window for key, window in zip(status_keys, found, strict=True) if window is not None}
+        return {key: read(key) for key in status_keys}
+    with ThreadPoolExecutor(min(SEARCH_THREADS, len(status_keys)), thread_name_prefix="replay-search") as pool:
+        return dict(zip(status_keys, pool.map(read, status_keys), strict=True))
 
 
 def _inside(windows: dict[str, tuple[int, int]], notification: Notification) -> bool:

@@ -88,6 +88,13 @@ class Chain:
         return T0 + dt.timedelta(minutes=start), T0 + dt.timedelta(minutes=end)
 
 
+def later_posts(store: Store, count: int = 30) -> None:
+    """Posts of another chain after a window, so that window lies far from the head (read by ranges)."""
+    chain = Chain(store)
+    for step in range(count):
+        chain.post(step)
+
+
 def seen(found: list[Notification]) -> list[tuple[str, str | None]]:
     return [(n.request["step"], n.location) for n in found]
 
@@ -111,10 +118,11 @@ def test_a_key_posted_twice_in_the_window_is_given_twice_in_order(chain_store: S
     chain = Chain(chain_store)
     for step in (1, 1, 2, 1, 3, 2, 1):
         chain.post(step)
+    later_posts(chain_store)
     found = replay(chain_store, [chain.request()], *chain.window(1, 7))
     assert seen(found) == chain.expected(1, 7)
     assert [n.revision for n in found] == sorted(n.revision for n in found)
-    assert watches == [], "read with ranged reads: nothing was deleted"
+    assert watches == [], "read with ranged reads: far from the head, nothing deleted"
 
 
 def test_an_early_window_among_later_posts(chain_store: Store, watches: list[list[str]]) -> None:
@@ -137,8 +145,17 @@ def test_a_key_deleted_after_its_post_in_the_window_is_still_given(chain_store: 
         chain.post(step)
     chain.delete(2)
     chain.post(4)
+    later_posts(chain_store)
     assert seen(replay(chain_store, [chain.request()], *chain.window(0, 4))) == chain.expected(0, 4)
     assert watches == [[chain.status_key]], "the snapshot lacks the deleted key: that chain is watched"
+
+
+def test_a_window_near_the_head_is_watched(chain_store: Store, watches: list[list[str]]) -> None:
+    chain = Chain(chain_store)
+    for step in range(12):
+        chain.post(step % 3)
+    assert seen(replay(chain_store, [chain.request()], *chain.window(4, 12))) == chain.expected(4, 12)
+    assert watches == [[chain.status_key]], "a watch from the window's start reads little more than the window"
 
 
 def watched(store: Store, requests: list[Request], start: dt.datetime, end: dt.datetime) -> list[Notification]:
@@ -167,7 +184,9 @@ def test_ranged_replay_equals_the_watched_one(chain_store: Store, history: list[
             chain.delete(step)
     start, end = sorted(edges)
     window = chain.window(start, end)
-    found = seen(replay(chain_store, [chain.request()], *window))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(status_chain, "WATCH_SPAN", 0)  # every window is tried with ranged reads first
+        found = seen(replay(chain_store, [chain.request()], *window))
     assert found == chain.expected(start, end)
     assert found == seen(watched(chain_store, [chain.request()], *window))
 
