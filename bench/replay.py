@@ -209,7 +209,8 @@ def main() -> None:
     write_results(results_path(), figures(result, total), [
         f"Replay: a 1 % window of a day of {total} notifications ({result['revision']} revisions) is found by "
         f"a binary search over the status key's revisions ({result['search']['requests']} reads for both edges "
-        f"of one chain), then read as one finite watch over the window's history; the walk one GET per status "
+        f"of one chain), then read at its last status with ranged reads (a window near the head: one finite "
+        f"watch over its history); the walk one GET per status "
         f"took {result['walk'][0]:.1f} s and {result['walk'][1]} GETs for the earliest window."])
     plot(result)
 
