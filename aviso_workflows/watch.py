@@ -22,6 +22,7 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
@@ -54,6 +55,17 @@ def covering_prefix(prefixes: Iterable[str]) -> str:
     return first[:length]
 
 
+class OutageListener(Protocol):
+    """Told when a source loses etcd and when it has it again (an idle watch reconnecting is no outage).
+
+    Called on the source's thread, in order, one outage at a time: must be quick and never block.
+    """
+
+    def on_outage(self, error: Exception) -> None: ...
+
+    def on_reconnected(self, seconds: float) -> None: ...
+
+
 class WatchLoop:
     """Follows one prefix from ``next_revision`` in a thread of its own (see the module's text)."""
 
@@ -72,6 +84,11 @@ class WatchLoop:
         #: Why the last attempt failed (None once the watch works again).
         self.last_error: Exception | None = None
         self._signed_in_again = False
+        # Who hears of outages, and the one going on (its error and start): under one lock, so a listener
+        # added during an outage hears of it exactly once, before its end.
+        self._outage_lock = threading.RLock()
+        self._outage_listeners: list[OutageListener] = []
+        self._outage: tuple[Exception, float] | None = None
         self._thread = threading.Thread(target=self._run, name=f"aviso-watch {prefix}", daemon=True)
 
     # -- what the kinds of loop decide -----------------------------------------------------------
@@ -89,6 +106,34 @@ class WatchLoop:
 
     def following(self) -> None:
         """etcd follows the prefix for us now: it confirmed the watch (or a poll's read answered)."""
+
+    # -- outages ---------------------------------------------------------------------------------
+    def add_outage_listener(self, listener: OutageListener) -> None:
+        """Tell ``listener`` when this source loses etcd and has it again; at once if it has lost it now."""
+        with self._outage_lock:
+            self._outage_listeners.append(listener)
+            if self._outage is not None:
+                listener.on_outage(self._outage[0])
+
+    def remove_outage_listener(self, listener: OutageListener) -> None:
+        """Tell ``listener`` nothing more (unknown listeners are ignored)."""
+        with self._outage_lock:
+            if listener in self._outage_listeners:
+                self._outage_listeners.remove(listener)
+
+    def _outage_began(self, error: Exception) -> None:
+        with self._outage_lock:
+            self._outage = (error, time.monotonic())
+            for listener in list(self._outage_listeners):
+                listener.on_outage(error)
+
+    def _outage_ended(self) -> None:
+        with self._outage_lock:
+            if self._outage is None:
+                return
+            seconds, self._outage = time.monotonic() - self._outage[1], None
+            for listener in list(self._outage_listeners):
+                listener.on_reconnected(seconds)
 
     # -- life ------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -209,6 +254,7 @@ class WatchLoop:
         if not self._failures:
             log.warning("%s interrupted (%s); reconnecting from revision %s", self.label,
                         one_line(error), self.next_revision)
+            self._outage_began(error)
         else:
             log.debug("%s still interrupted (%s)", self.label, one_line(error))
         self._stop.wait(RETRY_DELAYS[min(self._failures, len(RETRY_DELAYS) - 1)])
@@ -220,6 +266,7 @@ class WatchLoop:
         if self._failures:
             log.info("%s resumed at revision %s", self.label, self.next_revision)
             self._failures = 0
+            self._outage_ended()
 
     def _may_sign_in_again(self, error: PermissionDenied) -> bool:
         """etcd refuses a watch whose token it no longer knows (expired, or signed before a restart) as
@@ -336,6 +383,7 @@ class PrefixWatch(WatchLoop):
         self._keys_of: dict[Subscriber, tuple[str, ...] | None] = {}
         self._ready = threading.Event()
         self._error: Exception | None = None
+        self.add_outage_listener(_Relay(self))
 
     @property
     def subscriber_count(self) -> int:
@@ -420,6 +468,71 @@ class PrefixWatch(WatchLoop):
             subscriber.on_puts(kvs, revision)
 
 
+class WatchOutageListener(Protocol):
+    """Told of the outages of every shared watch of the process (called on the watch's thread: quick, no blocking)."""
+
+    def on_outage(self, watch: PrefixWatch, error: Exception) -> None: ...
+
+    def on_reconnected(self, watch: PrefixWatch, seconds: float) -> None: ...
+
+
+class WatchOutages:
+    """The outages of the process's shared watches, told to whoever reports them for all (see :data:`OUTAGES`).
+
+    A listener added while watches are down hears of each of them at once; a watch stopped while down is
+    forgotten without an end (its waiters have left).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._listeners: list[WatchOutageListener] = []
+        self._down: dict[PrefixWatch, Exception] = {}
+
+    def add(self, listener: WatchOutageListener) -> None:
+        with self._lock:
+            self._listeners.append(listener)
+            for watch, error in list(self._down.items()):
+                if watch.alive:
+                    listener.on_outage(watch, error)
+
+    def remove(self, listener: WatchOutageListener) -> None:
+        with self._lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+    def began(self, watch: PrefixWatch, error: Exception) -> None:
+        with self._lock:
+            self._down = {w: e for w, e in self._down.items() if w.alive}
+            self._down[watch] = error
+            for listener in list(self._listeners):
+                listener.on_outage(watch, error)
+
+    def ended(self, watch: PrefixWatch, seconds: float) -> None:
+        with self._lock:
+            self._down.pop(watch, None)
+            for listener in list(self._listeners):
+                listener.on_reconnected(watch, seconds)
+
+
+#: The outages of every shared watch of this process.
+OUTAGES = WatchOutages()
+
+
+class _Relay:
+    """Hands one shared watch's outages on to :data:`OUTAGES`, naming the watch."""
+
+    __slots__ = ("watch",)
+
+    def __init__(self, watch: PrefixWatch) -> None:
+        self.watch = watch
+
+    def on_outage(self, error: Exception) -> None:
+        OUTAGES.began(self.watch, error)
+
+    def on_reconnected(self, seconds: float) -> None:
+        OUTAGES.ended(self.watch, seconds)
+
+
 class WatchHub:
     """The shared watches of one store's runtime (:mod:`~aviso_workflows.runtime`), one per prefix.
 
@@ -464,5 +577,5 @@ class WatchHub:
             return watches
 
 
-__all__ = ["Channel", "HistorySource", "PrefixWatch", "StoreError", "Subscriber", "WatchHub", "WatchLoop",
-           "covering_prefix", "one_line"]
+__all__ = ["OUTAGES", "Channel", "HistorySource", "OutageListener", "PrefixWatch", "StoreError", "Subscriber",
+           "WatchHub", "WatchLoop", "WatchOutageListener", "WatchOutages", "covering_prefix", "one_line"]

@@ -54,8 +54,6 @@ ROUTE = "/board/events"
 STATIC_FILES = {"board.css": "text/css", "board.js": "text/javascript"}
 #: Seconds between two looks at the expectation checker's states.
 EXPECT_POLL = 0.5
-#: Seconds between two looks at whether the server's watch of etcd works (while a board is open).
-HEALTH_POLL = 0.5
 #: Arrivals whose post time the first read looks up at most (one read of a status record each).
 MAX_TIMED = 2000
 #: Changes a board's stream may have unsent before it is cut off (it reconnects and starts afresh).
@@ -92,9 +90,10 @@ class BoardHub:
         self._checker_stop = threading.Event()
         self._checker_thread: threading.Thread | None = None
         self._poll: asyncio.Task[None] | None = None
-        #: Whether etcd answers, as the shared watch the boards' streams are fed by says.
+        #: Whether etcd answers, as the shared watch the boards' streams are fed by says (it tells, while a
+        #: board is open).
         self.health = StoreHealth()
-        self._health_task: asyncio.Task[None] | None = None
+        self._told_health = False
 
     @asynccontextmanager
     async def running(self, _: FastAPI) -> AsyncIterator[None]:
@@ -109,8 +108,7 @@ class BoardHub:
                 self._waiters_stop.set()
             if self._poll is not None:
                 self._poll.cancel()
-            if self._health_task is not None:
-                self._health_task.cancel()
+            self._stop_health()
             thread = self._checker_thread
             if thread is not None:
                 await asyncio.to_thread(thread.join, 10)
@@ -153,28 +151,34 @@ class BoardHub:
             self._waiters_stop = threading.Event()
             threading.Thread(target=self._follow_waiters, args=(self._waiters_stop, asyncio.get_running_loop()),
                              name="aviso-board-waiters", daemon=True).start()
-        if self._health_task is None or self._health_task.done():
-            self._health_task = asyncio.ensure_future(self._watch_health())
+        if not self._told_health:
+            self._told_health = True
+            self.state.hub.add_health_listener(self._health_changed)
+            self._health_changed()  # what holds now; from here on the shared feeds tell
         return listener
 
     def health_now(self) -> dict[str, Any]:
         """The store's health as the boards get it."""
         return self.health.to_dict(_now())
 
-    async def _watch_health(self) -> None:
-        """While a board is open, tell the boards when the shared watch of etcd breaks and when it works again."""
-        while self.listeners:
-            await asyncio.sleep(HEALTH_POLL)
-            now = _now()
-            if self.health.update(watch_failure(self.state), now):
-                (log.warning if not self.health.reachable else log.info)("board: %s", self.health.to_dict(now)
-                                                                         ["message"])
-                for listener in list(self.listeners):
-                    listener.offer("store", self.health.to_dict(now))
+    def _health_changed(self) -> None:
+        """A shared feed lost etcd or has it again (told on the loop): tell the boards if reachability changed."""
+        now = _now()
+        if self.health.update(watch_failure(self.state), now):
+            (log.warning if not self.health.reachable else log.info)("board: %s", self.health.to_dict(now)["message"])
+            for listener in list(self.listeners):
+                listener.offer("store", self.health.to_dict(now))
+
+    def _stop_health(self) -> None:
+        if self._told_health:
+            self._told_health = False
+            self.state.hub.remove_health_listener(self._health_changed)
 
     def leave(self, listener: Listener) -> None:
         """The last board stream gone, the waiters are no longer followed."""
         self.listeners.discard(listener)
+        if not self.listeners:
+            self._stop_health()
         if not self.listeners and self._waiters_stop is not None:
             self._waiters_stop.set()
             self._waiters_stop = None

@@ -7,8 +7,9 @@ sequences, times; the events streams send are then encoded once too) and offers 
 subscriber's bounded queue, waking the subscribers in the order they subscribed. Dispatching and
 subscribing both run on the loop, so a subscriber knows exactly the revision after which its queue
 holds everything: the hand-over point of a replay that turns live. A subscriber whose queue is full
-is cut (it gets :data:`CUT`), never waited for. Replays read history through a watch of their own
-from their start revision (see streams.py).
+is cut (it gets :data:`CUT`), never waited for. Each source tells the hub when it loses etcd and when it
+has it again; the hub keeps which feeds fail and tells its health listeners (the board), nobody polls.
+Replays read history through a watch of their own from their start revision (see streams.py).
 """
 
 from __future__ import annotations
@@ -81,6 +82,28 @@ class LoopSource(HistorySource):
             self.stop()
 
 
+class _HealthOnLoop:
+    """Hands a source's outages (told on its thread) to the loop, as the source's error or None once it is back."""
+
+    __slots__ = ("_loop", "_tell")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, tell: Callable[[Exception | None], None]) -> None:
+        self._loop = loop
+        self._tell = tell
+
+    def on_outage(self, error: Exception) -> None:
+        self._call(error)
+
+    def on_reconnected(self, seconds: float) -> None:
+        self._call(None)
+
+    def _call(self, error: Exception | None) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._tell, error)
+        except RuntimeError:  # the loop is closed: the server is gone
+            pass
+
+
 class Subscription:
     """One live stream's place on a shared feed: everything after ``start`` arrives in its queue.
 
@@ -124,6 +147,8 @@ class SharedFeed:
     schemas: list[EventSchema]
     frontier: int = 0
     source: LoopSource | None = None
+    #: Told on the loop when the source loses etcd (its error) and has it again (None).
+    on_health: Callable[[SharedFeed, Exception | None], None] | None = None
 
     def __post_init__(self) -> None:
         #: In the order they subscribed (a dict as an ordered set): the longest waiting is woken first.
@@ -132,8 +157,10 @@ class SharedFeed:
     async def start(self) -> None:
         """Follow the store from its current revision."""
         self.frontier = await asyncio.to_thread(self.store.current_revision)
-        self.source = LoopSource(self.store, self.prefix, self.frontier + 1, asyncio.get_running_loop(),
-                                 self.dispatch)
+        loop = asyncio.get_running_loop()
+        self.source = LoopSource(self.store, self.prefix, self.frontier + 1, loop, self.dispatch)
+        if self.on_health is not None:
+            self.source.add_outage_listener(_HealthOnLoop(loop, partial(self.on_health, self)))
         self.source.start()
 
     @property
@@ -176,6 +203,9 @@ class FeedHub:
         self.capacity = capacity
         self._feeds: dict[Any, SharedFeed] = {}
         self._lock = asyncio.Lock()
+        #: The feeds (by id: a dataclass is not hashable) whose source has lost etcd now, with why (on the loop).
+        self._failing: dict[int, Exception] = {}
+        self._health_listeners: list[Callable[[], None]] = []
 
     async def join(self, store: Store) -> tuple[SharedFeed, Subscription]:
         """Subscribe to the shared feed of ``store``'s identity (started if there is none or it ended)."""
@@ -183,7 +213,9 @@ class FeedHub:
         async with self._lock:
             feed = self._feeds.get(key)
             if feed is None or not feed.alive:
-                feed = SharedFeed(store, self.prefix, self.schemas)
+                if feed is not None:  # ended for good: what it said of etcd no longer holds
+                    self._feed_health(feed, None)
+                feed = SharedFeed(store, self.prefix, self.schemas, on_health=self._feed_health)
                 await feed.start()
                 self._feeds[key] = feed
             return feed, feed.subscribe(self.capacity)
@@ -194,6 +226,7 @@ class FeedHub:
         if not feed.subscriptions and self._feeds.get(feed.store.config.identity) is feed:
             del self._feeds[feed.store.config.identity]
             feed.stop()
+            self._feed_health(feed, None)
 
     @property
     def subscribers(self) -> int:
@@ -206,14 +239,31 @@ class FeedHub:
         return len(self._feeds)
 
     def failures(self) -> list[Exception]:
-        """The errors of the shared feeds whose source fails now (what a board shows as an outage)."""
-        errors = [feed.source.last_error for feed in list(self._feeds.values()) if feed.source is not None]
-        return [error for error in errors if error is not None]
+        """The errors of the shared feeds whose source has lost etcd now (what a board shows as an outage)."""
+        return list(self._failing.values())
+
+    def add_health_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` on the loop whenever a feed loses etcd or has it again (then ask :meth:`failures`)."""
+        self._health_listeners.append(listener)
+
+    def remove_health_listener(self, listener: Callable[[], None]) -> None:
+        if listener in self._health_listeners:
+            self._health_listeners.remove(listener)
+
+    def _feed_health(self, feed: SharedFeed, error: Exception | None) -> None:
+        """A feed's source lost etcd (``error``) or has it again (None); a feed no longer kept fails no more."""
+        if error is not None and self._feeds.get(feed.store.config.identity) is feed:
+            self._failing[id(feed)] = error
+        elif self._failing.pop(id(feed), None) is None:
+            return
+        for listener in list(self._health_listeners):
+            listener()
 
     def stop(self) -> None:
         """End every shared feed."""
         for feed in list(self._feeds.values()):
             feed.stop()
+            self._feed_health(feed, None)
         self._feeds.clear()
 
 
