@@ -214,9 +214,11 @@ def _start(store: Store, following: Any, api: ApiRequest) -> Position | None:
 
 
 def _date_start(store: Store, status_keys: list[str], moment: dt.datetime) -> Position:
+    # The revision is read before the search: a post landing during the search is then after it, not lost.
+    now = store.current_revision()
     windows = revision_windows(store, status_keys, moment)
     if not windows:  # nothing posted since: the replay starts now
-        return Position(store.current_revision())
+        return Position(now)
     return Position(min(first for first, _ in windows.values()) - 1)
 
 
