@@ -7,6 +7,7 @@ threads and share one etcd watch per store and prefix, however many triggers run
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import datetime as dt
 import itertools
 import json
@@ -21,13 +22,12 @@ from airflow.triggers.base import BaseEventTrigger, BaseTrigger, TriggerEvent
 from airflow.triggers.shared_stream import AdvanceItem, SharedStreamProducer
 
 from ..errors import AvisoWorkflowsError, ValidationError, WaitTimeout
-from ..etcd import WatchIdle
-from ..listen import END_OF_REVISION, HUB, Position, listen_async, wait_async
+from ..listen import END_OF_REVISION, Position, listen_async, wait_async
 from ..position import place
 from ..request import Request
 from ..store import Notification, Store
 from ..wait import Progress
-from ..watch import PrefixWatch, one_line
+from ..watch import OUTAGES, PrefixWatch, one_line
 from . import _requests
 from .hooks import AvisoHook
 from .listener import STORED_KEY
@@ -43,8 +43,6 @@ DEFAULT_EVENT_INTERVAL = 5.0
 START_FROM = ("unpause", "now")
 #: Seconds added to Airflow's parse intervals when a new watcher looks back (its start takes a moment too).
 START_MARGIN = 30.0
-#: Seconds between two looks at the health of the shared watch a deferred sensor waits on.
-OUTAGE_CHECK_SECONDS = 1.0
 #: Bound on saving the position (the triggerer's channel stops answering while it shuts down).
 SAVE_SECONDS = 10.0
 
@@ -112,6 +110,7 @@ class AvisoTrigger(BaseTrigger):
         try:
             store = await AvisoHook(self.aviso_conn_id).aget_conn()
             self._store = store
+            OutageReporter.of_loop().store_known(self)
             request = self._request(store)
             found = await wait_async(store, request, mode=self.wait_for, timeout=timeout,
                                      known=[Notification.from_dict(n) for n in self.known],
@@ -144,55 +143,82 @@ class AvisoTrigger(BaseTrigger):
 
 
 class OutageReporter:
-    """One task per event loop looks at the shared watches every ``OUTAGE_CHECK_SECONDS`` and tells each
-    waiting trigger when the watch of its store breaks and when it works again (however many triggers wait,
-    one look per second)."""
+    """One per event loop: the shared watches tell it (through :data:`~aviso_workflows.watch.OUTAGES`) when one
+    loses etcd and when it has it again, and it tells each waiting trigger whose store's watch that is (nobody
+    polls; it listens only while triggers wait)."""
 
     _of_loop: dict[asyncio.AbstractEventLoop, OutageReporter] = {}
 
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
         #: Each waiting trigger, and when the outage it was told of began (None: none).
         self.triggers: dict[AvisoTrigger, float | None] = {}
-        #: How many of them were told of an outage not yet over.
-        self.told = 0
-        self.task: asyncio.Task[None] | None = None
+        #: Each trigger's context as it was added: Airflow sends a trigger's log lines to its task's log by a
+        #: context variable, and these lines are said from a loop callback, outside the trigger's task.
+        self.contexts: dict[AvisoTrigger, contextvars.Context] = {}
+        #: The shared watches that have lost etcd now (an ordered set; kept on the loop).
+        self.down: dict[PrefixWatch, None] = {}
+        self.listening = False
 
     @classmethod
     def of_loop(cls) -> OutageReporter:
         loop = asyncio.get_running_loop()
         for closed in [known for known in cls._of_loop if known.is_closed()]:
-            del cls._of_loop[closed]
-        return cls._of_loop.setdefault(loop, cls())
+            OUTAGES.remove(cls._of_loop.pop(closed))
+        return cls._of_loop.setdefault(loop, cls(loop))
 
     def add(self, trigger: AvisoTrigger) -> None:
         self.triggers[trigger] = None
-        if self.task is None or self.task.done():
-            self.task = asyncio.get_running_loop().create_task(self._watch())
+        self.contexts[trigger] = contextvars.copy_context()
+        if not self.listening:
+            self.listening = True
+            OUTAGES.add(self)  # told at once of the watches down now
+
+    def store_known(self, trigger: AvisoTrigger) -> None:
+        """``trigger`` knows its store now: tell it if that store's watch is down already."""
+        if self.down:
+            self._tell()
 
     def discard(self, trigger: AvisoTrigger) -> None:
-        if self.triggers.pop(trigger, None) is not None:
-            self.told -= 1
+        self.triggers.pop(trigger, None)
+        self.contexts.pop(trigger, None)
+        if not self.triggers and self.listening:
+            self.listening = False
+            OUTAGES.remove(self)
+            self.down.clear()
 
-    async def _watch(self) -> None:
-        while self.triggers:
-            await asyncio.sleep(OUTAGE_CHECK_SECONDS)
-            broken = {watch.config.identity: watch for watch in HUB.watches()
-                      if watch.last_error is not None and not isinstance(watch.last_error, WatchIdle)}
-            if broken or self.told:  # all well and nobody told otherwise: one look at the watches, not at each trigger
-                self._tell(broken)
+    # -- told on a watch's thread: handed to the loop ---------------------------------------------
+    def on_outage(self, watch: PrefixWatch, error: Exception) -> None:
+        self._on_loop(watch, True)
 
-    def _tell(self, broken: dict[Any, PrefixWatch]) -> None:
-        """Tell each trigger whose store's watch broke, or works again, since its last look."""
+    def on_reconnected(self, watch: PrefixWatch, seconds: float) -> None:
+        self._on_loop(watch, False)
+
+    def _on_loop(self, watch: PrefixWatch, down: bool) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self._changed, watch, down)
+        except RuntimeError:  # the loop is closed: no trigger waits any more
+            pass
+
+    def _changed(self, watch: PrefixWatch, down: bool) -> None:
+        if not self.listening:  # told after the last trigger left
+            return
+        self.down = {known: None for known in self.down if known.alive and known is not watch}
+        if down:
+            self.down[watch] = None
+        self._tell()
+
+    def _tell(self) -> None:
+        """Tell each trigger whose store's watch broke, or works again, since it was last told."""
+        broken = {watch.config.identity: watch for watch in self.down if watch.alive}
         for trigger, since in list(self.triggers.items()):
             watch = broken.get(trigger._store.config.identity) if trigger._store is not None else None
             if watch is not None and since is None:
                 self.triggers[trigger] = time.monotonic()
-                self.told += 1
-                trigger.outage_began(watch)
+                self.contexts[trigger].run(trigger.outage_began, watch)
             elif watch is None and since is not None:
                 self.triggers[trigger] = None
-                self.told -= 1
-                trigger.outage_ended(time.monotonic() - since)
+                self.contexts[trigger].run(trigger.outage_ended, time.monotonic() - since)
 
 
 class AvisoEventTrigger(BaseEventTrigger):
