@@ -1,11 +1,15 @@
 """Reads of waits that start together, gathered into shared transactions: one batcher for threads and asyncio.
 
-A thousand waiters each reading its keys would otherwise send a thousand reads, each paying the HTTP
-client's cost while holding the interpreter. Here a read joins the queue of its ``min_revision``; one
-reader at a time takes the whole queue and reads it (:meth:`Store.read_many`: 128 ranges per transaction,
-one snapshot), and what queued meanwhile is read next. A waiting thread that finds no read under way
-reads itself; an asyncio waiter never blocks its loop: a worker thread reads for it. Whoever reads hands
-each waiter its answer, or the read's error (each waiter rides out an outage on its own).
+A thousand waiters each reading its keys would otherwise send a thousand reads, each paying the client's
+cost while holding the interpreter. Here a read joins the queue of its ``min_revision``; one worker thread
+at a time takes the whole queue and reads it (:meth:`Store.read_many`: 128 ranges per transaction, one
+snapshot), and what queued meanwhile is read next. Threads and asyncio waiters queue alike (a thread
+blocks on its own answer, a loop awaits it), so waits starting together share reads whichever form they
+take. After each read the worker keeps the queue ``GATHER`` seconds more before it lets go: in a burst (a
+thousand threads starting one after the other) the next read then takes every waiter that came meanwhile
+rather than the two or three that came during one read; a lone wait is read at once. The worker hands
+each waiter its answer, or the read's error (each waiter rides out an outage on its own); the answers of
+one loop's waiters reach it in one callback per read.
 
 One :class:`SharedReads` per store identity, kept by its runtime (:func:`shared_reads`).
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,32 +33,46 @@ if TYPE_CHECKING:
 
 Read = tuple[int, list[Notification]]
 Answer = Callable[[Read | None, BaseException | None], None]
-#: How long a queued thread sleeps before it looks whether it must read for the others (the reader
-#: wakes it when done; this bounds a missed wake-up).
-LOOK_AGAIN = 0.1
-#: A bound on the looks of one read (the reader of each round always finishes its round).
-MAX_LOOKS = 10_000_000
-#: Worker threads reading for asyncio waiters: few, so their keep-alive connections to etcd are few.
+#: Seconds the worker keeps a queue after a read for the waiters still arriving: reads of a burst are then
+#: few and large (each read costs a round trip and, with many threads, a wait for the
+#: interpreter), at the price of this much more for the waiters of the burst.
+GATHER = 0.005
+#: Worker threads reading: few, so their keep-alive connections to etcd are few.
 WORKERS = 2
 
 
-@dataclass
+@dataclass(slots=True)
 class _Entry:
+    """One waiter's read: a thread's answer comes through ``answer``, an asyncio waiter's through ``future``."""
+
     store: StoreLike
     request: Request
-    answer: Answer
+    answer: Answer | None = None
+    future: asyncio.Future[Read] | None = None
 
 
-@dataclass
 class _Box:
-    """Where a waiting thread finds its answer."""
+    """Where a waiting thread finds its answer: a lock held until the answer is in (the cheapest thing a thread
+    can block on; a Condition or an Event is built on such locks)."""
 
-    read: Read | None = None
-    error: BaseException | None = None
-    done: bool = False
+    __slots__ = ("error", "filled", "read")
+
+    def __init__(self) -> None:
+        self.read: Read | None = None
+        self.error: BaseException | None = None
+        self.filled = threading.Lock()
+        self.filled.acquire()
 
     def set(self, read: Read | None, error: BaseException | None) -> None:
-        self.read, self.error, self.done = read, error, True
+        self.read, self.error = read, error
+        self.filled.release()
+
+    def get(self) -> Read:
+        self.filled.acquire()
+        if self.error is not None:
+            raise self.error
+        assert self.read is not None, "a finished read has an answer or an error"
+        return self.read
 
 
 @dataclass
@@ -73,34 +92,13 @@ class SharedReads:
     def read(self, store: StoreLike, request: Request, min_revision: int = 0) -> Read:
         """What ``store.read(request, min_revision=...)`` returns, read together with other waiters' requests."""
         box = _Box()
-        queue = self._join(_Entry(store, request, box.set), min_revision)
-        for _ in range(MAX_LOOKS):
-            if self._take_or_wait(queue, box):
-                self._rounds(min_revision, queue, first_only=True)
-            if box.done:
-                break
-        if box.error is not None:
-            raise box.error
-        assert box.read is not None, "a finished read has an answer or an error"
-        return box.read
+        self._queue_up(_Entry(store, request, box.set), min_revision)
+        return box.get()
 
     async def aread(self, store: StoreLike, request: Request, min_revision: int = 0) -> Read:
         """:meth:`read` for an asyncio waiter: a worker thread reads, the loop only waits for the answer."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Read] = loop.create_future()
-
-        def answer(read: Read | None, error: BaseException | None) -> None:  # on the reading thread
-            try:
-                loop.call_soon_threadsafe(_settle, future, read, error)
-            except RuntimeError:  # the waiter's loop is closed: nobody waits for this answer
-                pass
-
-        queue = self._join(_Entry(store, request, answer), min_revision)
-        with self._condition:
-            idle = not queue.reading
-            queue.reading = True
-        if idle:
-            self._hand_to_worker(min_revision, queue)
+        future: asyncio.Future[Read] = asyncio.get_running_loop().create_future()
+        self._queue_up(_Entry(store, request, future=future), min_revision)
         return await future
 
     def close(self) -> None:
@@ -110,33 +108,24 @@ class SharedReads:
             workers.shutdown(wait=False)
 
     # -- inside ----------------------------------------------------------------------------------
-    def _join(self, entry: _Entry, min_revision: int) -> _Queue:
+    def _queue_up(self, entry: _Entry, min_revision: int) -> None:
+        """Join the queue of ``min_revision``; start a worker on it if none reads it."""
         with self._condition:
             queue = self._queues.setdefault(min_revision, _Queue())
             queue.entries.append(entry)
-            return queue
-
-    def _take_or_wait(self, queue: _Queue, box: _Box) -> bool:
-        """True if this thread reads now (nobody does); else waits a little for the reader."""
-        with self._condition:
-            if box.done:
-                return False
-            if not queue.reading:
-                queue.reading = True
-                return True
-            self._condition.wait(LOOK_AGAIN)
-            return False
-
-    def _hand_to_worker(self, min_revision: int, queue: _Queue) -> None:
-        with self._condition:
+            if queue.reading:
+                return
+            queue.reading = True
             if self._workers is None:
                 self._workers = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="aviso-read")
             workers = self._workers
-        workers.submit(self._rounds, min_revision, queue, False)
+        try:
+            workers.submit(self._rounds, min_revision, queue)
+        except RuntimeError:  # the interpreter is ending (no new pool threads): a thread of its own reads
+            threading.Thread(target=self._rounds, args=(min_revision, queue), daemon=True).start()
 
-    def _rounds(self, min_revision: int, queue: _Queue, first_only: bool) -> None:
-        """Read the queue's entries, round after round until it is empty; a waiting thread (``first_only``)
-        leaves what queued during its round to a worker, so it goes back to its own wait at once."""
+    def _rounds(self, min_revision: int, queue: _Queue) -> None:
+        """Read the queue's entries, round after round until it is empty."""
         while True:
             with self._condition:
                 taken, queue.entries = queue.entries, []
@@ -144,15 +133,11 @@ class SharedReads:
                     queue.reading = False
                     if self._queues.get(min_revision) is queue:  # forget it (the keys vary by revision)
                         del self._queues[min_revision]
-                    self._condition.notify_all()
                     return
             _read_for(taken, min_revision)
-            with self._condition:
-                self._condition.notify_all()
-                more = bool(queue.entries)
-            if first_only and more:
-                self._hand_to_worker(min_revision, queue)
-                return
+            # the queue stays ours a little longer: waiters of a burst that come meanwhile join the next read
+            # (the answers are given: a lone waiter loses nothing)
+            time.sleep(GATHER)
 
 
 def _read_for(taken: list[_Entry], min_revision: int) -> None:
@@ -163,18 +148,30 @@ def _read_for(taken: list[_Entry], min_revision: int) -> None:
         answers = taken[0].store.read_many([e.request for e in taken], min_revision=min_revision)
     except BaseException as failure:  # noqa: BLE001 - handed to every waiter whose read it was
         error = failure
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Read], Read | None]]] = {}
     for index, entry in enumerate(taken):
-        entry.answer(None if error is not None else answers[index], error)
+        read = None if error is not None else answers[index]
+        if entry.future is not None:
+            by_loop.setdefault(entry.future.get_loop(), []).append((entry.future, read))
+        elif entry.answer is not None:
+            entry.answer(read, error)
+    for loop, settled in by_loop.items():  # one wake-up of each loop per read, not one per waiter
+        try:
+            loop.call_soon_threadsafe(_settle, settled, error)
+        except RuntimeError:  # the waiters' loop is closed: nobody waits for these answers
+            pass
 
 
-def _settle(future: asyncio.Future[Read], read: Read | None, error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        assert read is not None
-        future.set_result(read)
+def _settle(settled: list[tuple[asyncio.Future[Read], Read | None]], error: BaseException | None) -> None:
+    """On the loop: the answers of one read (futures given up meanwhile are left alone)."""
+    for future, read in settled:
+        if future.done():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            assert read is not None
+            future.set_result(read)
 
 
 def shared_reads(store: StoreLike) -> SharedReads:
@@ -182,4 +179,4 @@ def shared_reads(store: StoreLike) -> SharedReads:
     return runtime_for(store).part("shared reads", SharedReads)
 
 
-__all__ = ["LOOK_AGAIN", "SharedReads", "shared_reads"]
+__all__ = ["GATHER", "SharedReads", "shared_reads"]

@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from core_helpers import mars, mars_key
 
 from aviso_workflows import Store, waiters
@@ -103,3 +105,33 @@ def test_waiter_ids_are_unique_across_a_fork(store: Store, unique_date: str) -> 
     assert len({parent.id, parent_next.id, child_id}) == 3
     assert child_id[:8] != parent.id[:8] == parent_next.id[:8]
     assert all(len(i) == 16 and int(i, 16) >= 0 for i in (parent.id, child_id))
+
+
+def test_threaded_waits_starting_together_share_their_reads(store: Store, unique_date: str,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """300 threads each waiting for a key of its own read what exists in few shared reads (one worker takes
+    everything queued while it read and lingered), not one or two waiters per read as they trickle in."""
+    reads = 0
+    read_many = Store.read_many
+
+    def counting(self: Store, *args: Any, **kwargs: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        return read_many(self, *args, **kwargs)
+
+    monkeypatch.setattr(Store, "read_many", counting)
+    requests = [store.request(mars(unique_date, step=step)) for step in range(WAITERS)]
+    results: dict[int, list[str]] = {}
+
+    def one(step: int) -> None:
+        results[step] = [n.key for n in store.wait(requests[step], timeout=BOUND)]
+
+    threads = [threading.Thread(target=one, args=(step,), daemon=True) for step in range(WAITERS)]
+    for thread in threads:
+        thread.start()
+    asyncio.run(_until(lambda: _subscribers(requests[0].status_keys()[0]) >= WAITERS))
+    store.notify(mars(unique_date, step=f"0/to/{WAITERS - 1}"))
+    for thread in threads:
+        thread.join(BOUND)
+    assert results == {step: [mars_key(unique_date, step)] for step in range(WAITERS)}
+    assert 1 <= reads <= WAITERS // 4, f"{reads} reads for {WAITERS} threads"  # one or two per read before
