@@ -531,8 +531,8 @@ class WatchStream:
                 raise HistoryCompacted(self.start_revision, compact)
             reason = result.get("cancel_reason", "canceled by the server")
             if "permission denied" in reason:
-                raise PermissionDenied(f"etcd watch refused: {reason}")
-            raise StoreError(f"etcd watch canceled: {reason}")
+                raise PermissionDenied(f"etcd at {self.endpoint} refused the watch: {reason}")
+            raise StoreError(f"etcd at {self.endpoint} canceled the watch: {reason}")
         if result.get("created"):
             self.created = True
             return WatchBatch([], revision, "created")

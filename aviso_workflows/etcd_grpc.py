@@ -574,7 +574,7 @@ def _lost(error: grpc.RpcError, endpoint: str) -> StoreError:
     if _is_unreachable(error) or _is_busy(error):
         return StoreUnavailable(f"lost the watch stream from etcd at {endpoint} ({_short(error)})")
     if _is_token_error(error):
-        return PermissionDenied(f"etcd watch refused: {_details(error)}")
+        return PermissionDenied(f"etcd at {endpoint} refused the watch: {_details(error)}")
     return _refusal(error, endpoint, "")
 
 
@@ -695,8 +695,8 @@ class GrpcWatchStream(WatchStream):
                 raise HistoryCompacted(self.start_revision, response.compact_revision)
             reason = response.cancel_reason.replace("etcdserver: ", "") or "canceled by the server"
             if "permission denied" in reason or "invalid auth token" in reason or "auth store is old" in reason:
-                raise PermissionDenied(f"etcd watch refused: {reason}")
-            raise StoreError(f"etcd watch canceled: {reason}")
+                raise PermissionDenied(f"etcd at {self._endpoint} refused the watch: {reason}")
+            raise StoreError(f"etcd at {self._endpoint} canceled the watch: {reason}")
         if response.created:
             self.created = True
             return WatchBatch([], revision, "created")
