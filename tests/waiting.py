@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -52,3 +52,38 @@ async def eventually_async(check: Callable[[], T], *, what: str, timeout: float 
             return result
         await asyncio.sleep(every)
     raise AssertionError("unreachable: _looks ends only by raising")
+
+
+def waits_following(store: Any, raw: Any) -> int:
+    """How many waits follow ``store`` for ``raw`` (a request, or what makes one) now: the subscribers of the
+    process's shared watch on the request's prefix, counted only once etcd confirmed that watch. (An
+    aviso-server has no shared watch: a test there looks at its streams instead.)"""
+    from aviso_workflows.listen import HUB
+    from aviso_workflows.watch import covering_prefix
+
+    request = raw if hasattr(raw, "status_keys") else store.request(raw)
+    prefix = covering_prefix(request.status_keys())
+    return sum(watch.subscriber_count for watch in HUB.watches()
+               if watch.prefix == prefix and watch.ready and watch.config.identity == store.config.identity)
+
+
+def until_following(store: Any, raw: Any, count: int = 1) -> None:
+    """Wait (bounded) until ``count`` waits for ``raw`` follow ``store``'s confirmed shared watch (etcd only)."""
+    eventually(lambda: waits_following(store, raw) >= count,
+               what=f"{count} wait(s) for {raw} subscribed to the store's confirmed shared watch")
+
+
+def counting_reads(store: Any) -> list[int]:
+    """Count the requests of ``store``'s reads of what exists (a wait's first read, shared with the waits
+    starting with it, goes through ``read_many`` of one of their stores): ``[count]``, growing."""
+    done = [0]
+    read_many = store.read_many
+
+    def counted(requests: Any, **options: Any) -> Any:
+        try:
+            return read_many(requests, **options)
+        finally:
+            done[0] += len(requests)
+
+    store.read_many = counted  # this instance only
+    return done

@@ -75,7 +75,7 @@ def test_from_a_time_starts_at_the_first_post_after_it(store: Store, unique_date
     path = write_listeners(tmp_path / "echo.yaml", [{"event": "mars", "request": mars(unique_date, step=[1, 2]),
                                                      "triggers": [{"type": "echo"}]}])
     store.notify("mars", mars(unique_date, step=1))
-    time.sleep(1.1)
+    time.sleep(1.1)  # not a synchronisation: ``since`` falls clearly between the two posts' times
     since = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     store.notify("mars", mars(unique_date, step=2))
     assert listen_file(path, 1, "from-time", "--from", since) == 0

@@ -8,13 +8,14 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+import httpx
 import pytest
 from serve_process import Serve
 from test_serve_core import WAIT_BOUND, mars, mars_key
 from threads import joined, run_in_thread
+from waiting import eventually
 
 from aviso_workflows import Store, server
 from aviso_workflows.cli import main
@@ -28,6 +29,13 @@ def pairs(date: str, **fields: object) -> str:
                                  "time": 0, "stream": "oper", "step": 0}
     values.update(fields)
     return ",".join(f"{k}={v}" for k, v in values.items() if v is not None)
+
+
+def open_streams(serve: Serve, event: str = "mars") -> float:
+    """The SSE streams of ``event`` that ``serve`` has open now (its Prometheus gauge)."""
+    text = httpx.get(f"http://127.0.0.1:{serve.port}/metrics", timeout=5).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("aviso_sse_connections_active{") and f'event_type="{event}"' in line)
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -48,9 +56,10 @@ def test_notify_then_wait_json(aviso: Store, unique_date: str, capsys: pytest.Ca
     assert lines[0]["request"]["expver"] == "0001" and lines[0]["request"]["time"] == "00"
 
 
-def test_wait_released_by_a_later_notify(aviso: Store, unique_date: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_wait_released_by_a_later_notify(aviso: Store, serve: Serve, unique_date: str,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
     thread, outcome = run_in_thread(lambda: main(["wait", pairs(unique_date, step="0/6"), "--timeout", "10"]))
-    time.sleep(0.3)
+    eventually(lambda: open_streams(serve) >= 1, what="the wait's stream open on serve")
     aviso.notify(mars(unique_date, step="0/6"), location="loc")
     assert joined(thread, outcome, WAIT_BOUND) == 0
     out = capsys.readouterr().out
@@ -110,7 +119,7 @@ def test_real_command_in_a_subprocess(serve: Serve, unique_date: str) -> None:
     waiter = subprocess.Popen([str(COMMAND), "wait", pairs(unique_date, step="0/6"), "--timeout", "20", "--json",
                                *endpoint], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(0.5)
+        eventually(lambda: open_streams(serve) >= 1, what="the wait's stream (in its own process) open on serve")
         notified = subprocess.run([str(COMMAND), "notify", pairs(unique_date, step="0/6"), "--location", "sub",
                                    *endpoint], env=env, capture_output=True, text=True, timeout=30)
         assert notified.returncode == 0, notified.stderr

@@ -43,7 +43,8 @@ def test_serve_killed_and_started_again_loses_and_repeats_nothing(
     stop = threading.Event()
     thread, outcome = run_in_thread(lambda: _collect(
         lambda: listen(aviso, [request], cursor=Cursor("cut"), stop=stop), got, stop))
-    time.sleep(0.5)
+    # a new cursor is saved at the listener's start: what is posted from then on reaches it
+    _until(lambda: Cursor("cut").load() is not None)
     for step in range(3):
         aviso.notify(mars(unique_date, step=step))
     _until(lambda: len(got) == 3)
@@ -70,7 +71,7 @@ def test_streams_closed_at_their_maximum_duration_go_on(new_serve: Callable[...,
     with caplog.at_level(logging.DEBUG, logger="aviso_workflows.aviso2"):
         thread, outcome = run_in_thread(lambda: [next(stream) for _ in range(4)])
         for step in range(4):
-            time.sleep(0.7)  # each post in a later stream than the one before
+            time.sleep(0.7)  # not a synchronisation: the producer's pace, each post in a later stream than the last
             aviso.notify(mars(unique_date, step=step))
         found = joined(thread, outcome, WAIT_BOUND)
     stream.close()  # type: ignore[attr-defined]

@@ -9,7 +9,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import pytest
 from threads import joined as join_within
+from waiting import eventually, waits_following
 
 from aviso_workflows import Store
 from aviso_workflows.etcd import KeyValue
@@ -84,3 +86,17 @@ def security_helpers() -> ModuleType:
     import security_helpers as helpers
 
     return helpers
+
+
+def waits_on(store: Store, raw: Any, fixtures: pytest.FixtureRequest) -> int:
+    """How many waits for ``raw`` follow ``store`` now, on any backend of ``any_store``: on etcd the
+    subscribers of its confirmed shared watch; on the aviso-server double (no shared watch: one stream per
+    wait, subscribed before the server reads history) the streams it has open."""
+    if store.config.endpoints[0].startswith("aviso+"):
+        return int(fixtures.getfixturevalue("aviso_double").open_streams)
+    return waits_following(store, raw)
+
+
+def until_waiting(store: Store, raw: Any, fixtures: pytest.FixtureRequest, count: int = 1) -> None:
+    """Wait (bounded) until ``count`` waits for ``raw`` follow ``store`` (see :func:`waits_on`)."""
+    eventually(lambda: waits_on(store, raw, fixtures) >= count, what=f"{count} wait(s) for {raw} following the store")

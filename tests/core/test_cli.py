@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 from core_helpers import joined, mars_key
 from threads import run_in_thread
+from waiting import eventually, until_following
 
 from aviso_workflows import Store, server
 from aviso_workflows.cli import main
 from aviso_workflows.listen import Cursor, Position
+from aviso_workflows.waiters import list_waiters
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMAND = ROOT / ".venv" / "bin" / "aviso-workflows"
@@ -52,7 +54,7 @@ def test_notify_then_wait_json(store: Store, unique_date: str, capsys: pytest.Ca
 
 def test_wait_released_by_a_later_notify(store: Store, unique_date: str, capsys: pytest.CaptureFixture[str]) -> None:
     thread, outcome = run_in_thread(lambda: main(["wait", pairs(unique_date, step="0/6"), "--timeout", "10"]))
-    time.sleep(0.3)
+    until_following(store, {"event": "mars", **_fields(unique_date), "step": "0/6"})
     store.notify({"event": "mars", **_fields(unique_date), "step": "0/6"}, location="loc")
     assert joined(thread, outcome) == 0
     out = capsys.readouterr().out
@@ -278,7 +280,8 @@ def test_real_command_in_a_subprocess(store: Store, unique_date: str, etcd_url: 
     waiter = subprocess.Popen([str(COMMAND), "wait", pairs(unique_date, step="0/6"), "--timeout", "20", "--json"],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(0.5)
+        eventually(lambda: list_waiters(store, {"date": unique_date, "pid": str(waiter.pid)}),
+                   what="the wait in its own process listed among the waiters")
         notified = subprocess.run([str(COMMAND), "notify", pairs(unique_date, step="0/6"), "--location", "sub"],
                                   env=env, capture_output=True, text=True, timeout=30)
         assert notified.returncode == 0, notified.stderr

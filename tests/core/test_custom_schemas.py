@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
 from core_helpers import joined
 from threads import run_in_thread
+from waiting import until_following
 
 from aviso_workflows import SchemaError, Store, ValidationError, load_schemas
 from aviso_workflows.cli import main
@@ -81,7 +81,7 @@ def test_project_yaml_schema_and_wait_released_by_a_later_post(store: Store, uni
     custom = Store([store.config.endpoints[0]], schemas=SchemaRegistry(load_schemas(yaml_file)))
     wanted = {"event": "flight", "date": unique_date, "country": "FR", "airport": "CDG", "number": "1/2"}
     thread, outcome = run_in_thread(lambda: custom.wait(wanted, timeout=10))
-    time.sleep(0.2)
+    until_following(custom, wanted)
     custom.notify({**wanted, "number": 1})
     custom.notify({**wanted, "number": 2}, location="second")
     found = joined(thread, outcome)

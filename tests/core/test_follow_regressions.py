@@ -21,6 +21,7 @@ from core_helpers import destination_for, diss, joined, security_helpers
 from etcd_helpers import running_etcd
 from tcp_proxy import TcpProxy
 from threads import run_in_thread
+from waiting import counting_reads, eventually, until_following
 
 import aviso_workflows.listen as listen_module
 from aviso_workflows import Notification, Request, Store, server
@@ -516,12 +517,14 @@ def test_keys_of_one_transaction_come_in_numeric_order_everywhere(store: Store, 
     request = store.request(diss(unique_date, destination=destination, step=None))
     stop = threading.Event()
     stream = listen(store, [request], after=Position(store.current_revision()), stop=stop)
-    listener, listened = run_in_thread(lambda: [next(stream) for _ in expected])
+    listener, listened = run_in_thread(lambda: [next(stream) for _ in expected])  # from a revision before the post
     progress_live: list[str] = []
+    reads = counting_reads(store)
     waiter, waited = run_in_thread(lambda: store.wait(raw, timeout=BOUND,
                                                       on_progress=lambda _d, _t, n: progress_live.append(
                                                           n.request["step"])))
-    time.sleep(0.3)  # both follow the store before the post
+    until_following(store, raw)  # the wait follows the store and has read what exists: the post comes live
+    eventually(lambda: reads[0] >= 1, what="the wait's first read")
     try:
         assert len(store.notify(raw).revisions) == 1, "one transaction"
         heard = joined(listener, listened, BOUND)
@@ -551,7 +554,7 @@ def test_a_wait_started_while_etcd_is_down_is_released_once_it_is_back(own_etcd:
     try:
         server.stop(own_etcd.data_dir)
         thread, outcome = run_in_thread(lambda: store.wait(raw, timeout=20))
-        time.sleep(1.0)
+        time.sleep(1.0)  # not a synchronisation: the outage lasts a while, and the wait must not end in it
         assert thread.is_alive(), "the wait rides the outage out"
         server.start(own_etcd.data_dir, port=own_etcd.port)
         store.notify(raw)

@@ -7,12 +7,16 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import closing
+from typing import Any
 
+import pytest
 from backend_fixture import any_store_fixture, aviso_double_fixture  # noqa: F401 - the backends' fixtures
 from core_helpers import WAIT_BOUND, destination_for, diss, joined, mars
 from threads import run_in_thread
+from waiting import eventually
 
 from aviso_workflows import Notification, Store
+from aviso_workflows.backends.protocol import FollowSource
 from aviso_workflows.listen import END_OF_REVISION, Cursor, Position, listen
 from aviso_workflows.status_chain import replay
 
@@ -41,9 +45,17 @@ def test_backlog_in_write_order_not_key_order(any_store: Store, unique_date: str
 def test_live_notifications_in_write_order(any_store: Store, unique_date: str) -> None:
     request = any_store.request(mars(unique_date, step=None))
     stream = listen(any_store, [request], after=any_store.now())
-    thread, outcome = run_in_thread(lambda: [next(stream) for _ in range(6)])
-    time.sleep(0.2)
-    for step in (24, 0, 18, 6, 12):
+    heard: list[Notification] = []
+
+    def take() -> list[Notification]:
+        for _ in range(6):
+            heard.append(next(stream))
+        return heard
+
+    thread, outcome = run_in_thread(take)
+    any_store.notify(mars(unique_date, step=24))
+    eventually(lambda: heard, what="the listener heard the first post")  # it follows the store: the rest come live
+    for step in (0, 18, 6, 12):
         any_store.notify(mars(unique_date, step=step))
     any_store.notify(mars(unique_date, step=0), location="again")  # a re-post is a new notification
     found = joined(thread, outcome)
@@ -133,20 +145,30 @@ def test_replay_window_between_two_notifications(store: Store, unique_date: str)
     destination = destination_for(unique_date)
     request = store.request(diss(unique_date, destination=destination, step=None))
     store.notify(diss(unique_date, destination=destination, step=0))
-    time.sleep(0.05)
+    time.sleep(0.05)  # not a synchronisation: the clock moves on between the first post and the middle
     middle = _now()
-    time.sleep(0.05)
+    time.sleep(0.05)  # not a synchronisation: ... and between the middle and the second post
     store.notify(diss(unique_date, destination=destination, step=6))
     assert _steps(replay(store, [request], middle - dt.timedelta(minutes=1), middle)) == ["0"]
     assert _steps(replay(store, [request], middle)) == ["6"]
     assert _steps(replay(store, [request], middle - dt.timedelta(minutes=1))) == ["0", "6"]
 
 
-def test_listen_after_a_bound_wait_does_not_hang(any_store: Store, unique_date: str) -> None:
+def test_listen_after_a_bound_wait_does_not_hang(any_store: Store, unique_date: str,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """A listener with a stop event ends promptly when asked, even with nothing to deliver."""
     request = any_store.request(mars(unique_date, step=None))
+    sources: list[FollowSource] = []
+    follow = any_store.backend.follow
+
+    def recorded(*args: Any) -> FollowSource:
+        sources.append(follow(*args))
+        return sources[-1]
+
+    monkeypatch.setattr(any_store.backend, "follow", recorded)  # this store only
     stop = threading.Event()
     thread, outcome = run_in_thread(lambda: list(listen(any_store, [request], stop=stop)))
-    time.sleep(0.3)
+    eventually(lambda: sources and getattr(sources[0], "connections_opened", 0),
+               what="the listener's source opened its stream")
     stop.set()
     assert joined(thread, outcome, bound=WAIT_BOUND) == []

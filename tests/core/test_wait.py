@@ -7,8 +7,9 @@ import time
 
 import pytest
 from backend_fixture import any_store_fixture, aviso_double_fixture  # noqa: F401 - the backends' fixtures
-from core_helpers import destination_for, diss, joined, mars, mars_key
+from core_helpers import destination_for, diss, joined, mars, mars_key, until_waiting, waits_on
 from threads import run_in_thread
+from waiting import counting_reads, eventually, eventually_async, until_following
 
 from aviso_workflows import Store, WaitTimeout
 from aviso_workflows.listen import HUB, PrefixWatch
@@ -54,12 +55,13 @@ def test_short_timeout_with_a_slow_etcd_is_a_timeout(store: Store, unique_date: 
         store.wait(mars(unique_date), timeout=0.1)
 
 
-def test_released_within_milliseconds_of_the_last_post(any_store: Store, unique_date: str) -> None:
+def test_released_within_milliseconds_of_the_last_post(any_store: Store, unique_date: str,
+                                                      request: pytest.FixtureRequest) -> None:
     thread, outcome = run_in_thread(lambda: any_store.wait(mars(unique_date, step="0/6/12"), timeout=20))
-    time.sleep(0.3)
+    until_waiting(any_store, mars(unique_date, step="0/6/12"), request)
     any_store.notify(mars(unique_date, step=0))
     any_store.notify(mars(unique_date, step=6))
-    time.sleep(0.3)
+    time.sleep(0.3)  # not a synchronisation: a window in which two of the three keys must not release the wait
     assert thread.is_alive(), "released before every key was posted"
     any_store.notify(mars(unique_date, step=12), location="last")
     posted = time.monotonic()
@@ -69,21 +71,22 @@ def test_released_within_milliseconds_of_the_last_post(any_store: Store, unique_
     assert found[-1].location == "last"
 
 
-def test_any_releases_on_the_first_matching_key(any_store: Store, unique_date: str) -> None:
+def test_any_releases_on_the_first_matching_key(any_store: Store, unique_date: str,
+                                                request: pytest.FixtureRequest) -> None:
     thread, outcome = run_in_thread(lambda: any_store.wait(mars(unique_date, step="0/to/240"), mode="any", timeout=20))
-    time.sleep(0.2)
+    until_waiting(any_store, mars(unique_date, step="0/to/240"), request)
     any_store.notify(mars(unique_date, step=7, time=12))  # another time: does not match
-    time.sleep(0.2)
+    time.sleep(0.2)  # not a synchronisation: a window in which the key of another time must not release the wait
     assert thread.is_alive()
     any_store.notify(mars(unique_date, step=120))
     (found,) = joined(thread, outcome)
     assert found.request["step"] == "120"
 
 
-def test_any_with_a_wildcard_request(any_store: Store, unique_date: str) -> None:
-    thread, outcome = run_in_thread(lambda: any_store.wait({"event": "mars", "date": unique_date, "stream": "enfo"},
-                                                       mode="any", timeout=20))
-    time.sleep(0.2)
+def test_any_with_a_wildcard_request(any_store: Store, unique_date: str, request: pytest.FixtureRequest) -> None:
+    wildcard = {"event": "mars", "date": unique_date, "stream": "enfo"}
+    thread, outcome = run_in_thread(lambda: any_store.wait(wildcard, mode="any", timeout=20))
+    until_waiting(any_store, wildcard, request)
     any_store.notify(mars(unique_date, stream="oper"))
     any_store.notify(mars(unique_date, stream="enfo", step=3))
     (found,) = joined(thread, outcome)
@@ -105,7 +108,7 @@ def test_progress_is_reported_per_key(any_store: Store, unique_date: str) -> Non
     seen: list[tuple[int, int, str]] = []
     thread, outcome = run_in_thread(lambda: any_store.wait(
         mars(unique_date, step="0/6"), timeout=10, on_progress=lambda f, t, n: seen.append((f, t, n.request["step"]))))
-    time.sleep(0.2)
+    eventually(lambda: seen, what="the wait reported step 0, posted before it started")
     any_store.notify(mars(unique_date, step=6))
     joined(thread, outcome)
     assert seen == [(1, 2, "0"), (2, 2, "6")]
@@ -135,19 +138,13 @@ def test_waiters_in_one_process_share_one_watch_per_prefix(store: Store, unique_
     prefix = f"/ec/diss/{destination}/"
     waiters = [run_in_thread(lambda step=step: store.wait(diss(unique_date, destination=destination, step=step),
                                                           timeout=20)) for step in range(12)]
-    until = time.monotonic() + 5
-    while not (_watches(prefix) and _watches(prefix)[0].subscriber_count == 12
-               and _watches(prefix)[0].connections_opened):
-        assert time.monotonic() < until, "the waiters did not all subscribe"
-        time.sleep(0.02)
+    eventually(lambda: _watches(prefix) and _watches(prefix)[0].subscriber_count == 12
+               and _watches(prefix)[0].connections_opened, what="the 12 waiters subscribed to one watch", timeout=5)
     (watch,) = _watches(prefix)
     assert watch.connections_opened == 1
     other = Store([store.config.endpoints[0]])  # another store object on the same etcd shares it too
     waiters.append(run_in_thread(lambda: other.wait(diss(unique_date, destination=destination, step=99), timeout=20)))
-    until = time.monotonic() + 5
-    while watch.subscriber_count != 13:
-        assert time.monotonic() < until
-        time.sleep(0.02)
+    eventually(lambda: watch.subscriber_count == 13, what="the other store's waiter joined the watch", timeout=5)
     assert _watches(prefix) == [watch] and watch.connections_opened == 1
     store.notify(diss(unique_date, destination=destination, step=["0/to/11", 99]))
     for thread, outcome in waiters:
@@ -158,22 +155,22 @@ def test_waiters_in_one_process_share_one_watch_per_prefix(store: Store, unique_
 def test_wait_across_destinations_watches_each_prefix(store: Store, unique_date: str) -> None:
     one, two = destination_for(unique_date, "A"), destination_for(unique_date, "B")
     thread, outcome = run_in_thread(lambda: store.wait(diss(unique_date, destination=f"{one}/{two}"), timeout=20))
-    time.sleep(0.2)
+    until_following(store, diss(unique_date, destination=f"{one}/{two}"))
     store.notify(diss(unique_date, destination=two))
-    time.sleep(0.1)
+    time.sleep(0.1)  # not a synchronisation: a window in which one destination's key must not release the wait
     assert thread.is_alive()
     store.notify(diss(unique_date, destination=one))
     assert {n.key.split("/")[3] for n in joined(thread, outcome)} == {one, two}
 
 
-async def test_wait_async(any_store: Store, unique_date: str) -> None:
+async def test_wait_async(any_store: Store, unique_date: str, request: pytest.FixtureRequest) -> None:
     import asyncio
 
     from aviso_workflows.listen import wait_async
 
-    request = any_store.request(mars(unique_date, step="0/6"))
-    task = asyncio.create_task(wait_async(any_store, request, timeout=10))
-    await asyncio.sleep(0.2)
+    wanted = any_store.request(mars(unique_date, step="0/6"))
+    task = asyncio.create_task(wait_async(any_store, wanted, timeout=10))
+    await eventually_async(lambda: waits_on(any_store, wanted, request) >= 1, what="the async wait following the store")
     await asyncio.to_thread(any_store.notify, mars(unique_date, step="0/6"))
     found = await asyncio.wait_for(task, 10)
     assert [n.request["step"] for n in found] == ["0", "6"]
@@ -209,17 +206,16 @@ async def test_async_waiters_share_one_watch_and_a_few_connections(store: Store,
     port = urlsplit(store.config.endpoints[0]).port or 0
     connections_before = _connections_to(port)
     stores = [Store([store.config.endpoints[0]]) for _ in range(200)]
+    reads = [counting_reads(each) for each in stores]
     waiters = [asyncio.create_task(wait_async(each, each.request(diss(unique_date, destination=destination,
                                                                       step=step)), timeout=60))
                for step, each in enumerate(stores)]
-    for _ in range(600):
-        watches = _watches(prefix)
-        if watches and watches[0].subscriber_count == 200 and watches[0].connections_opened:
-            break
-        await asyncio.sleep(0.05)
+    await eventually_async(lambda: _watches(prefix) and _watches(prefix)[0].subscriber_count == 200
+                           and _watches(prefix)[0].connections_opened, what="the 200 waiters subscribed to one watch",
+                           timeout=30, every=0.05)
     (watch,) = _watches(prefix)
     assert watch.subscriber_count == 200 and watch.connections_opened == 1
-    await asyncio.sleep(0.3)  # the waiters' first reads
+    await eventually_async(lambda: sum(count for count, in reads) >= 200, what="the 200 waiters' first reads")
     assert _connections_to(port) <= connections_before + 4, "waiters opened connections of their own"
     assert not any(w.done() for w in waiters)
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from helpers import COMMAND, FORECAST, TTL, kill_hard, listed, mars, pairs, start, stop, until, until_gone, until_listed
+from waiting import until_following
 
 from aviso_workflows import Store, ValidationError
 from aviso_workflows.etcd import WatchIdle
@@ -120,14 +121,25 @@ def test_waiting_command_filters_and_prints_json(store: Store, unique_date: str,
     assert listed(store, owner="ops") == []
 
 
-def test_watch_waiters_reports_additions_progress_and_removals(store: Store, unique_date: str) -> None:
+def test_watch_waiters_reports_additions_progress_and_removals(store: Store, unique_date: str,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    streams: list[Any] = []
+    watch = store.gateway.watch
+
+    def recorded(prefix: str, *args: Any, **options: Any) -> Any:
+        stream = watch(prefix, *args, **options)
+        if prefix == WAITING_PREFIX:
+            streams.append(stream)
+        return stream
+
+    monkeypatch.setattr(store.gateway, "watch", recorded)  # this store's gateway only
     stop_watch = threading.Event()
     changes: list[WaiterChange] = []
     thread = threading.Thread(target=lambda: changes.extend(
         c for c in watch_waiters(store, stop_watch, idle_timeout=5) if c.waiter.who.get("owner") == "watched"))
     thread.start()
     try:
-        time.sleep(0.5)
+        until(lambda: streams and streams[0].created, 10, "etcd confirming the watch of the waiters")
         registration = register(store, store.request(mars(unique_date, "0/6")), who={"owner": "watched"})
         until(lambda: [c.kind for c in changes] == ["added"], 10, "the addition being reported")
         registration.progress(1)
@@ -288,7 +300,7 @@ def test_a_read_only_user_still_waits_and_registration_is_skipped_with_one_info_
         thread = threading.Thread(target=lambda: outcome.update(found=wait(reader, request, timeout=30,
                                                                             who={"kind": "test"})))
         thread.start()
-        time.sleep(1.0)
+        until_following(reader, reader.request(mars("20260301", "0/6")))
         writer.notify("mars", mars("20260301", "0/6"))
         thread.join(30)
         assert len(outcome["found"]) == 2
