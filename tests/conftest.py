@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +24,19 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """The behaviour tests of BOTH_TRANSPORTS run once over the HTTP gateway and once over gRPC."""
     if "store" in metafunc.fixturenames and Path(str(metafunc.module.__file__)).name in BOTH_TRANSPORTS:
         metafunc.parametrize("etcd_transport", ["gateway", "grpc"], indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def engine_log_levels() -> Iterator[None]:
+    """Each test finds the package's loggers as configured: tests that check the engine's WARNINGs must not
+    depend on which test ran before and what level it set."""
+    loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
+               if name == "aviso_workflows" or name.startswith("aviso_workflows.")]
+    levels = [(logger, logger.level, logger.disabled) for logger in loggers]
+    yield
+    for logger, level, disabled in levels:
+        logger.setLevel(level)
+        logger.disabled = disabled
 
 
 @pytest.fixture
