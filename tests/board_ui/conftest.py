@@ -7,65 +7,18 @@ import datetime as dt
 import os
 import secrets
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
+from board_helpers import COMMAND, START_SECONDS, STEPS, Board, forecast
 from chromium import Page, chromium, chromium_path
+from waiting import eventually
 
 from aviso_workflows import Store, server
-from aviso_workflows.serve.app import ServeOptions, ServeState
+from aviso_workflows.serve.app import ServeOptions
 from aviso_workflows.serve.cli import ServeThread, start_serve
 from aviso_workflows.waiters import Registration, list_waiters, register
-
-COMMAND = str(Path(sys.executable).parent / "aviso-workflows")
-STEPS = "0/to/48/by/6"
-START_SECONDS = 20.0
-
-
-@dataclass
-class Board:
-    """A running serve with a forecast posted: its URL, the board's query, dates, and the waiter process."""
-
-    url: str
-    state: ServeState
-    store: Store
-    expver: str
-    today: str
-    yesterday: str
-    late_log: Path
-    waiter: subprocess.Popen[str]
-
-    @property
-    def query(self) -> str:
-        return (f"date={self.yesterday},{self.today}&class=od&expver={self.expver}&stream=oper&time=00"
-                f"&step={STEPS}")
-
-    def fields(self, date: str, step: int) -> dict[str, Any]:
-        return forecast(self.expver, date, step)
-
-    def cell(self, date: str, step: int) -> str:
-        return f"c-{date}-{step}"
-
-
-def forecast(expver: str, date: str, step: int) -> dict[str, Any]:
-    """The fields of one step of the 00 UTC forecast of ``date``."""
-    return {"class": "od", "expver": expver, "domain": "g", "date": date, "time": 0, "stream": "oper", "step": step}
-
-
-def until(condition: Any, seconds: float, what: str) -> Any:
-    deadline = time.monotonic() + seconds
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what} did not happen within {seconds} s"
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -112,8 +65,8 @@ def board(etcd_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[B
     try:
         started = start_serve(store, ServeOptions(base_url=url, heartbeat=2.0, expect=str(expectations),
                                                   expect_dates=(today,)), "127.0.0.1", port, timeout=START_SECONDS)
-        until(lambda: {w.who.get("ecflow_path") for w in list_waiters(store)} >= {"/forecast/00/wait_step12"},
-              20, "the CLI waiter registering")
+        eventually(lambda: {w.who.get("ecflow_path") for w in list_waiters(store)} >= {"/forecast/00/wait_step12"},
+                   what="the CLI waiter registering", timeout=20)
         yield Board(url, started.state, store, expver, today, yesterday, late_log, waiter)
     finally:
         sensor.close(wait=5)
@@ -136,10 +89,3 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
         pytest.skip("chromium is not installed (scripts/setup.sh installs Debian's chromium as root)")
     with chromium(tmp_path_factory.mktemp("chromium-profile"), 1280, 720) as opened:
         yield opened
-
-
-def state_of(board: Board) -> dict[str, Any]:
-    """The board's JSON snapshot."""
-    answer = httpx.get(f"{board.url}/board/state?{board.query}", timeout=10)
-    assert answer.status_code == 200, answer.text
-    return dict(answer.json())

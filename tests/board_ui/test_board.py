@@ -12,8 +12,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from board_helpers import Board, state_of
 from chromium import Page
-from conftest import Board, state_of, until
+from waiting import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The README's picture of the board, rewritten only when AVISO_WORKFLOWS_UPDATE_DOCS=1 asks for it.
@@ -27,8 +28,8 @@ def cells_by_id(board: Board) -> dict[str, dict[str, object]]:
 
 
 def test_state_has_arrived_late_waited_and_expected_cells(board: Board) -> None:
-    cells = until(lambda: (c := cells_by_id(board))[board.cell(board.today, 0)]["state"] == "late" and c, 15,
-                  "step 0 turning late")
+    cells = eventually(lambda: (c := cells_by_id(board))[board.cell(board.today, 0)]["state"] == "late" and c,
+                       what="step 0 turning late", timeout=15)
     today, yesterday = board.today, board.yesterday
     assert cells[board.cell(today, 6)]["state"] == "arrived"
     assert cells[board.cell(today, 6)]["location"] == f"file:///data/od/oper/{today}/00/006.grib"
@@ -46,7 +47,8 @@ def test_state_has_arrived_late_waited_and_expected_cells(board: Board) -> None:
     lateness = state_of(board)["lateness"]
     assert [(item["request"]["step"], item["state"]) for item in lateness] == [("0", "late")]
     # the checker inside serve fired the expectation's trigger
-    until(lambda: board.late_log.exists() and "step=0" in board.late_log.read_text(), 10, "the late trigger")
+    eventually(lambda: board.late_log.exists() and "step=0" in board.late_log.read_text(), what="the late trigger",
+               timeout=10)
 
 
 def test_a_bad_query_is_refused_naming_the_field(board: Board) -> None:
@@ -62,7 +64,8 @@ def test_a_bad_query_is_refused_naming_the_field(board: Board) -> None:
 
 def test_the_page_renders_the_grid_accessibly_and_is_saved_as_a_screenshot(board: Board, page: Page,
                                                                            tmp_path: Path) -> None:
-    until(lambda: cells_by_id(board)[board.cell(board.today, 0)]["state"] == "late", 15, "step 0 turning late")
+    eventually(lambda: cells_by_id(board)[board.cell(board.today, 0)]["state"] == "late", what="step 0 turning late",
+               timeout=15)
     page.open(f"{board.url}/board?{board.query}")
     states = page.evaluate("Object.fromEntries([...document.querySelectorAll('#board td')]"
                            ".map(td => [td.id, td.dataset.state]))")

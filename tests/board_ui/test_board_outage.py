@@ -12,8 +12,8 @@ from typing import Any
 
 import httpx
 import pytest
+from board_helpers import START_SECONDS, forecast
 from chromium import Page
-from conftest import START_SECONDS, forecast
 
 from aviso_workflows import Store, server
 from aviso_workflows.serve.app import ServeOptions
