@@ -100,3 +100,17 @@ def waits_on(store: Store, raw: Any, fixtures: pytest.FixtureRequest) -> int:
 def until_waiting(store: Store, raw: Any, fixtures: pytest.FixtureRequest, count: int = 1) -> None:
     """Wait (bounded) until ``count`` waits for ``raw`` follow ``store`` (see :func:`waits_on`)."""
     eventually(lambda: waits_on(store, raw, fixtures) >= count, what=f"{count} wait(s) for {raw} following the store")
+
+
+class QuietSubscriber:
+    """A subscriber of a shared watch that ignores what it is given (for tests that only join and leave, or
+    look at the watch itself)."""
+
+    def on_puts(self, puts: list[KeyValue], revision: int) -> None:
+        pass
+
+    def on_resync(self) -> None:
+        pass
+
+    def on_failure(self, error: Exception) -> None:
+        pass

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from core_helpers import destination_for, diss, joined, security_helpers
+from core_helpers import QuietSubscriber, destination_for, diss, joined, security_helpers
 from etcd_helpers import running_etcd
 from tcp_proxy import TcpProxy
 from threads import run_in_thread
@@ -26,7 +26,6 @@ from waiting import counting_reads, eventually, until_following
 import aviso_workflows.listen as listen_module
 from aviso_workflows import Notification, Request, Store, server
 from aviso_workflows.config import StoreConfig
-from aviso_workflows.etcd import KeyValue
 from aviso_workflows.follow import Follower
 from aviso_workflows.listen import Cursor, Position, listen, listen_async
 from aviso_workflows.runtime import runtime_for
@@ -278,22 +277,10 @@ def test_a_key_posted_twice_while_away_is_delivered_twice(store: Store, unique_d
 
 
 # -- 5. joining a shared watch as its last subscriber leaves ------------------------------------------------
-class _Quiet:
-    """A subscriber that ignores what it is given (the test only joins and leaves)."""
-
-    def on_puts(self, puts: list[KeyValue], revision: int) -> None:
-        pass
-
-    def on_resync(self) -> None:
-        pass
-
-    def on_failure(self, error: Exception) -> None:
-        pass
-
 
 def test_a_join_right_after_the_last_leave_gets_a_live_watch(store: Store, unique_date: str) -> None:
     prefix = f"/ec/diss/{destination_for(unique_date, 'H')}/"
-    first, second, third = _Quiet(), _Quiet(), _Quiet()
+    first, second, third = QuietSubscriber(), QuietSubscriber(), QuietSubscriber()
     watch = runtime_for(store).hub.join(store.config, prefix, first, None)
     ended = runtime_for(store).hub.leave(store.config, prefix, first)
     assert ended is watch, "the last one out gets the watch to stop"
@@ -334,7 +321,7 @@ def test_short_waits_racing_with_joins_and_leaves_all_return(store: Store, uniqu
         """Joins and leaves as fast as it can, so that waits often start or end a watch."""
         rounds = 0
         while not waiters_done.is_set() and rounds < 2_000:
-            subscriber = _Quiet()
+            subscriber = QuietSubscriber()
             watch = runtime_for(store).hub.join(store.config, prefix, subscriber, None)
             assert watch.wait_ready(BOUND) and watch.alive
             ended = runtime_for(store).hub.leave(store.config, prefix, subscriber)
@@ -363,14 +350,14 @@ def test_a_join_racing_with_the_last_leave_never_gets_a_watch_that_is_stopped(st
     rounds = 60
     barrier = threading.Barrier(2, timeout=BOUND)
 
-    def leave(subscriber: _Quiet) -> None:
+    def leave(subscriber: QuietSubscriber) -> None:
         ended = runtime_for(store).hub.leave(store.config, prefix, subscriber)
         if ended is not None:
             ended.stop()
 
     def last_out() -> None:
         for _ in range(rounds):
-            subscriber = _Quiet()
+            subscriber = QuietSubscriber()
             assert runtime_for(store).hub.join(store.config, prefix, subscriber, None).wait_ready(BOUND)
             barrier.wait()  # alone on the watch: this leave is the last one, racing with the join
             leave(subscriber)
@@ -378,7 +365,7 @@ def test_a_join_racing_with_the_last_leave_never_gets_a_watch_that_is_stopped(st
 
     def joiner() -> None:
         for index in range(rounds):
-            subscriber = _Quiet()
+            subscriber = QuietSubscriber()
             barrier.wait()
             time.sleep(index % 5 * 0.0003)  # land before, inside and after the leave
             watch = runtime_for(store).hub.join(store.config, prefix, subscriber, None)
@@ -548,7 +535,7 @@ def test_a_wait_started_while_etcd_is_down_is_released_once_it_is_back(own_etcd:
     subscriber holds a watch that is ready, so the wait goes straight to its first read, which fails."""
     store = store_on(own_etcd.client_url)
     raw = diss("20240101", destination="OUTAGE", step=0)
-    prefix, holder = "/ec/diss/OUTAGE/", _Quiet()
+    prefix, holder = "/ec/diss/OUTAGE/", QuietSubscriber()
     if watch == "following":
         assert runtime_for(store).hub.join(store.config, prefix, holder, None).wait_ready(BOUND)
     try:

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from core_helpers import mars, mars_key, security_helpers
+from waiting import counting_reads
 
 from aviso_workflows import Store
 from aviso_workflows.config import StoreConfig
@@ -70,21 +71,6 @@ def polling_store(etcd_url: str) -> Iterator[Store]:
     find their watch refused and read every POLL seconds instead."""
     with security_helpers().AuthProxy(etcd_url, tokens=[TOKEN]) as proxy:
         yield Store(config=StoreConfig(endpoints=(proxy.url,), poll_interval=POLL, token=TOKEN))
-
-
-def counting_reads(store: Store) -> list[int]:
-    """Count the requests whose first read finished (the asyncio waiters read through ``read_many``)."""
-    done = [0]
-    read_many = store.read_many
-
-    def counted(requests: Any, **options: Any) -> Any:
-        try:
-            return read_many(requests, **options)
-        finally:
-            done[0] += len(requests)
-
-    store.read_many = counted  # type: ignore[method-assign]  # this instance only
-    return done
 
 
 def shared_watch(store: Store) -> PrefixWatch | None:

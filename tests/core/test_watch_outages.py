@@ -6,26 +6,15 @@ from __future__ import annotations
 import queue
 from pathlib import Path
 
-from core_helpers import destination_for
+from core_helpers import QuietSubscriber, destination_for
 from etcd_helpers import running_etcd
 
 from aviso_workflows import server
 from aviso_workflows.config import StoreConfig
-from aviso_workflows.etcd import KeyValue
 from aviso_workflows.watch import OUTAGES, PrefixWatch
 
 BOUND = 30.0  # seconds: the longest any step below may take (the watch retries every 2 s at most)
 
-
-class _Quiet:
-    def on_puts(self, puts: list[KeyValue], revision: int) -> None:
-        pass
-
-    def on_resync(self) -> None:
-        pass
-
-    def on_failure(self, error: Exception) -> None:
-        pass
 
 
 class _Heard:
@@ -64,7 +53,7 @@ def test_listeners_hear_of_an_outage_once_and_of_its_end(tmp_path: Path, unique_
         early, everywhere = _Heard(), _HeardOfWatches(watch)
         watch.add_outage_listener(early)
         OUTAGES.add(everywhere)
-        watch.add(_Quiet(), None)
+        watch.add(QuietSubscriber(), None)
         watch.start()
         try:
             assert watch.wait_ready(BOUND)

@@ -8,28 +8,15 @@ not before. A delaying proxy in front of etcd holds every answer back, so the or
 from __future__ import annotations
 
 import pytest
-from core_helpers import destination_for
+from core_helpers import QuietSubscriber, destination_for
 from tcp_proxy import TcpProxy
 
 from aviso_workflows.config import StoreConfig
-from aviso_workflows.etcd import KeyValue
 from aviso_workflows.watch import PrefixWatch
 
 BOUND = 10.0  # seconds: the longest any step below may take
 DELAY = 0.3  # seconds the proxy holds each answer of etcd: far longer than a thread switch
 
-
-class _Quiet:
-    """A subscriber that ignores what it is given (the test looks at the watch itself)."""
-
-    def on_puts(self, puts: list[KeyValue], revision: int) -> None:
-        pass
-
-    def on_resync(self) -> None:
-        pass
-
-    def on_failure(self, error: Exception) -> None:
-        pass
 
 
 @pytest.mark.parametrize("transport", ["grpc", "gateway"])
@@ -38,7 +25,7 @@ def test_a_watch_is_ready_only_after_etcds_created_answer(delaying_proxy: TcpPro
     delaying_proxy.set_delay(DELAY)
     config = StoreConfig(endpoints=(delaying_proxy.url,), transport=transport)
     watch = PrefixWatch(config, f"/ec/diss/{destination_for(unique_date, 'R')}/")
-    watch.add(_Quiet(), None)
+    watch.add(QuietSubscriber(), None)
     watch.start()
     try:
         assert watch.wait_ready(BOUND)
