@@ -1,4 +1,5 @@
-"""A real Cylc 8 workflow released by the aviso xtrigger (catch-up) and by the cylc action (push), on a real etcd."""
+"""A real Cylc 8 workflow released by the aviso xtrigger (catch-up) and by the cylc action (push), on each backend:
+a real etcd, then the aviso-server 0.7.1 double."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from backend_stores import OnBackend, aviso_double_fixture, on_backend_fixture  # noqa: F401 - fixtures
 from cylc_helpers import CYLC, cylc, running, wait_for
 
 from aviso_workflows import Store
@@ -102,7 +104,10 @@ def job_start_times(run_dir: Path) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_catch_up_and_push_release_a_cylc_workflow(cylc_env: dict[str, str], store: Store, tmp_path: Path) -> None:
+def test_catch_up_and_push_release_a_cylc_workflow(cylc_env: dict[str, str], on_backend: OnBackend,
+                                                   tmp_path: Path) -> None:
+    store = on_backend.store
+    cylc_env = {**cylc_env, "AVISO_WORKFLOWS_ENDPOINTS": on_backend.endpoint}
     source = tmp_path / "src" / "released"
     source.mkdir(parents=True)
     (source / "flow.cylc").write_text(FLOW)
