@@ -70,6 +70,10 @@ def split_raw(field: str, raw: Any) -> list[Any]:
     return [raw]
 
 
+#: Expanded raw values each field keeps (then it starts again): far more than the distinct values of a workload.
+_EXPANDED_KEPT = 4096
+
+
 class Field(ABC):
     """One field of an event schema."""
 
@@ -79,6 +83,9 @@ class Field(ABC):
     def __init__(self, name: str, default: str | None = None) -> None:
         self.name = name
         self.default = default
+        #: Raw values already expanded: thousands of requests (one per deferred trigger) repeat the same dates,
+        #: classes and streams; each is checked once.
+        self._expanded: dict[str | int, tuple[str, ...]] = {}
 
     @abstractmethod
     def canonical(self, value: Any) -> str:
@@ -94,6 +101,21 @@ class Field(ABC):
 
     def expand(self, raw: Any) -> tuple[str, ...]:
         """Return the canonical values of a raw request value: scalar, list, ``a/b/c`` or a range."""
+        if not self._lasting(raw):
+            return self._expand(raw)
+        expanded = self._expanded.get(raw)
+        if expanded is None:
+            expanded = self._expand(raw)
+            if len(self._expanded) >= _EXPANDED_KEPT:
+                self._expanded.clear()
+            self._expanded[raw] = expanded
+        return expanded
+
+    def _lasting(self, raw: Any) -> bool:
+        """True when ``raw`` always expands to the same values (a text or a number; not a list, not a boolean)."""
+        return type(raw) is str or type(raw) is int
+
+    def _expand(self, raw: Any) -> tuple[str, ...]:
         values: list[str] = []
         for item in split_raw(self.name, raw):
             if isinstance(item, str) and "/" in item:
@@ -228,6 +250,10 @@ class DateField(Field):
     def describe(self) -> str:
         return ("a date as YYYYMMDD, YYYY-MM-DD or an ISO date-time (YYYY-MM-DDTHH:MM:SS), or 0, -1, ... for days "
                 "relative to today (UTC)")
+
+    def _lasting(self, raw: Any) -> bool:
+        """Not a date relative to today (``0``, ``-1``, also inside a list or range): it changes at midnight."""
+        return super()._lasting(raw) and not any(self._RELATIVE.match(part.strip()) for part in str(raw).split("/"))
 
     def to_date(self, value: Any) -> dt.date:
         """Read one date value."""

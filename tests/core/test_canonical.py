@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from freezegun import freeze_time
 
+from aviso_workflows.errors import ValidationError
 from aviso_workflows.request import Request, parse_pairs
 from aviso_workflows.schema import DISSEMINATION, MARS
 
@@ -36,6 +37,26 @@ def test_relative_dates_count_back_from_today_utc(value: Any, canonical: str) ->
 def test_relative_date_ranges() -> None:
     assert DATE.expand("-2/to/0") == ("20251230", "20251231", "20260101")
     assert Request.build(MARS, {"date": [-1, 0]}).values["date"] == ("20251231", "20260101")
+
+
+@pytest.mark.parametrize("relative", [-1, "-1", "-2/to/0", "20260101/-1"])
+def test_a_relative_date_is_expanded_again_the_next_day(relative: Any) -> None:
+    """Expanded values are kept for reuse; a relative date's are not, as they change at midnight."""
+    with freeze_time("2026-01-01 23:59:59"):
+        before = DATE.expand(relative)
+    with freeze_time("2026-01-02 00:00:01"):
+        after = DATE.expand(relative)
+    assert before != after and after[-1] > before[-1]
+
+
+def test_expanded_values_are_reused_only_for_the_same_raw_value() -> None:
+    step = MARS.fields["step"]
+    assert step.expand("0/to/12/by/6") is step.expand("0/to/12/by/6") == ("0", "6", "12")
+    assert step.expand(6) == ("6",) and step.expand("6") == ("6",) and step.expand([6, 12]) == ("6", "12")
+    with pytest.raises(ValidationError, match="step"):
+        step.expand("x")
+    with pytest.raises(ValidationError, match="step"):
+        step.expand("x")  # refused again: a refusal is not kept as a value
 
 
 @pytest.mark.parametrize(("value", "canonical"), [
