@@ -96,7 +96,8 @@ class Follower:
         self._held: tuple[Sequence[StoredKey | Notification], int] | None = None
         self._pending: deque[Notification] = deque()
         self._in_hand = False
-        self._prefixes = [(request, tuple(request.status_keys())) for request in self.requests]
+        for request in self.requests:  # refused here if a request lacks the fields that say where it is stored
+            _ = request.status_prefixes
 
     # -- what sources feed ---------------------------------------------------------------------
     def feed(self, feed: Feed[StoredKey]) -> None:
@@ -206,7 +207,8 @@ class Follower:
         self._settle()
 
     def _match(self, kv: StoredKey) -> Notification | None:
-        for request, prefixes in self._prefixes:
+        for request in self.requests:
+            prefixes = request.status_prefixes
             if kv.key.startswith(prefixes) and kv.key not in prefixes:
                 notification = notification_from_kv(request, kv)
                 if notification is not None:

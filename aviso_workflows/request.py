@@ -184,6 +184,12 @@ class Request:
         combos = itertools.product(*(self.values[f] for f in base))
         return list(dict.fromkeys(self.schema.status_key(dict(zip(base, c))) for c in combos))
 
+    @cached_property
+    def status_prefixes(self) -> tuple[str, ...]:
+        """:meth:`status_keys` as a tuple, computed once: the prefixes a stored key of the request starts with
+        (``str.startswith`` takes the tuple as it is)."""
+        return tuple(self.status_keys())
+
     def read_prefixes(self) -> list[str]:
         """Key prefixes that together cover every key of the request, for range reads.
 

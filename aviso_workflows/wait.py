@@ -230,8 +230,11 @@ async def _wait_async(store: StoreLike, request: Request, *, mode: str = "all", 
                               now=time.monotonic(), blocking=False)
         command = machine.start(time.monotonic())
         while not isinstance(command, follow.Release):
-            event = await _listen(feeds, command) if isinstance(command, follow.Listen) \
-                else await _do_async(store, request, feeds, command)
+            event: follow.WaitEvent
+            if isinstance(command, follow.Listen):  # no timer where the wait has no deadline (nearly every release)
+                event = follow.Fed(await feeds.aget()) if command.timeout is None else await _listen(feeds, command)
+            else:
+                event = await _do_async(store, request, feeds, command)
             command = machine.handle(event, time.monotonic())
         return command.found
     finally:
@@ -239,9 +242,7 @@ async def _wait_async(store: StoreLike, request: Request, *, mode: str = "all", 
 
 
 async def _listen(feeds: WaitFeeds, command: follow.Listen) -> follow.Fed:
-    """The next feed, without a timer where the wait has no deadline (the path of every release)."""
-    if command.timeout is None:
-        return follow.Fed(await feeds.aget())
+    """The next feed within the wait's deadline."""
     try:
         async with asyncio.timeout(command.timeout):
             return follow.Fed(await feeds.aget())

@@ -88,13 +88,12 @@ class AvisoTrigger(BaseTrigger):
         reporter = OutageReporter.of_loop()
         reporter.add(self)
         try:
-            # Closed here when the caller closes run() after the event: left to the garbage collector, ten
-            # thousand fired triggers would each cost the loop a finalizer callback and a task of its own.
-            async with aclosing(self._wait()) as events:
-                async for event in events:
-                    yield event
+            # The wait is a coroutine, not a generator of its own: each of ten thousand waiting triggers
+            # would otherwise hold a second generator (and its hooks) for the garbage collector to walk.
+            event = await self._wait()
         finally:
             reporter.discard(self)
+        yield event
 
     def outage_began(self, watch: PrefixWatch) -> None:
         """Said in this trigger's log, which Airflow shows in the task's log (the watch's own thread logs
@@ -105,7 +104,7 @@ class AvisoTrigger(BaseTrigger):
     def outage_ended(self, seconds: float) -> None:
         self.log.info("etcd reachable again after %.1f s; still waiting", seconds)
 
-    async def _wait(self) -> AsyncGenerator[TriggerEvent, None]:
+    async def _wait(self) -> TriggerEvent:
         timeout = None if self.deadline is None else max(0.0, self.deadline - time.time())
         try:
             store = await AvisoHook(self.aviso_conn_id).aget_conn()
@@ -117,14 +116,12 @@ class AvisoTrigger(BaseTrigger):
                                      on_ready=self._progress, min_found=self.min_found, who=self.who)
         except WaitTimeout as error:
             missing = _requests.missing_keys(request, (n.key for n in error.found), self.wait_for)
-            yield TriggerEvent({"status": "error", "reason": "timeout",
-                                "message": f"timed out after waiting until the sensor's timeout; {missing}"})
-            return
+            return TriggerEvent({"status": "error", "reason": "timeout",
+                                 "message": f"timed out after waiting until the sensor's timeout; {missing}"})
         except AvisoWorkflowsError as error:
-            yield TriggerEvent({"status": "error", "message": str(error)})
-            return
-        yield TriggerEvent({"status": "success", "notifications": [n.to_dict() for n in found],
-                            **({"missing": found.missing} if found.partial else {})})
+            return TriggerEvent({"status": "error", "message": str(error)})
+        return TriggerEvent({"status": "success", "notifications": [n.to_dict() for n in found],
+                             **({"missing": found.missing} if found.partial else {})})
 
     def _request(self, store: Store) -> Request:
         """The request in ``store``'s schemas: the one validated at construction if its schema is the same

@@ -19,7 +19,7 @@ import queue
 import threading
 import uuid
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..config import StoreConfig
@@ -402,26 +402,36 @@ def _mailbox(loop: asyncio.AbstractEventLoop) -> _LoopMailbox:
 
 class _AsyncInbox(_Feeds):
     """Hands feeds to an asyncio loop through its mailbox (no thread per waiter; bounded as :class:`_Inbox`).
-    It holds no ``queue.Queue``: thousands of triggers would carry its locks and conditions for nothing."""
+    A list and one future while its waiter waits: ten thousand triggers would each carry an
+    ``asyncio.Queue`` (three deques) and a coroutine more, which the garbage collector walks again and again."""
 
-    __slots__ = ("aqueue", "mailbox")
+    __slots__ = ("feeds", "mailbox", "waiter")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.aqueue: asyncio.Queue[Feed] = asyncio.Queue()
+        self.feeds: list[Feed] = []
+        self.waiter: asyncio.Future[None] | None = None
         self.mailbox = _mailbox(loop)
 
     def _put(self, feed: Feed) -> None:
         self.mailbox.post(self, feed)
 
     def queue_up(self, feed: Feed) -> None:  # on the loop
-        if self.aqueue.qsize() >= INBOX_LIMIT:
-            while not self.aqueue.empty():
-                self.aqueue.get_nowait()
+        if len(self.feeds) >= INBOX_LIMIT:
+            self.feeds = []
             feed = RESYNC
-        self.aqueue.put_nowait(feed)
+        self.feeds.append(feed)
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def aget(self) -> Feed:
-        return await self.aqueue.get()
+        while not self.feeds:
+            self.waiter = self.mailbox.loop.create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        return self.feeds.pop(0)
 
 
 class SharedWatchFeeds:
@@ -455,8 +465,8 @@ class SharedWatchFeeds:
     def get(self, timeout: float) -> Feed | None:
         return self.inbox.get(timeout)
 
-    async def aget(self) -> Feed:
-        return await self.inbox.aget()
+    def aget(self) -> Awaitable[Feed]:
+        return self.inbox.aget()  # the inbox's own coroutine: one level less in each waiting trigger
 
     def detach(self) -> Callable[[], None] | None:
         """Leave the shared watch; the watch's stop if this was its last subscriber."""

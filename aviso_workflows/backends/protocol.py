@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -105,7 +105,7 @@ class WaitFeeds(Protocol):
         """The next feed, or None after ``timeout`` seconds (for a waiting thread)."""
         ...
 
-    async def aget(self) -> Feed:
+    def aget(self) -> Awaitable[Feed]:
         """The next feed (for an asyncio waiter; the feeds were opened with its loop)."""
         ...
 
