@@ -77,9 +77,9 @@ class _Tracker:
     """What every wait does besides waiting: its entry among the registered waiters (with ``who``), which
     follows the found count, and the release with part of the keys at the deadline (``min_found``)."""
 
-    def __init__(self, store: StoreLike, request: Request, mode: str, timeout: float | None, known: list[Notification],
-                 on_progress: ProgressCallback | None, min_found: int | None, who: Mapping[str, Any] | None,
-                 on_ready: ReadyCallback | None = None) -> None:
+    def __init__(self, store: StoreLike, request: Request, mode: str, timeout: float | None,
+                 known: Sequence[Notification], on_progress: ProgressCallback | None, min_found: int | None,
+                 who: Mapping[str, Any] | None, on_ready: ReadyCallback | None = None) -> None:
         self.request = request
         self.min_found = check_min_found(min_found, request, mode)
         self.progress = on_progress
@@ -87,7 +87,7 @@ class _Tracker:
         self.registration = None if who is None else self._register(store, request, mode, timeout, known, who)
 
     @staticmethod
-    def _register(store: StoreLike, request: Request, mode: str, timeout: float | None, known: list[Notification],
+    def _register(store: StoreLike, request: Request, mode: str, timeout: float | None, known: Sequence[Notification],
                   who: Mapping[str, Any]) -> waiters.Registration:
         have = {n.key for n in known}
         # nothing known (a new wait: nearly always): none ready, without building the request's key list
@@ -204,7 +204,7 @@ async def wait_async(store: StoreLike, request: Request, *, mode: str = "all", t
                      on_ready: ReadyCallback | None = None) -> WaitResult:
     """:func:`wait` in an asyncio loop (``min_found``, ``who``, ``on_progress`` and ``on_ready`` as there):
     registering never blocks the loop, the process's keeper thread writes the entry."""
-    known = list(known)
+    known = tuple(known)  # none, nearly always: the empty tuple, nothing to allocate per trigger
     tracker = _Tracker(store, request, mode, timeout, known, on_progress, min_found, who, on_ready)
     try:
         return WaitResult(await _wait_async(store, request, mode=mode, timeout=timeout, known=known,
@@ -236,6 +236,7 @@ async def _wait_async(store: StoreLike, request: Request, *, mode: str = "all", 
             else:
                 event = await _do_async(store, request, feeds, command)
             command = machine.handle(event, time.monotonic())
+            del event  # not kept while waiting: a first read's answer would stay with each of thousands of waiters
         return command.found
     finally:
         _detach(runtime, feeds)

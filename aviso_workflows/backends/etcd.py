@@ -408,7 +408,7 @@ class _AsyncInbox(_Feeds):
     __slots__ = ("feeds", "mailbox", "waiter")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.feeds: list[Feed] = []
+        self.feeds: list[Feed] | None = None  # a list once a feed came: most waiters wait for one feed only
         self.waiter: asyncio.Future[None] | None = None
         self.mailbox = _mailbox(loop)
 
@@ -416,10 +416,13 @@ class _AsyncInbox(_Feeds):
         self.mailbox.post(self, feed)
 
     def queue_up(self, feed: Feed) -> None:  # on the loop
-        if len(self.feeds) >= INBOX_LIMIT:
-            self.feeds = []
+        feeds = self.feeds
+        if feeds is None:
+            feeds = self.feeds = []
+        elif len(feeds) >= INBOX_LIMIT:  # too far behind: forget the feeds, read again instead
+            feeds.clear()
             feed = RESYNC
-        self.feeds.append(feed)
+        feeds.append(feed)
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -431,6 +434,7 @@ class _AsyncInbox(_Feeds):
                 await self.waiter
             finally:
                 self.waiter = None
+        assert self.feeds is not None
         return self.feeds.pop(0)
 
 
