@@ -159,9 +159,10 @@ class Request:
 
     def matches(self, fields: Mapping[str, str]) -> bool:
         """True when a parsed key's fields satisfy every constraint of the request."""
-        if not all(fields.get(name) in allowed for name, allowed in self._allowed_values):
-            return False
-        return all(comparison.holds(fields.get(name)) for name, comparison in self.comparisons.items())
+        for name, allowed in self._allowed_values:  # a plain loop: this runs once per key a watch delivers
+            if fields.get(name) not in allowed:
+                return False
+        return not self.comparisons or all(c.holds(fields.get(name)) for name, c in self.comparisons.items())
 
     @cached_property
     def _allowed_values(self) -> tuple[tuple[str, frozenset[str]], ...]:
