@@ -54,17 +54,24 @@ async def eventually_async(check: Callable[[], T], *, what: str, timeout: float 
     raise AssertionError("unreachable: _looks ends only by raising")
 
 
-def waits_following(store: Any, raw: Any) -> int:
-    """How many waits follow ``store`` for ``raw`` (a request, or what makes one) now: the subscribers of the
-    process's shared watch on the request's prefix, counted only once etcd confirmed that watch. (An
-    aviso-server has no shared watch: a test there looks at its streams instead.)"""
+def subscribers_on(prefix: str, store: Any = None) -> int:
+    """Subscribers of the process's shared watches on ``prefix`` (of ``store``'s identity when given), counted
+    only once etcd confirmed the watch: before that a subscriber is not following yet."""
     from aviso_workflows.listen import HUB
+
+    return sum(watch.subscriber_count for watch in HUB.watches()
+               if watch.prefix == prefix and watch.ready
+               and (store is None or watch.config.identity == store.config.identity))
+
+
+def waits_following(store: Any, raw: Any) -> int:
+    """How many waits follow ``store`` for ``raw`` (a request, or what makes one) now: the subscribers of its
+    confirmed shared watch on the request's prefix. (An aviso-server has no shared watch: a test there looks
+    at its streams instead.)"""
     from aviso_workflows.watch import covering_prefix
 
     request = raw if hasattr(raw, "status_keys") else store.request(raw)
-    prefix = covering_prefix(request.status_keys())
-    return sum(watch.subscriber_count for watch in HUB.watches()
-               if watch.prefix == prefix and watch.ready and watch.config.identity == store.config.identity)
+    return subscribers_on(covering_prefix(request.status_keys()), store)
 
 
 def until_following(store: Any, raw: Any, count: int = 1) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from airflow_helpers import MemoryStateStore, connection_json
 from backend_stores import OnBackend, aviso_double_fixture, backend_conn_fixture, on_backend_fixture  # noqa: F401
+from waiting import eventually_async, subscribers_on
 
 from aviso_workflows import Store, server
 from aviso_workflows.airflow import AvisoEventTrigger, AvisoTrigger
@@ -29,17 +30,10 @@ async def notify(store: Store, date: str, step: Any, location: str | None = None
     await asyncio.to_thread(store.notify, "mars", {**FIELDS, "date": date, "step": step}, location=location)
 
 
-def subscribers_on(prefix: str) -> int:
-    return sum(w.subscriber_count for w in HUB.watches() if w.prefix == prefix)
-
-
 async def following(on_backend: OnBackend, count: int = 1) -> None:
     """Until ``count`` readers follow the backend (etcd's shared watch, or the double's streams), at most 10 s."""
-    for _ in range(200):
-        if on_backend.followers(PREFIX) >= count:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"fewer than {count} readers follow {on_backend.name} after 10 s")
+    await eventually_async(lambda: on_backend.followers(PREFIX) >= count,
+                           what=f"{count} readers following {on_backend.name}", timeout=10)
 
 
 async def test_released_on_the_last_post_not_before(on_backend: OnBackend, unique_date: str,
@@ -79,10 +73,8 @@ async def test_many_triggers_share_one_watch(store: Store, unique_date: str, avi
     triggers = [AvisoTrigger(event="mars", request=request_of(store, unique_date, step), aviso_conn_id=aviso_conn)
                 for step in range(0, 60, 3)]
     waiting = [asyncio.create_task(anext(t.run())) for t in triggers]
-    for _ in range(100):
-        if subscribers_on(PREFIX) >= len(triggers):
-            break
-        await asyncio.sleep(0.05)
+    await eventually_async(lambda: subscribers_on(PREFIX) >= len(triggers), what="every trigger following",
+                           timeout=5)
     assert [w.prefix for w in HUB.watches()].count(PREFIX) == 1
     assert subscribers_on(PREFIX) >= len(triggers)
     await notify(store, unique_date, "0/to/57/by/3")
@@ -237,10 +229,8 @@ async def test_the_progress_logged_counts_steps_ready_in_order(store: Store, uni
     trigger = AvisoTrigger(event="mars", request=request_of(store, unique_date, "0/6/12/18"), aviso_conn_id=aviso_conn)
     log = TriggerLog(capsys)
     waiting = asyncio.create_task(anext(trigger.run()))
-    for _ in range(200):  # at most 10 s until the trigger follows the shared watch
-        if subscribers_on(PREFIX) >= 1:
-            break
-        await asyncio.sleep(0.05)
+    await eventually_async(lambda: subscribers_on(PREFIX) >= 1, what="the trigger following the shared watch",
+                           timeout=10)
     await notify(store, unique_date, 0)
     await log.line_with("1/4 ready (1 found)", 10)
     await notify(store, unique_date, 12)

@@ -9,7 +9,7 @@ order; a timeout comes only at the deadline, with what was found; an outage is r
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pytest
@@ -141,24 +141,13 @@ def _released(world: World, mode: str) -> bool:
     return len(wanted_handed) == len(WANTED) if mode == "all" else bool(wanted_handed)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def quiet_follower() -> Iterator[None]:
-    """The machine's stale-read warnings would flood the report; the level is put back for the other tests
-    (which check the follower's WARNINGs)."""
-    logger = logging.getLogger("aviso_workflows.follow")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data(), mode=st.sampled_from(["all", "any"]), timeout=st.sampled_from([None, 0.5, 3.0, 30.0]),
        blocking=st.booleans(), posted_before=st.integers(0, 3))
 def test_the_wait_machine_keeps_its_promises(data: st.DataObject, mode: str, timeout: float | None, blocking: bool,
                                             posted_before: int) -> None:
+    # The machine's stale-read warnings would flood the report; tests/conftest.py puts the level back after.
+    logging.getLogger("aviso_workflows.follow").setLevel(logging.ERROR)
     world = World()
     for step in range(posted_before):
         world.post(WANTED[(step * 2) % len(WANTED)])
