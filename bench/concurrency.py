@@ -11,6 +11,7 @@ Usage: concurrency.py RESULTS.json N [N ...]   (each N runs in a fresh process o
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import subprocess
 import sys
@@ -66,6 +67,29 @@ class Gauges:
 
 
 
+class CollectorClock:
+    """Time spent in the garbage collector's collections (and how many were full ones) while it runs."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.full = 0
+        self._began = 0.0
+
+    def _heard(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+            return
+        self.seconds += time.perf_counter() - self._began
+        self.full += info["generation"] == 2
+
+    def __enter__(self) -> CollectorClock:
+        gc.callbacks.append(self._heard)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        gc.callbacks.remove(self._heard)
+
+
 async def one_trigger(request: dict[str, Any], fired: list[float]) -> None:
     from aviso_workflows.airflow import AvisoTrigger
 
@@ -85,18 +109,23 @@ async def measure(store: Store, etcd_url: str, port: int, count: int) -> dict[st
     from aviso_workflows.airflow.hooks import AvisoHook
 
     await AvisoHook().aget_conn()  # Airflow's first connection lookup loads its secrets backends: not ours to time
+    tracked_before = len(gc.get_objects())
     started = last_look = time.monotonic()
-    tasks = [asyncio.create_task(one_trigger(request, fired)) for request in requests]
-    while subscribers() < count or reads() < count:
-        if time.monotonic() - started > ARM_BOUND:
-            raise TimeoutError(f"only {subscribers()} of {count} triggers subscribed, {reads()} read")
-        if time.monotonic() - last_look > GAUGE_EVERY:  # reading /proc/net/tcp takes a while: now and then
-            gauges.sample()
-            last_look = time.monotonic()
-        await asyncio.sleep(0.01)
-    armed = time.monotonic() - started
+    with CollectorClock() as collector:
+        tasks = [asyncio.create_task(one_trigger(request, fired)) for request in requests]
+        while subscribers() < count or reads() < count:
+            if time.monotonic() - started > ARM_BOUND:
+                raise TimeoutError(f"only {subscribers()} of {count} triggers subscribed, {reads()} read")
+            if time.monotonic() - last_look > GAUGE_EVERY:  # reading /proc/net/tcp takes a while: now and then
+                gauges.sample()
+                last_look = time.monotonic()
+            await asyncio.sleep(0.01)
+        armed = time.monotonic() - started
     gauges.sample()
     armed_rss = rss_mb()
+    # Objects the collector tracks per waiting trigger: what each of its full collections walks (counted
+    # after the clock stopped; the garbage not yet collected is counted too, so it is an upper bound).
+    per_trigger = (len(gc.get_objects()) - tracked_before) / count
     producer = await asyncio.create_subprocess_exec(sys.executable, str(PRODUCER), etcd_url, DATE, str(count),
                                                     stdout=subprocess.PIPE)
     output, _ = await asyncio.wait_for(producer.communicate(), RELEASE_BOUND)
@@ -106,7 +135,8 @@ async def measure(store: Store, etcd_url: str, port: int, count: int) -> dict[st
     return {"count": count, "armed_s": armed, "release_s": max(fired) - posted["last"],
             "first_release_s": min(fired) - posted["last"], "post_s": posted["last"] - posted["first"],
             "rss_mb": max(armed_rss, rss_mb()), "peak_rss_mb": peak_rss_mb(), "connections": gauges.connections,
-            "threads": gauges.threads}
+            "threads": gauges.threads, "gc_s": collector.seconds, "gc_full": collector.full,
+            "objects_per_trigger": per_trigger}
 
 
 def count_reads() -> Any:
@@ -160,6 +190,10 @@ def figures(results: list[dict[str, float]]) -> list[Figure]:
             found.append(reported(f"{tag} triggers: TCP connections to etcd", result["connections"], "connections"))
             found.append(reported(f"{tag} triggers: peak RSS", result["peak_rss_mb"], "MB"))
         found.append(reported(f"{tag} triggers: threads", result["threads"], "threads"))
+        found.append(reported(f"{tag} triggers: garbage collection until all are waiting "
+                              f"({int(result['gc_full'])} full collections)", result["gc_s"], "s"))
+        found.append(reported(f"{tag} triggers: objects the collector tracks per waiting trigger",
+                              result["objects_per_trigger"], "objects"))
         found.append(reported(f"{tag} triggers: posting all keys (batched notify)", result["post_s"], "s"))
     return found
 
