@@ -64,7 +64,15 @@ def test_the_bridge_runs_the_listener_runtime_with_typed_options_and_leaves_the_
     before, stop, status = dict(os.environ), threading.Event(), []
     thread = threading.Thread(target=lambda: status.append(run_bridge(store, bridge, stop=stop)), daemon=True)
     thread.start()
+    printed: list[str] = []
+
+    def said(text: str) -> bool:
+        printed.append(capsys.readouterr().out)
+        return text in "".join(printed)
+
     try:
+        # A first start listens after the store's revision when it starts: post only once it has read it.
+        eventually(lambda: said("listening after revision"), what="the bridge listening", timeout=BOUND)
         store.notify("mars", {**FORECAST, "date": unique_date, "step": 1})
         eventually(lambda: ready(ecflow_server, f"/{suite}/step_1"), what="the bridge set the event", timeout=BOUND)
         assert dict(os.environ) == before
@@ -72,6 +80,7 @@ def test_the_bridge_runs_the_listener_runtime_with_typed_options_and_leaves_the_
         stop.set()
         thread.join(BOUND)
     assert status == [0] and dict(os.environ) == before
-    out = capsys.readouterr().out
+    said("")
+    out = "".join(printed)
     assert f"ecflow-bridge: {config}, ecFlow at localhost:{ecflow_server.port}" in out
     assert "ecflow-bridge: stopped" in out
