@@ -226,6 +226,16 @@ def wait_until(check: Any, timeout: float, every: float = 0.001, what: str = "a 
         time.sleep(every)
 
 
+def taking_feeds(thread_id: int | None) -> bool:
+    """True when the thread ``thread_id`` is blocked taking the next feed of a blocking wait: its first read
+    is done and it waits for the watch. (Its innermost frame is the inbox's ``get``; seen from outside, so the
+    wait runs exactly as an application's does.)"""
+    from aviso_workflows.backends.etcd import _Inbox
+
+    frame = sys._current_frames().get(thread_id) if thread_id is not None else None
+    return frame is not None and frame.f_code is _Inbox.get.__code__
+
+
 def results_path() -> Path:
     """Where the script writes its figures (the first argument, given by run.py)."""
     return Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.gettempdir()) / "aviso-bench.json"
