@@ -353,9 +353,12 @@ class GrpcGateway(EtcdGateway):
                                      failure=[rpc_pb2.RequestOp(request_range=rpc_pb2.RangeRequest(key=key_bytes))])
         lease_id = int(lease or 0)
         add = request.success.add
-        for put_key, value in puts:  # fields set in place: a third of the time of building each message apart
+        value, encoded = None, b""
+        for put_key, text in puts:  # fields set in place: a third of the time of building each message apart
+            if text is not value:  # a notify's keys share one value: encoded once
+                value, encoded = text, text.encode()
             put = add().request_put
-            put.key, put.value = put_key.encode(), value.encode()
+            put.key, put.value = put_key.encode(), encoded
             if lease_id:
                 put.lease = lease_id
         answer = self._rpc("kv", "Txn", request, lambda: _keys(puts[0][0] if puts else key, False))

@@ -152,10 +152,13 @@ class Request:
             return [self.schema.format_key(values) for values in self.concrete()]
         self.require_complete("expanding keys")
         # the template's fields in key order, the last varying fastest: each step extends every key built so far
-        keys = [""]
-        for literal, name in parts[0]:
-            keys = [key + literal + value for key in keys for value in self.values[name]]
-        return [key + parts[1] for key in keys]
+        # (while a field has one value, the one key so far is extended alone; the last step adds the tail)
+        fields, tail = parts
+        keys, last = [""], len(fields) - 1
+        for index, (literal, name) in enumerate(fields):
+            end = tail if index == last else ""
+            keys = [f"{key}{literal}{value}{end}" for key in keys for value in self.values[name]]
+        return keys if fields else [tail]
 
     def matches(self, fields: Mapping[str, str]) -> bool:
         """True when a parsed key's fields satisfy every constraint of the request."""

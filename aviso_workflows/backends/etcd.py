@@ -17,10 +17,12 @@ import json
 import logging
 import queue
 import threading
-import uuid
+import os
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import itemgetter
 
 from ..config import StoreConfig
 from ..errors import HistoryCompacted, NotForwarded, PermissionDenied, StoreError
@@ -48,6 +50,9 @@ INBOX_LIMIT = 1_000
 RESYNC: Feed[KeyValue] = Feed(FeedKind.RESYNC, 0)
 
 
+_KEY = itemgetter(0)
+
+
 @dataclass
 class _Batch:
     status_key: str
@@ -62,7 +67,7 @@ def _chunks(request: Request, value: str, limit: int) -> list[_Batch]:
     status_key, admin = request.schema.status_key(fixed), request.schema.admin_key(fixed)
     size = limit - 1 if admin else limit
     keys = request.keys()
-    return [_Batch(status_key, [(key, value) for key in keys[start:start + size]], [admin] if admin else [])
+    return [_Batch(status_key, list(zip(keys[start:start + size], repeat(value))), [admin] if admin else [])
             for start in range(0, len(keys), size)]
 
 
@@ -103,7 +108,7 @@ class EtcdBackend(ConfiguredBackend):
         result = NotifyResult(keys=[])
         for batch in batches:
             result.revisions.append(self._commit(batch, lease, message))
-            result.keys.extend(key for key, _ in batch.puts)
+            result.keys.extend(map(_KEY, batch.puts))
         return result
 
     def _batches(self, request: Request, value: str) -> list[_Batch]:
@@ -127,9 +132,9 @@ class EtcdBackend(ConfiguredBackend):
         return batches
 
     def _commit(self, batch: _Batch, lease: str | None, message: str | None) -> int:
-        keys = [key for key, _ in batch.puts]
-        text = message or (f"notification to key {keys[0]}" if len(keys) == 1
-                           else f"notification to {len(keys)} keys from {keys[0]}")
+        first, count = batch.puts[0][0], len(batch.puts)
+        text = message or (f"notification to key {first}" if count == 1
+                           else f"notification to {count} keys from {first}")
         try:
             return self._commit_status_chain(batch, lease, text)
         except PermissionDenied as error:
@@ -142,7 +147,7 @@ class EtcdBackend(ConfiguredBackend):
         else:
             _, previous = self.gateway.get(batch.status_key)
         # One id for every attempt of this batch: it tells our own status from another writer's on the chain.
-        notify_id = uuid.uuid4().hex
+        notify_id = os.urandom(16).hex()
         for _ in range(STATUS_RETRIES):
             status = json.dumps({**new_status(previous, text, self.config.username), "notify_id": notify_id})
             puts = [*batch.puts, (batch.status_key, status), *((k, NO_PAYLOAD) for k in batch.admin_keys)]
