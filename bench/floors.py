@@ -34,8 +34,18 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from common import (MARS, Figure, at_least, at_most, percentile, private_etcd, reported, results_path, taking_feeds,
-                    wait_until)
+from common import (
+    MARS,
+    Figure,
+    at_least,
+    at_most,
+    percentile,
+    private_etcd,
+    reported,
+    results_path,
+    taking_feeds,
+    wait_until,
+)
 from etcd3gw.client import Etcd3Client
 
 ROUNDS = int(os.environ.get("AVISO_BENCH_ROUNDS", "300"))  # releases per transport

@@ -15,9 +15,9 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import os
 import queue
 import threading
-import os
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
