@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from backend_stores import OnBackend, aviso_double_fixture, on_backend_fixture  # noqa: F401 - fixtures
 from cylc_helpers import CYLC, cylc, running, wait_for
+from waiting import eventually
 
 from aviso_workflows import Store
 
@@ -121,9 +122,14 @@ def test_catch_up_and_push_release_a_cylc_workflow(cylc_env: dict[str, str], on_
     run_dir = Path(cylc_env["HOME"]) / "cylc-run" / "released" / "live"
     share = run_dir / "share"
     listen = [str(Path(sys.executable).parent / "aviso-workflows"), "listen",
-              str(listener_file(tmp_path / "listeners.yaml", workflow)), "-v"]
+              str(listener_file(tmp_path / "listeners.yaml", workflow)), "--cursor", "push", "-v"]
     with running(listen, cylc_env, tmp_path / "listener.log") as listener, \
             running([str(CYLC), "play", "--no-detach", workflow], cylc_env, tmp_path / "play.log") as play:
+        # a new cursor is saved at the listener's start position: what is posted from then on reaches it
+        cursor = Path(cylc_env["AVISO_WORKFLOWS_STATE_DIR"]) / "cursors" / "push.json"
+        eventually(lambda: listener.poll() is None and cursor.exists() or listener.poll() is not None,
+                   what="the push listener saved its start", timeout=60)
+        assert listener.poll() is None, (tmp_path / "listener.log").read_text()[-3000:]
         for day in POSTED_BEFORE:  # released by the xtrigger's first call, all at once
             wait_for(share / f"start-{day}T0000Z", 60, play)
         wait_until_done(run_dir, [f"{day}T0000Z" for day in POSTED_BEFORE], 30)

@@ -51,7 +51,9 @@ class LiveListener:
         self.received: list[Notification] = []
         self._stop = threading.Event()
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(store, date, cursor), daemon=True)
+        # its start is taken here, before anything the test posts next (in the thread it could come after it)
+        start = Position(store.current_revision())
+        self._thread = threading.Thread(target=self._run, args=(store, date, start, cursor), daemon=True)
         self._thread.start()
 
     @classmethod
@@ -64,9 +66,9 @@ class LiveListener:
         listener.received.clear()
         return listener
 
-    def _run(self, store: Store, date: str, cursor: Cursor | None) -> None:
+    def _run(self, store: Store, date: str, start: Position, cursor: Cursor | None) -> None:
         try:
-            for notification in listen(store, [day_request(store, date)], after=Position(store.current_revision()),
+            for notification in listen(store, [day_request(store, date)], after=start,
                                        cursor=cursor, stop=self._stop, poll=0.05):
                 self.received.append(notification)
         except BaseException as error:  # noqa: BLE001 - reported by the test thread

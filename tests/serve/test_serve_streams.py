@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 from serve_helpers import READ_SECONDS, Served, mars, sequence, serving, stream
+from waiting import eventually
 
 from aviso_workflows import Store, server
 from aviso_workflows.serve.cli import start_serve_process
@@ -131,7 +132,8 @@ def test_a_slow_client_is_cut_off_and_others_go_on(store: Store, unique_date: st
         with stream(served, "/api/v1/watch", body) as fast:
             fast.next()
             slow = _slow_watch(served.url, body)
-            try:
+            try:  # its headers come before its stream joins the hub
+                eventually(lambda: served.state.hub.subscribers >= 2, what="the slow stream subscribed")
                 deadline = time.monotonic() + READ_SECONDS * 3
                 posted = 0
                 while served.state.hub.subscribers > 1:  # until the slow one is cut: megabytes it does not read
