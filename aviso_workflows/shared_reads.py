@@ -5,9 +5,10 @@ cost while holding the interpreter. Here a read joins the queue of its ``min_rev
 at a time takes the whole queue and reads it (:meth:`Store.read_many`: 128 ranges per transaction, one
 snapshot), and what queued meanwhile is read next. Threads and asyncio waiters queue alike (a thread
 blocks on its own answer, a loop awaits it), so waits starting together share reads whichever form they
-take. After each read the worker keeps the queue ``GATHER`` seconds more before it lets go: in a burst (a
-thousand threads starting one after the other) the next read then takes every waiter that came meanwhile
-rather than the two or three that came during one read; a lone wait is read at once. The worker hands
+take. When waiters came during a read, the worker keeps the queue ``GATHER`` seconds more before the next one:
+in a burst (a thousand threads starting one after the other) that read then takes every waiter that came
+meanwhile rather than the two or three that came during one read. When none came, it lets the queue go at once:
+a lone wait is read at once, also one that starts right after another's read. The worker hands
 each waiter its answer, or the read's error (each waiter rides out an outage on its own); the answers of
 one loop's waiters reach it in one callback per read.
 
@@ -33,8 +34,8 @@ if TYPE_CHECKING:
 
 Read = tuple[int, list[Notification]]
 Answer = Callable[[Read | None, BaseException | None], None]
-#: Seconds the worker keeps a queue after a read for the waiters still arriving: reads of a burst are then
-#: few and large (each read costs a round trip and, with many threads, a wait for the
+#: Seconds the worker keeps a queue, after a read during which others came, for the waiters still arriving: reads
+#: of a burst are then few and large (each read costs a round trip and, with many threads, a wait for the
 #: interpreter), at the price of this much more for the waiters of the burst.
 GATHER = 0.005
 #: Worker threads reading: few, so their keep-alive connections to etcd are few.
@@ -126,7 +127,10 @@ class SharedReads:
 
     def _rounds(self, min_revision: int, queue: _Queue) -> None:
         """Read the queue's entries, round after round until it is empty."""
+        burst = False
         while True:
+            if burst:  # waiters came during the last read: more of them are on their way, gather them
+                time.sleep(GATHER)
             with self._condition:
                 taken, queue.entries = queue.entries, []
                 if not taken:
@@ -135,9 +139,9 @@ class SharedReads:
                         del self._queues[min_revision]
                     return
             _read_for(taken, min_revision)
-            # the queue stays ours a little longer: waiters of a burst that come meanwhile join the next read
-            # (the answers are given: a lone waiter loses nothing)
-            time.sleep(GATHER)
+            with self._condition:
+                # none came: a lone waiter (even one right after this read) is read at once by a new round
+                burst = bool(queue.entries)
 
 
 def _read_for(taken: list[_Entry], min_revision: int) -> None:
