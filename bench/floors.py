@@ -59,6 +59,9 @@ HAS_TRANSPORT = (Path(str(importlib.util.find_spec("aviso_workflows").origin)).p
 #: AVISO_BENCH_TRANSPORTS=gateway measures one transport only (as a package from before gRPC is measured).
 TRANSPORTS = tuple(os.environ.get("AVISO_BENCH_TRANSPORTS", "gateway,grpc" if HAS_TRANSPORT else "gateway").split(","))
 RELEASE_BOUND = 10.0
+#: AVISO_BENCH_KEEP_WATCH=0 lets each release's end stop its shared watch, as floors.py did before 3513ebe (the
+#: floors measured meanwhile are then slowed: release_trace.py shows by how much).
+KEEP_WATCH = os.environ.get("AVISO_BENCH_KEEP_WATCH", "1") != "0"
 #: Seconds between the waiter's taking feeds (its first read done) and the post: none by default, as the floors
 #: post at once after their previous round.
 PAUSE = float(os.environ.get("AVISO_BENCH_PAUSE", "0"))
@@ -243,7 +246,7 @@ def measure(url: str, port: int, transports: tuple[str, ...], year: int) -> dict
     samples: dict[str, list[float]] = {}
     try:
         with ExitStack() as kept:  # closed before the batches: their keys are under the same prefix
-            for transport in transports:
+            for transport in transports if KEEP_WATCH else ():
                 kept.enter_context(kept_open(stores[transport], transport, year))
             _releases(stores, transports, grpc_floor, gateway_floor, year, samples)
         for day in range(BATCHES):
