@@ -128,6 +128,14 @@ def put_op(key: str, value: str, lease: str | None = None) -> dict[str, Any]:
     return op
 
 
+def delete_op(key: str, *, prefix_of: str | None = None) -> dict[str, Any]:
+    """A delete of a transaction: ``key``, or with ``prefix_of`` every key from ``key`` under that prefix."""
+    body: dict[str, Any] = {"key": b64(key)}
+    if prefix_of is not None:
+        body["range_end"] = _range_end_b64(prefix_of)
+    return {"request_delete_range": body}
+
+
 def unchanged_since(key: str, previous: KeyValue | None) -> dict[str, Any]:
     """A transaction compare: ``key`` was not modified since ``previous`` (None: the key does not exist)."""
     if previous is None:

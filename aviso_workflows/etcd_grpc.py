@@ -446,6 +446,9 @@ def _request_op(op: dict[str, Any]) -> rpc_pb2.RequestOp:
             lease=int(put.get("lease") or 0)))
     if put is not None:
         return rpc_pb2.RequestOp(request_put=_parsed(put, rpc_pb2.PutRequest()))
+    delete = op.get("request_delete_range")
+    if delete is not None and delete.keys() == {"key"}:  # a waiter's entry leaving: thousands at once
+        return rpc_pb2.RequestOp(request_delete_range=rpc_pb2.DeleteRangeRequest(key=base64.b64decode(delete["key"])))
     if "request_range" in op:
         return rpc_pb2.RequestOp(request_range=_parsed(op["request_range"], rpc_pb2.RangeRequest()))
     return _parsed(op, rpc_pb2.RequestOp())

@@ -25,7 +25,7 @@ from fastapi import Request as HttpRequest
 from fastapi.responses import JSONResponse
 
 from ..errors import PermissionDenied, StoreError
-from ..etcd import b64, put_op, range_op
+from ..etcd import b64, delete_op, put_op
 from ..position import key_order
 from ..schema import EventSchema
 from ..watch import one_line
@@ -77,9 +77,7 @@ def removed(store: Store, schema: EventSchema) -> Removed:
 def _wipe(store: Store, schema: EventSchema) -> None:
     """Delete every key of the event, then mark it wiped up to the revision of that delete."""
     prefix = event_prefix(schema)
-    whole = range_op(prefix, prefix_of=prefix)
-    delete = {"request_delete_range": {"key": whole["key"], "range_end": whole["range_end"]}}
-    revision = int(store.gateway.txn([], [delete])["header"]["revision"])
+    revision = int(store.gateway.txn([], [delete_op(prefix, prefix_of=prefix)])["header"]["revision"])
     store.gateway.txn([], [put_op(f"{_markers(schema)}wiped", str(revision))])
 
 
@@ -95,9 +93,8 @@ def _delete_sequence(store: Store, prefix: str, schemas: list[EventSchema], sche
         return False
     key = keys[index]
     still = [{"key": b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": revision}]
-    delete = {"request_delete_range": {"key": b64(key)}}
     marker = put_op(f"{_markers(schema)}deleted/{sequence}", key)
-    store.gateway.txn(still, [delete, marker], [marker])  # written again since: the newer post stays, marked
+    store.gateway.txn(still, [delete_op(key), marker], [marker])  # written again since: the newer post stays, marked
     return True
 
 

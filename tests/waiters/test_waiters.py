@@ -168,6 +168,26 @@ def test_progress_is_coalesced_into_a_few_writes(store: Store, unique_date: str)
         registration.close(wait=5)
 
 
+def test_waiters_leaving_together_leave_in_shared_transactions(store: Store, unique_date: str) -> None:
+    """Three hundred triggers fired by one post end together: their entries go in a few transactions (a
+    delete each would be three hundred writes racing the releases), while one waiter still waits."""
+    request = store.request(mars(unique_date, 0))
+    staying = register(store, request, who={"owner": "stays"})
+    leaving = [register(store, request, who={"owner": "leaves"}) for _ in range(300)]
+    try:
+        until(lambda: len(listed(store, owner="leaves")) == 300, 20, "the 300 entries being written")
+        before = store.gateway.current_revision()
+        for registration in leaving:
+            registration.close()
+        until(lambda: not listed(store, owner="leaves"), 10, "the 300 entries being removed")
+        assert store.gateway.current_revision() - before < 30  # ceil(300 / 128) transactions, and others' writes
+        assert len(listed(store, owner="stays")) == 1
+    finally:
+        for registration in leaving:
+            registration.close()
+        staying.close(wait=5)
+
+
 def test_filters_and_who_are_checked() -> None:
     assert parse_filters(["step=3,dag_id=x", "kind=cli"]) == {"step": "3", "dag_id": "x", "kind": "cli"}
     with pytest.raises(ValidationError, match="who"):
