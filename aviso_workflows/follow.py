@@ -272,7 +272,8 @@ class Found:
             request.require_complete("waiting for all keys")
         self.request = request
         self.mode = mode
-        self.wanted = request.keys() if request.is_complete else None
+        # a tuple of texts, which the garbage collector stops tracking (a list it walks for every waiting trigger)
+        self.wanted = tuple(request.keys()) if request.is_complete else None
         self.total = len(self.wanted) if self.wanted is not None else 1
         self.on_progress = on_progress
         self.found: dict[str, Notification] = {n.key: n for n in known}
@@ -341,6 +342,10 @@ class Listen:
     """Take the next feed, giving up after ``timeout`` s (None: no limit): answer :class:`Fed`."""
 
     timeout: float | None
+
+
+#: The listen of an asyncio wait without a deadline, shared: one object less for each of thousands of waiting triggers.
+LISTEN_UNTIL_FED = Listen(None)
 
 
 @dataclass(frozen=True)
@@ -479,7 +484,7 @@ class WaitMachine:
             raise self.found.timed_out(self.timeout, outage)
         if self.blocking:
             return Listen(_slice(LOOK_EVERY, self._at, now))
-        return Listen(None if self._at is None else self._at - now)
+        return LISTEN_UNTIL_FED if self._at is None else Listen(self._at - now)
 
 
 def _passed(at: float | None, now: float) -> bool:

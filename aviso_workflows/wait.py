@@ -102,6 +102,16 @@ class _Tracker:
         if self.ready is not None:
             self.ready(progress)
 
+    #: The tracker is what :class:`Found` calls (see :meth:`callback`).
+    __call__ = on_progress
+
+    def callback(self) -> ReadyCallback | None:
+        """What the wait calls as keys are found: the tracker itself (a bound method would be one object more
+        for each of thousands of waiting triggers), or nothing when it has nothing to do."""
+        if self.registration is None and self.progress is None and self.ready is None:
+            return None
+        return self
+
     def released_short(self, timed_out: WaitTimeout) -> WaitResult:
         """At the deadline: what was found if that is at least ``min_found`` keys, else the timeout."""
         if self.min_found is None:
@@ -143,7 +153,7 @@ def wait(store: StoreLike, request: Request, *, mode: str = "all", timeout: floa
     tracker = _Tracker(store, request, mode, timeout, known, on_progress, min_found, who, on_ready)
     try:
         return WaitResult(_wait(store, request, mode=mode, timeout=timeout, known=known,
-                                on_progress=tracker.on_progress))
+                                on_progress=tracker.callback()))
     except WaitTimeout as timed_out:
         return tracker.released_short(timed_out)
     finally:
@@ -202,44 +212,37 @@ async def wait_async(store: StoreLike, request: Request, *, mode: str = "all", t
                      known: Iterable[Notification] = (), on_progress: ProgressCallback | None = None,
                      min_found: int | None = None, who: Mapping[str, Any] | None = None,
                      on_ready: ReadyCallback | None = None) -> WaitResult:
-    """:func:`wait` in an asyncio loop (``min_found``, ``who``, ``on_progress`` and ``on_ready`` as there):
-    registering never blocks the loop, the process's keeper thread writes the entry."""
+    """:func:`wait` in an asyncio loop (``min_found``, ``who``, ``on_progress`` and ``on_ready`` as there), for
+    triggers: the shared watch feeds the loop, the reads of waiters starting together share transactions in a
+    worker thread, and registering is written by the process's keeper thread, so thousands of waiters need no
+    thread and no connection of their own and never block the loop. One coroutine, not one calling another:
+    each of ten thousand waiting triggers would hold a second one for the garbage collector to walk.
+    """
     known = tuple(known)  # none, nearly always: the empty tuple, nothing to allocate per trigger
     tracker = _Tracker(store, request, mode, timeout, known, on_progress, min_found, who, on_ready)
     try:
-        return WaitResult(await _wait_async(store, request, mode=mode, timeout=timeout, known=known,
-                                            on_progress=tracker.on_progress))
+        found, runtime = Found(request, mode, known, tracker.callback()), runtime_for(store)
+        feeds = store.backend.wait_feeds(request, found.wanted, runtime.hub, asyncio.get_running_loop())
+        feeds.start()  # no I/O: a stream or a new shared watch starts in a thread of its own
+        try:
+            machine = WaitMachine(found, timeout=timeout, reads_state=feeds.reads_state, patience=feeds.patience,
+                                  now=time.monotonic(), blocking=False)
+            command = machine.start(time.monotonic())
+            while not isinstance(command, follow.Release):
+                event: follow.WaitEvent
+                if isinstance(command, follow.Listen):  # no timer without a deadline (nearly every release)
+                    event = follow.Fed(await feeds.aget()) if command.timeout is None else await _listen(feeds, command)
+                else:
+                    event = await _do_async(store, request, feeds, command)
+                command = machine.handle(event, time.monotonic())
+                del event  # not kept while waiting: a first read's answer would stay with each of thousands of waiters
+            return WaitResult(command.found)
+        finally:
+            _detach(runtime, feeds)
     except WaitTimeout as timed_out:
         return tracker.released_short(timed_out)
     finally:
         tracker.close(block=False)
-
-
-async def _wait_async(store: StoreLike, request: Request, *, mode: str = "all", timeout: float | None = None,
-                      known: Iterable[Notification] = (),
-                      on_progress: ReadyCallback | None = None) -> list[Notification]:
-    """The asyncio form of :func:`wait`, for triggers: the shared watch feeds an asyncio queue, and
-    the reads of waiters starting together share transactions in a worker thread, so thousands of
-    waiters need no thread of their own and open no connection of their own.
-    """
-    found, runtime = Found(request, mode, known, on_progress), runtime_for(store)
-    feeds = store.backend.wait_feeds(request, found.wanted, runtime.hub, asyncio.get_running_loop())
-    feeds.start()  # no I/O: a stream or a new shared watch starts in a thread of its own
-    try:
-        machine = WaitMachine(found, timeout=timeout, reads_state=feeds.reads_state, patience=feeds.patience,
-                              now=time.monotonic(), blocking=False)
-        command = machine.start(time.monotonic())
-        while not isinstance(command, follow.Release):
-            event: follow.WaitEvent
-            if isinstance(command, follow.Listen):  # no timer where the wait has no deadline (nearly every release)
-                event = follow.Fed(await feeds.aget()) if command.timeout is None else await _listen(feeds, command)
-            else:
-                event = await _do_async(store, request, feeds, command)
-            command = machine.handle(event, time.monotonic())
-            del event  # not kept while waiting: a first read's answer would stay with each of thousands of waiters
-        return command.found
-    finally:
-        _detach(runtime, feeds)
 
 
 async def _listen(feeds: WaitFeeds, command: follow.Listen) -> follow.Fed:

@@ -378,7 +378,9 @@ class PrefixWatch(WatchLoop):
     def __init__(self, config: StoreConfig, prefix: str) -> None:
         super().__init__(config, prefix, 0, f"watch on {prefix}")
         self._subscribers_lock = threading.Lock()
-        self._by_key: dict[str, set[Subscriber]] = {}
+        #: The subscriber of each known key, or a set of them once there are several: most keys have one waiter,
+        #: and a set each would be one more object per waiting trigger for the garbage collector to walk.
+        self._by_key: dict[str, Subscriber | set[Subscriber]] = {}
         self._everything: set[Subscriber] = set()
         self._keys_of: dict[Subscriber, tuple[str, ...] | None] = {}
         self._ready = threading.Event()
@@ -420,7 +422,13 @@ class PrefixWatch(WatchLoop):
                 self._everything.add(subscriber)
             else:
                 for key in wanted:
-                    self._by_key.setdefault(key, set()).add(subscriber)
+                    held = self._by_key.get(key)
+                    if held is None:
+                        self._by_key[key] = subscriber
+                    elif isinstance(held, set):
+                        held.add(subscriber)
+                    elif held is not subscriber:
+                        self._by_key[key] = {held, subscriber}
 
     def remove(self, subscriber: Subscriber) -> bool:
         """Stop delivering to ``subscriber``; True when nobody is left."""
@@ -428,10 +436,12 @@ class PrefixWatch(WatchLoop):
             wanted = self._keys_of.pop(subscriber, None)
             self._everything.discard(subscriber)
             for key in wanted or ():
-                group = self._by_key.get(key)
-                if group is not None:
-                    group.discard(subscriber)
-                    if not group:
+                held = self._by_key.get(key)
+                if held is subscriber:
+                    del self._by_key[key]
+                elif isinstance(held, set):
+                    held.discard(subscriber)
+                    if not held:
                         del self._by_key[key]
             return not self._keys_of
 
@@ -462,7 +472,10 @@ class PrefixWatch(WatchLoop):
         with self._subscribers_lock:
             targets: dict[Subscriber, list[KeyValue]] = {s: list(ordered) for s in self._everything}
             for kv in ordered:
-                for subscriber in self._by_key.get(kv.key, ()):
+                held = self._by_key.get(kv.key)
+                if held is None:
+                    continue
+                for subscriber in held if isinstance(held, set) else (held,):
                     targets.setdefault(subscriber, []).append(kv)
         for subscriber, kvs in targets.items():
             subscriber.on_puts(kvs, revision)

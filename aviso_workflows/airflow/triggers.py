@@ -71,7 +71,8 @@ class AvisoTrigger(BaseTrigger):
         self.request = request
         self.aviso_conn_id = aviso_conn_id
         self.wait_for = wait_for
-        self.known = list(known or [])
+        # a tuple: none known is then no object of its own (an empty list per waiting trigger was one more to collect)
+        self.known: tuple[dict[str, Any], ...] = tuple(known or ())
         self.deadline = deadline
         self.min_found = min_found
         self.who = dict(who) if who is not None else {"kind": "airflow-trigger"}
@@ -80,17 +81,34 @@ class AvisoTrigger(BaseTrigger):
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return f"{type(self).__module__}.{type(self).__qualname__}", {
             "event": self.event, "request": self.request, "aviso_conn_id": self.aviso_conn_id,
-            "wait_for": self.wait_for, "known": self.known, "deadline": self.deadline,
+            "wait_for": self.wait_for, "known": list(self.known), "deadline": self.deadline,
             "min_found": self.min_found, "who": self.who,
         }
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        # The wait is awaited here, not in a generator or a coroutine of its own: each of ten thousand waiting
+        # triggers would otherwise hold one more of them (and its hooks) for the garbage collector to walk.
         reporter = OutageReporter.of_loop()
         reporter.add(self)
+        timeout = None if self.deadline is None else max(0.0, self.deadline - time.time())
+        request: Request | None = None
         try:
-            # The wait is a coroutine, not a generator of its own: each of ten thousand waiting triggers
-            # would otherwise hold a second generator (and its hooks) for the garbage collector to walk.
-            event = await self._wait()
+            store = self._store = await AvisoHook(self.aviso_conn_id).aget_conn()
+            reporter.store_known(self)
+            request = self._request(store)
+            found = await wait_async(store, request, mode=self.wait_for, timeout=timeout,
+                                     known=[Notification.from_dict(n) for n in self.known],
+                                     on_ready=self._progress if request.count > 1 else None, min_found=self.min_found,
+                                     who=self.who)
+            event = TriggerEvent({"status": "success", "notifications": [n.to_dict() for n in found],
+                                  **({"missing": found.missing} if found.partial else {})})
+        except WaitTimeout as error:
+            assert request is not None  # only the wait times out
+            missing = _requests.missing_keys(request, (n.key for n in error.found), self.wait_for)
+            event = TriggerEvent({"status": "error", "reason": "timeout",
+                                  "message": f"timed out after waiting until the sensor's timeout; {missing}"})
+        except AvisoWorkflowsError as error:
+            event = TriggerEvent({"status": "error", "message": str(error)})
         finally:
             reporter.discard(self)
         yield event
@@ -103,25 +121,6 @@ class AvisoTrigger(BaseTrigger):
 
     def outage_ended(self, seconds: float) -> None:
         self.log.info("etcd reachable again after %.1f s; still waiting", seconds)
-
-    async def _wait(self) -> TriggerEvent:
-        timeout = None if self.deadline is None else max(0.0, self.deadline - time.time())
-        try:
-            store = await AvisoHook(self.aviso_conn_id).aget_conn()
-            self._store = store
-            OutageReporter.of_loop().store_known(self)
-            request = self._request(store)
-            found = await wait_async(store, request, mode=self.wait_for, timeout=timeout,
-                                     known=[Notification.from_dict(n) for n in self.known],
-                                     on_ready=self._progress, min_found=self.min_found, who=self.who)
-        except WaitTimeout as error:
-            missing = _requests.missing_keys(request, (n.key for n in error.found), self.wait_for)
-            return TriggerEvent({"status": "error", "reason": "timeout",
-                                 "message": f"timed out after waiting until the sensor's timeout; {missing}"})
-        except AvisoWorkflowsError as error:
-            return TriggerEvent({"status": "error", "message": str(error)})
-        return TriggerEvent({"status": "success", "notifications": [n.to_dict() for n in found],
-                             **({"missing": found.missing} if found.partial else {})})
 
     def _request(self, store: Store) -> Request:
         """The request in ``store``'s schemas: the one validated at construction if its schema is the same

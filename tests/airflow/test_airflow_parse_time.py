@@ -227,7 +227,7 @@ def test_deferrable_mode_defers_through_an_outage_at_its_first_look(monkeypatch:
         with pytest.raises(TaskDeferred) as deferred:
             task.execute(context_for("2030-01-01"))
         trigger = deferred.value.trigger
-        assert isinstance(trigger, AvisoTrigger) and trigger.known == []
+        assert isinstance(trigger, AvisoTrigger) and trigger.serialize()[1]["known"] == []
         event = asyncio.run(asyncio.wait_for(anext(trigger.run()), 60))
     finally:
         timer.cancel()
