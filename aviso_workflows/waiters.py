@@ -244,6 +244,8 @@ class Registration:
             return
         ready = found if ready is None else ready
         with self.keeper.lock:
+            if self.closed:
+                return
             if self.record.get("found") == found and self.record.get("ready") == ready \
                     and (total is None or self.record.get("total") == total):
                 return
@@ -291,8 +293,8 @@ class _Keeper:
         #: (thousands of waiters registering at once wake it once, not once each).
         self.pending = False
         self.entries: dict[str, Registration] = {}
-        #: The entries to write (new, or with progress not yet written) and those closed, by id: a step looks
-        #: at these only, so ten thousand waiters ending one after another are not ten thousand scans of all.
+        #: The open entries to write (new, or with progress not yet written) and the closed ones, by id: a step
+        #: looks at these only, so ten thousand waiters ending one after another are not ten thousand scans of all.
         self.changed: dict[str, Registration] = {}
         self.closing: dict[str, Registration] = {}
         self.closing_since = 0.0
@@ -319,6 +321,7 @@ class _Keeper:
         """Close ``registration``: the thread removes it with those closing within ``LEAVE_GATHER``."""
         with self.lock:
             registration.closed = True
+            self.changed.pop(registration.id, None)  # a closed entry is never written again
             self.closing[registration.id] = registration
             if len(self.closing) == 1:
                 self.closing_since = time.monotonic()
@@ -370,13 +373,13 @@ class _Keeper:
         now = time.monotonic()
         if self._leaving_now(now):
             return 0.0
-        if self.refused:  # nothing more to write: sleep until an entry closes
-            return KEEPER_TICK
+        leaving = [self.closing_since + LEAVE_GATHER - now] if self.closing else []
+        if self.refused:  # nothing more to write: sleep until entries close
+            return max(0.0, min([KEEPER_TICK, *leaving]))
         if any(not r.written for r in self.changed.values()):
             return 0.0
         dirty = [r.last_write + PROGRESS_INTERVAL - now for r in self.changed.values()]
         renewal = self.next_renewal - now if self.lease else KEEPER_TICK
-        leaving = [self.closing_since + LEAVE_GATHER - now] if self.closing else []
         return max(0.0, min([KEEPER_TICK, renewal, *dirty, *leaving]))
 
     def _step(self) -> None:
@@ -385,8 +388,6 @@ class _Keeper:
             closing = list(self.closing.values()) if self._leaving_now(now) else []
             if closing:
                 self.closing.clear()
-            for registration in closing:
-                self.changed.pop(registration.id, None)
             due = [r for r in self.changed.values() if not r.written or now - r.last_write >= PROGRESS_INTERVAL]
             for registration in due:
                 registration.record["updated"] = _now()
