@@ -2,12 +2,12 @@
 prefixes of the store are busy.
 
 One listener with a cursor follows a quiet dissemination prefix (nothing is ever posted there) through
-a counting TCP proxy; a producer posts a few times a second to mars, directly to etcd, so the store's
-revision moves on. The listener moves its cursor only when etcd tells its watch that nothing happened
-(a progress notification): with the embedded etcd's interval (``server.PROGRESS_INTERVAL``, 30 s) it
-should need no request at all and lag by at most that; with etcd's own default (10 minutes) its watch
-hears nothing for ``IDLE_TIMEOUT`` (75 s) and reconnects, from the revision it started at. Both settings
-run side by side, each on an etcd of its own.
+a counting TCP proxy, over the HTTP gateway (where the proxy sees each request); a producer posts a few
+times a second to mars, directly to etcd, so the store's revision moves on. The listener moves its
+cursor only when etcd tells its watch that nothing happened (a progress notification): with the embedded
+etcd's interval (``server.PROGRESS_INTERVAL``, 30 s) it should need no request at all and lag by at most
+that; with etcd's own default (10 minutes) its watch hears nothing for ``IDLE_TIMEOUT`` (75 s) and
+reconnects, from the revision it started at. Both settings run side by side, each on an etcd of its own.
 
 Usage: idle.py RESULTS.json   (BENCH_IDLE_SECONDS sets how long each listener is watched; 180 by default)
 """
@@ -77,7 +77,11 @@ class Setting:
         self.lag: list[tuple[float, int, float]] = []  # (seconds, revisions behind, seconds behind)
         self.counts: list[tuple[float, int, int]] = []  # (seconds, connections, requests) since the baseline
         self.baseline: dict[str, Any] = {}
-        self.threads = [threading.Thread(target=self._listen, args=(Store([self.proxy.url]),), daemon=True),
+        # The listener speaks the HTTP gateway: the proxy counts HTTP/1 requests, and over gRPC every call is a
+        # stream of one HTTP/2 connection that it cannot tell apart. Both transports share the watch's code
+        # (watch.WatchLoop: its idle timeout, its reconnects from the revision it had reached).
+        listener = Store([self.proxy.url], transport="gateway")
+        self.threads = [threading.Thread(target=self._listen, args=(listener,), daemon=True),
                         threading.Thread(target=self._produce, daemon=True)]
 
     def start(self) -> None:
@@ -124,7 +128,8 @@ class Setting:
     def close(self) -> None:
         self.stop.set()
         for thread in self.threads:
-            thread.join(10)
+            if thread.ident is not None:  # the producer starts only once the listener watches
+                thread.join(10)
         self.proxy.stop()
 
     def summary(self) -> dict[str, Any]:
