@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -258,3 +258,23 @@ def pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def counted(store: Any) -> Callable[[], int]:
+    """Counts every request the store sends to etcd from now on: each unary call of the gRPC transport (and
+    each watch it opens), or each POST of the HTTP gateway's."""
+    calls = [0]
+    gateway = store.gateway
+    for name in ("_rpc", "watch") if gateway.transport == "grpc" else ("post",):
+        _count_calls(gateway, name, calls)
+    return lambda: calls[0]
+
+
+def _count_calls(gateway: Any, name: str, calls: list[int]) -> None:
+    real = getattr(gateway, name)
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        return real(*args, **kwargs)
+
+    setattr(gateway, name, call)

@@ -17,11 +17,20 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from common import Figure, at_most, private_etcd, pyplot, reported, results_path, save_plot, write_results
+from common import (
+    Figure,
+    at_most,
+    counted,
+    private_etcd,
+    pyplot,
+    reported,
+    results_path,
+    save_plot,
+    write_results,
+)
 
 from aviso_workflows import Store
 from aviso_workflows.errors import HistoryCompacted
@@ -73,26 +82,6 @@ def post_day(store: Store, total: int) -> float:
     with ThreadPoolExecutor(len(DESTINATIONS)) as pool:
         list(pool.map(lambda d: post_chain(store, d, per_destination), DESTINATIONS))
     return time.perf_counter() - started
-
-
-def counted(store: Store) -> Callable[[], int]:
-    """Counts every request the store sends to etcd from now on: each unary call of the gRPC transport (and
-    each watch it opens), or each POST of the HTTP gateway's."""
-    calls = [0]
-    gateway = store.gateway
-    for name in ("_rpc", "watch") if gateway.transport == "grpc" else ("post",):
-        _count_calls(gateway, name, calls)
-    return lambda: calls[0]
-
-
-def _count_calls(gateway: Any, name: str, calls: list[int]) -> None:
-    real = getattr(gateway, name)
-
-    def call(*args: Any, **kwargs: Any) -> Any:
-        calls[0] += 1
-        return real(*args, **kwargs)
-
-    setattr(gateway, name, call)
 
 
 def request(store: Store, destinations: list[str]) -> Any:

@@ -26,6 +26,7 @@ from common import (
     MARS,
     Figure,
     connections_to,
+    counted,
     peak_rss_mb,
     percentile,
     private_etcd,
@@ -152,20 +153,13 @@ def replays(url: str, day: Day) -> dict[str, dict[str, float]]:
     found: dict[str, dict[str, float]] = {}
     for name, fraction in (("morning", 0.0), ("noon", 0.5), ("evening", 0.99)):
         store = Store([url])
-        calls = [0]
-        real = store.gateway.post
-
-        def counted(*args: Any, real: Any = real, calls: list[int] = calls, **kwargs: Any) -> Any:
-            calls[0] += 1
-            return real(*args, **kwargs)
-
-        store.gateway.post = counted  # type: ignore[method-assign]
+        requests = counted(store)
         start = day.started_utc + length * fraction
         request = store.request("dissemination", {k: v for k, v in diss(DESTINATIONS[0], "0").items()
                                                   if k not in ("step", "destination")} | {"destination": DESTINATIONS})
         began = time.perf_counter()
         posts = replay(store, [request], start, start + window)
-        found[name] = {"seconds": time.perf_counter() - began, "requests": calls[0], "notifications": len(posts)}
+        found[name] = {"seconds": time.perf_counter() - began, "requests": requests(), "notifications": len(posts)}
     return found
 
 
