@@ -1,4 +1,4 @@
-"""The transport's cost: etcd's HTTP/JSON gateway (what the store speaks) beside etcd's own gRPC API
+"""The transport's cost: etcd's HTTP/JSON gateway (the store's ``gateway`` transport) beside etcd's own gRPC API
 (through ``aetcd``), on the same etcd, in one run.
 
 - batched writes: transactions of 128 puts of notification-sized keys and values, one writer at a
@@ -45,8 +45,13 @@ VALUE = "file:///data/forecast/20300101/00/od/oper/E1.grib"
 
 
 # -- the HTTP gateway --------------------------------------------------------------------------------
+def gateway_config(url: str) -> StoreConfig:
+    """The store's settings over the HTTP gateway (the default, ``auto``, speaks gRPC where it can)."""
+    return StoreConfig(endpoints=(url,), transport="gateway")
+
+
 def gateway_writes(url: str, prefix: str, transactions: int, writers: int) -> float:
-    gateway = open_gateway(StoreConfig(endpoints=(url,)))
+    gateway = open_gateway(gateway_config(url))
 
     def write(part: int) -> None:
         for txn in range(part, transactions, writers):
@@ -59,7 +64,7 @@ def gateway_writes(url: str, prefix: str, transactions: int, writers: int) -> fl
 
 
 def gateway_fanout(url: str, prefix: str, start: int, events: int) -> float:
-    gateway = open_gateway(StoreConfig(endpoints=(url,)))
+    gateway = open_gateway(gateway_config(url))
     counts = [0] * WATCHERS
 
     def watch(index: int) -> None:
@@ -133,7 +138,7 @@ def has_aetcd() -> bool:
 
 
 def measure(url: str, transactions: int) -> dict[str, float]:
-    gateway = open_gateway(StoreConfig(endpoints=(url,)))
+    gateway = open_gateway(gateway_config(url))
     gateway.current_revision()
     grpc = has_aetcd()  # without it (a venv without the gRPC transport) only the gateway is measured
     results = {
