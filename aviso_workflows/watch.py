@@ -415,7 +415,7 @@ class PrefixWatch(WatchLoop):
     #: The watch starts from now. A start revision read before it is in the past as soon as anything is written
     #: before etcd creates the watch (the waiter's own registration, any producer): etcd then counts it among its
     #: unsynced watchers, which it serves every 100 ms, so a post made just after the waiter's read reached it
-    #: up to 100 ms late (a fifth of the releases of triggers that each started a watch took about 60 ms).
+    #: up to 100 ms late (over a quarter of the releases of triggers that each started a watch took about 60 ms).
     starts_now = True
 
     def following(self) -> None:
