@@ -13,9 +13,9 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import requests
 import requests.adapters
@@ -26,7 +26,13 @@ from .config import StoreConfig
 from .errors import HistoryCompacted, NotForwarded, PermissionDenied, StoreError, StoreUnavailable, TlsRefused
 
 log = logging.getLogger(__name__)
+#: An event of a watch answer, as its transport gives it.
+E = TypeVar("E")
 PAGE_SIZE = 10_000
+#: Events of one watch answer handed on together, at most (whole revisions: a revision is never split). etcd
+#: answers a watch far behind with up to 1 000 revisions at once, 128 000 events of a busy store: handed on
+#: whole, its first notification waited for all of them to be decoded (over a second), and all were held at once.
+WATCH_CHUNK = 2_000
 #: Pauses before asking again when etcd cannot serve a request now (leader election, overload).
 BUSY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.5)
 #: A bound on the attempts of one request, besides its time budget.
@@ -92,6 +98,19 @@ class WatchBatch:
     def is_progress(self) -> bool:
         """Everything up to ``revision`` has been delivered."""
         return self.kind == "progress"
+
+
+def revision_parts(events: Sequence[E], revision_of: Callable[[E], int]) -> Iterator[Sequence[E]]:
+    """``events`` (in history order) in parts of about :data:`WATCH_CHUNK`, each ending where a revision ends."""
+    size, start, total = WATCH_CHUNK, 0, len(events)
+    while start < total:
+        end = min(start + size, total)
+        if end < total:
+            last = revision_of(events[end - 1])
+            while end < total and revision_of(events[end]) == last:
+                end += 1
+        yield events[start:end]
+        start = end
 
 
 def range_op(key: str, *, prefix_of: str | None = None, limit: int = 0, revision: int = 0,
@@ -499,9 +518,13 @@ class WatchStream:
     def __iter__(self) -> Iterator[WatchBatch]:
         try:
             for line in self._lines():
-                batch = self._batch(json.loads(line))
+                message = json.loads(line)
+                batch = self._batch(message)
                 if batch is not None:
                     yield batch
+                    continue
+                for part in revision_parts(message["result"]["events"], _mod_revision):
+                    yield self._events(part)
         except requests.RequestException as error:
             if not self._closed:
                 raise self._lost(error) from None
@@ -529,6 +552,7 @@ class WatchStream:
         return StoreUnavailable(f"lost the watch stream from etcd at {self.endpoint} ({reason})")
 
     def _batch(self, message: dict[str, Any]) -> WatchBatch | None:
+        """The batch of an answer without events (created, progress); None for one with events (see _events)."""
         if "error" in message:
             raise StoreError(f"etcd watch failed: {message['error'].get('message', message['error'])}")
         result = message.get("result", {})
@@ -544,12 +568,17 @@ class WatchStream:
         if result.get("created"):
             self.created = True
             return WatchBatch([], revision, "created")
-        events = result.get("events", [])
-        if not events:
-            return WatchBatch([], revision, "progress")
+        return None if result.get("events") else WatchBatch([], revision, "progress")
+
+    @staticmethod
+    def _events(events: Sequence[dict[str, Any]]) -> WatchBatch:
         puts = [KeyValue.from_json(e["kv"]) for e in events if e.get("type", "PUT") == "PUT"]
         deleted = tuple(unb64(e["kv"].get("key")) for e in events if e.get("type") == "DELETE")
-        return WatchBatch(puts, max(int(e["kv"].get("mod_revision", 0)) for e in events), deleted=deleted)
+        return WatchBatch(puts, max(_mod_revision(e) for e in events), deleted=deleted)
+
+
+def _mod_revision(event: dict[str, Any]) -> int:
+    return int(event["kv"].get("mod_revision", 0))
 
 
 def _short(error: Exception) -> str:

@@ -41,6 +41,7 @@ from .etcd import (
     WatchBatch,
     WatchIdle,
     WatchStream,
+    revision_parts,
 )
 
 #: A child of the HTTP client's logger: one name for the etcd client whichever transport it speaks.
@@ -668,6 +669,10 @@ class GrpcWatchStream(WatchStream):
                 batch = self._batch(response)
                 if batch is not None:
                     yield batch
+                    continue
+                for part in revision_parts(response.events, _event_revision):
+                    yield _events(part)
+                    self.last_heard = time.monotonic()  # a slow reader of a long answer is no silent stream
         except grpc.RpcError as error:
             if self._idle and not self._closed:
                 raise WatchIdle(f"etcd at {self.endpoint} sent nothing on the watch for {self.idle_timeout} s") \
@@ -695,6 +700,7 @@ class GrpcWatchStream(WatchStream):
         yield from self._inner
 
     def _batch(self, response: rpc_pb2.WatchResponse) -> WatchBatch | None:
+        """The batch of an answer without events (created, progress); None for one with events (see _events)."""
         revision = response.header.revision
         if response.canceled:
             if response.compact_revision:
@@ -706,10 +712,15 @@ class GrpcWatchStream(WatchStream):
         if response.created:
             self.created = True
             return WatchBatch([], revision, "created")
-        events = response.events
-        if not events:
-            return WatchBatch([], revision, "progress")
-        puts = [_kv(e.kv) for e in events if e.type == kv_pb2.Event.PUT]
-        deleted = tuple(e.kv.key.decode("utf-8", errors="replace") for e in events if e.type == kv_pb2.Event.DELETE)
-        return WatchBatch(puts, max(e.kv.mod_revision for e in events), deleted=deleted)
+        return None if response.events else WatchBatch([], revision, "progress")
+
+
+def _events(events: Sequence[kv_pb2.Event]) -> WatchBatch:
+    puts = [_kv(e.kv) for e in events if e.type == kv_pb2.Event.PUT]
+    deleted = tuple(e.kv.key.decode("utf-8", errors="replace") for e in events if e.type == kv_pb2.Event.DELETE)
+    return WatchBatch(puts, max(e.kv.mod_revision for e in events), deleted=deleted)
+
+
+def _event_revision(event: kv_pb2.Event) -> int:
+    return int(event.kv.mod_revision)
 

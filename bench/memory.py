@@ -6,9 +6,9 @@ ahead of the listener. The process's resident memory is sampled every 0.5 s, wit
 delivered yet). Once the producer stops, the consumer stops sleeping (at its own pace the backlog would
 take minutes) and the listener must deliver every post, once, in write order, within CATCH_UP_BOUND;
 one that does not is reported as such. A listener queues at most ``capacity`` notifications; etcd
-answers a watch that is behind with up to 1 000 revisions at once, so the size of those answers is
-recorded too. Each capacity runs in a fresh process of its own (so memory freed by one run cannot be
-reused by the next), one after the other against one etcd.
+answers a watch that is behind with up to 1 000 revisions at once, which the stream hands on in parts of
+whole revisions, so the size of the largest part is recorded too. Each capacity runs in a fresh process
+of its own (so memory freed by one run cannot be reused by the next), one after the other against one etcd.
 
 Usage: memory.py RESULTS.json   (BENCH_MEMORY_SECONDS shortens or lengthens the producer's run)
 """
@@ -28,6 +28,7 @@ from typing import Any
 from common import MARS, Figure, at_least, private_etcd, pyplot, reported, results_path, save_plot, write_results
 
 from aviso_workflows import Store, watch
+from aviso_workflows.etcd import WATCH_CHUNK
 from aviso_workflows.follow import DEFAULT_CAPACITY, Feed
 from aviso_workflows.listen import Position
 from aviso_workflows.notification import Notification
@@ -241,7 +242,8 @@ def figures(results: list[dict[str, Any]]) -> list[Figure]:
         found.append(reported(f"{tag}: peak RSS growth", result["peak_growth_mb"], "MB"))
         found.append(reported(f"{tag}: backlog when the producer stopped ({result['posted']} posted in "
                               f"{PRODUCE_SECONDS:g} s)", result["backlog_at_stop"], "notifications"))
-        found.append(reported(f"{tag}: largest etcd watch answer", result["largest_watch_answer"], "puts"))
+        found.append(reported(f"{tag}: largest part of a watch answer handed on", result["largest_watch_answer"],
+                              "puts"))
         found.append(reported(f"{tag}: catch-up rate at full speed", result["catch_up_rate"], "notifications/s"))
         found.append(reported(f"{tag}: catch-up time (at most {CATCH_UP_BOUND:g} s is waited for)",
                               result["catch_up_s"], "s"))
@@ -263,9 +265,10 @@ def notes(results: list[dict[str, Any]]) -> list[str]:
             f"{PRODUCE_SECONDS:g} s while the listener's consumer slept {CONSUMER_PAUSE * 1000:g} ms per "
             f"notification; then the consumer stopped sleeping. Resident memory grew at most {growth} (each "
             f"capacity in a fresh process). The capacity bounds the notifications a listener queues; a watch "
-            f"far behind gets etcd's history in answers of up to 1 000 revisions (here up to {answers:,} puts "
-            f"in one answer), each parsed whole, and the listener holds the rest of an answer that does not fit "
-            f"in its queue while its watch waits: memory is the capacity plus about one answer. Catch-up rate: "
+            f"far behind gets etcd's history in answers of up to 1 000 revisions, handed on in parts of about "
+            f"{WATCH_CHUNK:,} puts of whole revisions (here up to {answers:,} puts in one part), and the listener "
+            f"holds the rest of a part that does not fit in its queue while its watch waits: memory is the "
+            f"capacity, one part and the answer as etcd sent it. Catch-up rate: "
             f"{rates}.{missed}"]
 
 

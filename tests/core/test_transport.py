@@ -13,6 +13,7 @@ import pytest
 import requests
 from etcd_helpers import running_etcd
 
+import aviso_workflows.etcd as etcd_module
 from aviso_workflows import server
 from aviso_workflows.config import StoreConfig, resolve_config
 from aviso_workflows.errors import HistoryCompacted, StoreUnavailable, ValidationError
@@ -102,6 +103,35 @@ def test_a_grpc_watch_sees_puts_and_deletes_in_order(etcd_url: str) -> None:
     assert seen[1:] == [("events", ["/transport/order/a", "/transport/order/b"], ("/transport/order/a",),
                          deleted_at)]
     assert seen[0][0] == "created"
+
+
+@pytest.mark.parametrize("transport", ["gateway", "grpc"])
+def test_a_watch_far_behind_hands_its_history_on_in_parts_of_whole_revisions(
+        etcd_url: str, transport: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """etcd answers a watch far behind with up to 1 000 revisions at once (128 000 events of a busy store): the
+    stream hands them on in parts of about ``WATCH_CHUNK`` events, never splitting a revision, so the first
+    reaches the reader without waiting for the whole answer to be decoded."""
+    monkeypatch.setattr(etcd_module, "WATCH_CHUNK", 250)
+    gateway = open_gateway(StoreConfig(endpoints=(etcd_url,), transport=transport))
+    prefix = f"/transport/behind/{transport}/"
+    start = gateway.current_revision() + 1
+    written = [[f"{prefix}{t:02d}/{i:03d}" for i in range(100)] for t in range(12)]
+    for keys in written:  # 12 revisions of 100 keys: one answer of etcd
+        gateway.txn([], [put_op(key, "v") for key in keys])
+    stream = gateway.watch(prefix, start, idle_timeout=10)
+    parts = []
+    for batch in stream:
+        if batch.kind == "events":
+            parts.append(batch)
+        if sum(len(part.puts) for part in parts) >= 1200:
+            break
+    stream.close()
+    assert [kv.key for part in parts for kv in part.puts] == [key for keys in written for key in keys]
+    assert len(parts) > 1, "the answer was handed on whole"
+    revisions = [{kv.mod_revision for kv in part.puts} for part in parts]
+    assert all(not (a & b) for a, b in zip(revisions, revisions[1:])), "a revision was split between two parts"
+    assert all(len(part.puts) <= 250 + 100 for part in parts), "a part holds more than the chunk and one revision"
+    assert [part.revision for part in parts] == [max(r) for r in revisions], "a part reports its last revision"
 
 
 @pytest.fixture(scope="module")
