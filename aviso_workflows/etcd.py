@@ -399,6 +399,19 @@ class EtcdGateway:
         """One RangeRequest; raises HistoryCompacted for a compacted revision."""
         return self.call("kv/range", body)
 
+    def ranges_in_txn(self, prefixes: Sequence[str], *, revision: int = 0,
+                      min_mod_revision: int = 0) -> tuple[int, list[tuple[list[KeyValue], bool]]]:
+        """Every prefix read by a range of one transaction (at ``revision`` if given): the revision read and,
+        per prefix, its keys and whether etcd held some back (``more``: read that prefix in pages instead)."""
+        ops = [{"request_range": range_op(p, prefix_of=p, min_mod_revision=min_mod_revision, revision=revision)}
+               for p in prefixes]
+        answer = self.txn([], ops)
+        pages = []
+        for response in answer.get("responses", []):
+            body = response.get("response_range", {})
+            pages.append(([KeyValue.from_json(kv) for kv in body.get("kvs", [])], bool(body.get("more"))))
+        return int(answer["header"]["revision"]), pages
+
     def range_all(self, key: str, *, prefix: bool = True, revision: int = 0, min_mod_revision: int = 0,
                   max_mod_revision: int = 0) -> tuple[int, list[KeyValue]]:
         """Every key of a range, read in pages at one revision; returns (revision read, keys)."""

@@ -303,6 +303,21 @@ class GrpcGateway(EtcdGateway):
                          lambda: _keys(request.key.decode(errors="replace"), bool(request.range_end)))
 
     @_or_gateway
+    def ranges_in_txn(self, prefixes: Sequence[str], *, revision: int = 0,
+                      min_mod_revision: int = 0) -> tuple[int, list[tuple[list[KeyValue], bool]]]:
+        """As over the gateway, its keys decoded straight from etcd's answer (no JSON, no base64: a year of
+        keys read for a catch-up, or the first reads of thousands of waits starting together)."""
+        request = rpc_pb2.TxnRequest()
+        for prefix in prefixes:
+            key = prefix.encode()
+            asked = request.success.add().request_range
+            asked.key, asked.range_end = key, _range_end(key)
+            asked.revision, asked.min_mod_revision = revision, min_mod_revision
+        answer = self._rpc("kv", "Txn", request, lambda: _keys(prefixes[0], True) if prefixes else "")
+        return answer.header.revision, [([_kv(kv) for kv in r.response_range.kvs], r.response_range.more)
+                                        for r in answer.responses]
+
+    @_or_gateway
     def range_all(self, key: str, *, prefix: bool = True, revision: int = 0, min_mod_revision: int = 0,
                   max_mod_revision: int = 0) -> tuple[int, list[KeyValue]]:
         """Every key of a range, read in pages at one revision; returns (revision read, keys)."""

@@ -26,7 +26,7 @@ from operator import itemgetter
 
 from ..config import StoreConfig
 from ..errors import HistoryCompacted, NotForwarded, PermissionDenied, StoreError
-from ..etcd import KeyValue, range_op
+from ..etcd import KeyValue
 from ..etcd_transport import open_gateway
 from ..follow import Feed, FeedKind
 from ..notification import NO_PAYLOAD, Notification, in_order, notification_from_kv
@@ -226,21 +226,18 @@ class EtcdBackend(ConfiguredBackend):
     def _read_ranges(self, prefixes: list[str], min_revision: int, revision: int) -> tuple[int, list[KeyValue]]:
         if len(prefixes) == 1 or not self._reads_in_txn:
             return self._read_each(prefixes, min_revision, revision)
-        ops = [{"request_range": range_op(p, prefix_of=p, min_mod_revision=min_revision, revision=revision)}
-               for p in prefixes]
         try:
-            answer = self.gateway.txn([], ops)
+            read_at, pages = self.gateway.ranges_in_txn(prefixes, revision=revision, min_mod_revision=min_revision)
         except NotForwarded:  # a proxy that forwards only kv/range
             self._reads_in_txn = False
             return self._read_each(prefixes, min_revision, revision)
-        revision = revision or int(answer["header"]["revision"])
+        revision = revision or read_at
         kvs: list[KeyValue] = []
-        for prefix, response in zip(prefixes, answer.get("responses", [])):
-            body = response.get("response_range", {})
-            if body.get("more"):
+        for prefix, (page, more) in zip(prefixes, pages):
+            if more:
                 kvs.extend(self.gateway.range_all(prefix, revision=revision, min_mod_revision=min_revision)[1])
             else:
-                kvs.extend(KeyValue.from_json(kv) for kv in body.get("kvs", []))
+                kvs.extend(page)
         return revision, kvs
 
     def _read_each(self, prefixes: list[str], min_revision: int, revision: int) -> tuple[int, list[KeyValue]]:
