@@ -91,8 +91,9 @@ class WatchBatch:
     puts: list[KeyValue]
     revision: int
     kind: str = "events"
-    #: Keys deleted (or expired with their lease) in this response, for readers of records that come and go.
-    deleted: tuple[str, ...] = ()
+    #: Keys deleted (or expired with their lease) in this response, each with the revision of its deletion, for
+    #: readers of records that come and go (a key may be put and deleted, or deleted and put, in one response).
+    deleted: tuple[tuple[str, int], ...] = ()
 
     @property
     def is_progress(self) -> bool:
@@ -586,7 +587,7 @@ class WatchStream:
     @staticmethod
     def _events(events: Sequence[dict[str, Any]]) -> WatchBatch:
         puts = [KeyValue.from_json(e["kv"]) for e in events if e.get("type", "PUT") == "PUT"]
-        deleted = tuple(unb64(e["kv"].get("key")) for e in events if e.get("type") == "DELETE")
+        deleted = tuple((unb64(e["kv"].get("key")), _mod_revision(e)) for e in events if e.get("type") == "DELETE")
         return WatchBatch(puts, max(_mod_revision(e) for e in events), deleted=deleted)
 
 

@@ -732,7 +732,8 @@ class GrpcWatchStream(WatchStream):
 
 def _events(events: Sequence[kv_pb2.Event]) -> WatchBatch:
     puts = [_kv(e.kv) for e in events if e.type == kv_pb2.Event.PUT]
-    deleted = tuple(e.kv.key.decode("utf-8", errors="replace") for e in events if e.type == kv_pb2.Event.DELETE)
+    deleted = tuple((e.kv.key.decode("utf-8", errors="replace"), e.kv.mod_revision) for e in events
+                    if e.type == kv_pb2.Event.DELETE)
     return WatchBatch(puts, max(e.kv.mod_revision for e in events), deleted=deleted)
 
 

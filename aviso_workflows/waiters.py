@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from .backends.protocol import CapabilityError
 from .errors import PermissionDenied, StoreError, StoreUnavailable, ValidationError
-from .etcd import EtcdGateway, KeyValue, delete_op, put_op
+from .etcd import EtcdGateway, KeyValue, WatchBatch, delete_op, put_op
 from .runtime import runtime_for
 
 if TYPE_CHECKING:
@@ -579,21 +579,30 @@ def _follow(store: StoreLike, known: dict[str, Waiter], start: int, stop: thread
     threading.Thread(target=close_on_stop, name="aviso-waiters-watch", daemon=True).start()
     try:
         for batch in stream:
-            for key in batch.deleted:
-                gone = known.pop(key[len(WAITING_PREFIX):], None)
-                if gone is not None:
-                    yield WaiterChange("removed", gone)
-            for kv in batch.puts:
-                waiter = Waiter.from_kv(kv)
-                if waiter is not None:
-                    kind = "updated" if waiter.id in known else "added"
-                    known[waiter.id] = waiter
-                    yield WaiterChange(kind, waiter)
+            yield from _changes(known, batch)
             if stop.is_set():
                 return
     finally:
         finished.set()
         stream.close()
+
+
+def _changes(known: dict[str, Waiter], batch: WatchBatch) -> Iterator[WaiterChange]:
+    """What one watch response changed, in history order: an entry written and removed in one response (a reader
+    behind) is gone, and one removed and written again (its lease expired, its keeper registered it anew) is there."""
+    events: list[tuple[int, str, KeyValue | None]] = [(kv.mod_revision, kv.key, kv) for kv in batch.puts]
+    events += [(revision, key, None) for key, revision in batch.deleted]
+    for _, key, kv in sorted(events, key=lambda event: event[0]):
+        if kv is None:
+            gone = known.pop(key[len(WAITING_PREFIX):], None)
+            if gone is not None:
+                yield WaiterChange("removed", gone)
+            continue
+        waiter = Waiter.from_kv(kv)
+        if waiter is not None:
+            kind = "updated" if waiter.id in known else "added"
+            known[waiter.id] = waiter
+            yield WaiterChange(kind, waiter)
 
 
 def format_waiter(waiter: Waiter) -> str:

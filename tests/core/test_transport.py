@@ -100,7 +100,7 @@ def test_a_grpc_watch_sees_puts_and_deletes_in_order(etcd_url: str) -> None:
         if batch.deleted:
             break
     stream.close()
-    assert seen[1:] == [("events", ["/transport/order/a", "/transport/order/b"], ("/transport/order/a",),
+    assert seen[1:] == [("events", ["/transport/order/a", "/transport/order/b"], (("/transport/order/a", deleted_at),),
                          deleted_at)]
     assert seen[0][0] == "created"
 
