@@ -124,16 +124,15 @@ def test_a_read_of_many_prefixes_sees_one_revision(store: Store, etcd_url: str, 
     late = diss(dates[290], destination=destination, step=6)  # read by the third transaction
     producer = store_on(etcd_url)  # its own gateway: its transactions are not the wrapped ones
     posted: list[int] = []
-    txn = store.gateway.txn
+    read_ranges = store.gateway.ranges_in_txn
 
-    def txn_then_post(compare: Sequence[dict[str, Any]], success: Sequence[dict[str, Any]],
-                      failure: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
-        answer = txn(compare, success, failure)
-        if not posted and not compare and all("request_range" in op for op in success):
+    def read_then_post(prefixes: Sequence[str], **options: Any) -> Any:
+        answer = read_ranges(prefixes, **options)
+        if not posted:
             posted.append(producer.notify(late).revisions[-1])
         return answer
 
-    monkeypatch.setattr(store.gateway, "txn", txn_then_post)
+    monkeypatch.setattr(store.gateway, "ranges_in_txn", read_then_post)
     revision, kvs = store.read_prefixes(prefixes)
     assert posted, "the post landed after the first read transaction"
     assert posted[0] > revision >= max(result.revisions[-1] for result in early)
