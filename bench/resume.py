@@ -96,7 +96,7 @@ def main() -> None:
         f"Resume: a listener {total} notifications behind got its first after {result['first']:.2f} s and all "
         f"after {result['all']:.1f} s, gaining {result['rss_gain']:.0f} MB (peak RSS {result['peak']:.0f} MB): "
         f"the backlog comes from etcd's history in write order, in etcd's watch answers of up to 1 000 "
-        f"revisions each, handed on in parts of about {WATCH_CHUNK:,} notifications (whole revisions)."])
+        f"revisions each, handed on in parts of about {WATCH_CHUNK:,} events (whole revisions)."])
     plot(result, total)
 
 
