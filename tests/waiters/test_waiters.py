@@ -10,6 +10,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -121,6 +123,22 @@ def test_waiting_command_filters_and_prints_json(store: Store, unique_date: str,
     assert listed(store, owner="ops") == []
 
 
+@contextmanager
+def changes_of(store: Store, owner: str, *, idle_timeout: float) -> Iterator[list[WaiterChange]]:
+    """The changes ``watch_waiters`` reports of the waiters of ``owner``, gathered by a thread while in the block."""
+    stop_watch = threading.Event()
+    changes: list[WaiterChange] = []
+    thread = threading.Thread(target=lambda: changes.extend(
+        c for c in watch_waiters(store, stop_watch, idle_timeout=idle_timeout) if c.waiter.who.get("owner") == owner))
+    thread.start()
+    try:
+        yield changes
+    finally:
+        stop_watch.set()
+        thread.join(10)
+    assert not thread.is_alive()
+
+
 def test_watch_waiters_reports_additions_progress_and_removals(store: Store, unique_date: str,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     streams: list[Any] = []
@@ -133,12 +151,7 @@ def test_watch_waiters_reports_additions_progress_and_removals(store: Store, uni
         return stream
 
     monkeypatch.setattr(store.gateway, "watch", recorded)  # this store's gateway only
-    stop_watch = threading.Event()
-    changes: list[WaiterChange] = []
-    thread = threading.Thread(target=lambda: changes.extend(
-        c for c in watch_waiters(store, stop_watch, idle_timeout=5) if c.waiter.who.get("owner") == "watched"))
-    thread.start()
-    try:
+    with changes_of(store, "watched", idle_timeout=5) as changes:
         until(lambda: streams and streams[0].created, 10, "etcd confirming the watch of the waiters")
         registration = register(store, store.request(mars(unique_date, "0/6")), who={"owner": "watched"})
         until(lambda: [c.kind for c in changes] == ["added"], 10, "the addition being reported")
@@ -147,10 +160,6 @@ def test_watch_waiters_reports_additions_progress_and_removals(store: Store, uni
         assert changes[-1].waiter.found == 1
         registration.close(wait=5)
         until(lambda: [c.kind for c in changes] == ["added", "updated", "removed"], 10, "the removal")
-    finally:
-        stop_watch.set()
-        thread.join(10)
-    assert not thread.is_alive()
 
 
 @pytest.mark.parametrize("etcd_transport", ["gateway", "grpc"], indirect=True)
@@ -169,17 +178,9 @@ def test_a_waiter_that_came_and_went_within_one_watch_answer_is_reported_gone(st
         return (before, []) if prefix == WAITING_PREFIX else read_all(prefix, **options)
 
     monkeypatch.setattr(store.gateway, "range_all", read_before)  # this store's gateway only
-    stop_watch = threading.Event()
-    changes: list[WaiterChange] = []
-    thread = threading.Thread(target=lambda: changes.extend(
-        c for c in watch_waiters(store, stop_watch, idle_timeout=60) if c.waiter.who.get("owner") == "brief"))
-    thread.start()
-    try:  # (a read after a lost or idle watch would mend the list: well within the idle timeout here)
+    # (a read after a lost or idle watch would mend the list: the idle timeout is well past the wait here)
+    with changes_of(store, "brief", idle_timeout=60) as changes:
         until(lambda: [c.kind for c in changes] == ["added", "removed"], 10, "the addition, then the removal")
-    finally:
-        stop_watch.set()
-        thread.join(10)
-    assert not thread.is_alive()
 
 
 def test_progress_is_coalesced_into_a_few_writes(store: Store, unique_date: str) -> None:
