@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -156,9 +157,10 @@ class StoreConfig:
         """True when the store is an aviso-server (Aviso 2) rather than etcd."""
         return is_aviso(self.endpoints[0])
 
-    @property
+    @cached_property
     def identity(self) -> tuple[Any, ...]:
-        """What makes two configs reach the same data as the same client (used to share watches).
+        """What makes two configs reach the same data as the same client (used to share watches; computed once,
+        as every wait joins and leaves its watch by it).
 
         It holds the credentials: never log it.
         """

@@ -75,7 +75,7 @@ class Feed(Generic[KV]):
     def __init__(self, kind: FeedKind | str, revision: int, puts: Sequence[KV] = (),
                  error: Exception | None = None) -> None:
         # A kind given by its name is taken too (and an unknown name is refused here, where it is made).
-        object.__setattr__(self, "kind", FeedKind(kind))
+        object.__setattr__(self, "kind", kind if type(kind) is FeedKind else FeedKind(kind))
         object.__setattr__(self, "revision", revision)
         object.__setattr__(self, "puts", puts)
         object.__setattr__(self, "error", error)
@@ -187,11 +187,19 @@ class Follower:
     def _take(self, items: Sequence[StoredKey | Notification], through: int) -> None:
         """Queue the notifications of ``items`` (in history order) past the frontier; then the frontier
         is ``through``. If the queue fills up, the rest is held, and the frontier is the last one kept."""
-        frontier = self.frontier.order
+        frontier = self.frontier
+        # places are compared by revision first: a key's own order is looked at only within the frontier's revision
+        last_revision, last_key, frontier_order = frontier.revision, frontier.key, None
+        taken = False
         for index, item in enumerate(items):
             revision = item.revision if isinstance(item, Notification) else item.mod_revision
-            if place(revision, item.key) <= frontier:
-                continue
+            if revision <= last_revision:
+                if revision < last_revision:
+                    continue
+                if frontier_order is None:
+                    frontier_order = place(last_revision, last_key)
+                if place(revision, item.key) <= frontier_order:
+                    continue
             if self.until is not None and revision > self.until:
                 break
             notification = item if isinstance(item, Notification) else self._match(item)
@@ -199,11 +207,13 @@ class Follower:
                 continue
             if self.capacity is not None and len(self._pending) >= self.capacity:
                 self._held = (items[index:], through)
+                if taken:
+                    self.frontier = Position(last_revision, last_key)
                 return
             self._pending.append(notification)
-            self.frontier = Position(revision, item.key)
-        if through > self.frontier.revision or self.frontier.key != END_OF_REVISION:
-            self.frontier = Position(max(through, self.frontier.revision))
+            last_revision, last_key, frontier_order, taken = revision, item.key, None, True
+        if taken or through > frontier.revision or frontier.key != END_OF_REVISION:
+            self.frontier = Position(max(through, last_revision))
         self._settle()
 
     def _match(self, kv: StoredKey) -> Notification | None:
@@ -217,12 +227,17 @@ class Follower:
 
     def _settle(self) -> None:
         """With nothing queued or in hand, the consumer has handled everything up to the frontier."""
-        idle = not self._pending and not self._in_hand and self._held is None
-        if idle and self.position.order < self.frontier.order:
-            self.position = self.frontier
+        if self._pending or self._in_hand or self._held is not None:
+            return
+        position, frontier = self.position, self.frontier
+        if position.revision < frontier.revision or (position.revision == frontier.revision
+                                                     and position.order < frontier.order):
+            self.position = frontier
 
 
-def _by_place(kvs: Iterable[StoredKey]) -> list[StoredKey]:
+def _by_place(kvs: Iterable[StoredKey]) -> Sequence[StoredKey]:
+    if isinstance(kvs, Sequence) and len(kvs) < 2:  # a waiter's own key, most often: nothing to order
+        return kvs
     return sorted(kvs, key=lambda kv: place(kv.mod_revision, kv.key))
 
 
@@ -305,6 +320,8 @@ class Found:
 
     def ordered(self) -> list[Notification]:
         """Found notifications in history order."""
+        if len(self.found) < 2:
+            return list(self.found.values())
         return sorted(self.found.values(), key=lambda n: n.order)
 
     def timed_out(self, timeout: float | None, outage: Exception | None = None) -> WaitTimeout:

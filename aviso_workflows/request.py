@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Container, Iterator, Mapping, Sequence
+from collections.abc import Collection, Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from dataclasses import field as dataclass_field
 from functools import cached_property
@@ -15,6 +15,8 @@ from .schema import BUILTIN_SCHEMAS, EventSchema, SchemaRegistry
 
 #: The most concrete keys one request may stand for (and the most combinations of the values it gives).
 MAX_KEYS_PER_REQUEST = 1_000_000
+#: Values of a field that a match looks through as they are; more are made a set once.
+FEW_VALUES = 8
 #: The longest location (payload) in bytes of UTF-8: 127 keys with it must fit in one etcd transaction.
 MAX_LOCATION_BYTES = 4096
 #: etcd's longest lease (its MaxLeaseTTL), in seconds.
@@ -59,6 +61,16 @@ class Request:
     values: Mapping[str, tuple[str, ...]]
     #: Numeric conditions on fields left open in ``values`` (from constraint objects of a watch).
     comparisons: Mapping[str, Comparison] = dataclass_field(default_factory=dict)
+    _allowed_values: tuple[tuple[str, Collection[str]], ...] = dataclass_field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # What :meth:`matches` looks up, made with the request (a wait's release should not pay for it): the key
+        # fields the request constrains with their values, as sets when there are many (a year of dates is matched
+        # at once), else as given (a few values are looked through as quickly).
+        key_fields = self.schema.key_fields
+        allowed = tuple((name, frozenset(values) if len(values) > FEW_VALUES else values)
+                        for name, values in self.values.items() if name in key_fields)
+        object.__setattr__(self, "_allowed_values", allowed)
 
     @classmethod
     def build(cls, event: str | EventSchema, raw: Mapping[str, Any],
@@ -167,11 +179,6 @@ class Request:
                 return False
         return not self.comparisons or all(c.holds(fields.get(name)) for name, c in self.comparisons.items())
 
-    @cached_property
-    def _allowed_values(self) -> tuple[tuple[str, frozenset[str]], ...]:
-        """The key fields the request constrains, with their values as sets (a year of dates is matched at once)."""
-        key_fields = self.schema.key_fields
-        return tuple((name, frozenset(allowed)) for name, allowed in self.values.items() if name in key_fields)
 
     def match_key(self, key: str) -> dict[str, str] | None:
         """The fields of ``key`` if it is a data key matched by this request, else None."""

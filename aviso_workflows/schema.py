@@ -184,7 +184,7 @@ class EventSchema:
     def parse_key(self, key: str) -> dict[str, str] | None:
         """The request fields of a data key, or None for the status key and keys of another layout."""
         match = self._key_pattern.match(key)
-        return dict(match.groupdict()) if match else None
+        return match.groupdict() if match else None  # a new dict each time
 
     def key_prefix(self, values: Mapping[str, str]) -> str:
         """The longest literal start of the key template that ``values`` fix (stops at the first unknown field)."""

@@ -82,6 +82,8 @@ class _Tracker:
                  who: Mapping[str, Any] | None, on_ready: ReadyCallback | None = None) -> None:
         self.request = request
         self.min_found = check_min_found(min_found, request, mode)
+        #: Keys found that release the wait.
+        self.releasing = 1 if mode == "any" else request.count
         self.progress = on_progress
         self.ready = on_ready
         self.registration = None if who is None else self._register(store, request, mode, timeout, known, who)
@@ -95,7 +97,8 @@ class _Tracker:
         return waiters.register(store, request, who=who, mode=mode, found=len(have), ready=ready, timeout=timeout)
 
     def on_progress(self, progress: Progress) -> None:
-        if self.registration is not None:
+        # a count that releases the wait is not written: its entry is removed right after
+        if self.registration is not None and progress.found < self.releasing:
             self.registration.progress(progress.found, ready=progress.ready)
         if self.progress is not None:
             self.progress(progress.found, progress.total, progress.newest)

@@ -56,8 +56,9 @@ KEEPER_TICK = 1.0
 CLOSE_SECONDS = 3.0
 #: Seconds an entry that closed waits for others closing after it, to leave with them in one transaction
 #: (ten thousand triggers fired by one post would otherwise each cost a write racing the others' releases);
-#: once no entry is left open, the lease is revoked at once instead.
-LEAVE_GATHER = 0.05
+#: once no entry is left open, the lease is revoked at once instead. A list of waiters is as fresh as the
+#: counts in it (``PROGRESS_INTERVAL``), and the removals of a burst of releases come after it, not during it.
+LEAVE_GATHER = PROGRESS_INTERVAL
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 

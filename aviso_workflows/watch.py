@@ -23,7 +23,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from .config import StoreConfig
@@ -31,7 +31,7 @@ from .errors import HistoryCompacted, NotForwarded, PermissionDenied, StoreError
 from .etcd import KeyValue, WatchBatch, WatchIdle
 from .etcd_transport import open_gateway
 from .follow import Feed, FeedKind, one_line
-from .position import Position, place
+from .position import Position
 
 log = logging.getLogger(__name__)
 RETRY_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
@@ -365,7 +365,9 @@ class HistorySource(WatchLoop):
 class Subscriber(Protocol):
     """Receives what a shared watch sees (called on the watch's thread: must be quick, never block)."""
 
-    def on_puts(self, puts: list[KeyValue], revision: int) -> None: ...
+    def on_puts(self, puts: list[KeyValue], revision: int) -> None:
+        """Puts of one watch answer in etcd's order (history order; the keys of one transaction as written),
+        complete through ``revision``."""
 
     def on_resync(self) -> None: ...
 
@@ -477,11 +479,11 @@ class PrefixWatch(WatchLoop):
         with self._subscribers_lock:
             return list(self._keys_of)
 
-    def _deliver(self, puts: Iterable[KeyValue], revision: int) -> None:
-        ordered = sorted(puts, key=lambda kv: place(kv.mod_revision, kv.key))
+    def _deliver(self, puts: Sequence[KeyValue], revision: int) -> None:
+        # in the order etcd sent them: each subscriber's follower puts them in the one order of places
         with self._subscribers_lock:
-            targets: dict[Subscriber, list[KeyValue]] = {s: list(ordered) for s in self._everything}
-            for kv in ordered:
+            targets: dict[Subscriber, list[KeyValue]] = {s: list(puts) for s in self._everything}
+            for kv in puts:
                 held = self._by_key.get(kv.key)
                 if held is None:
                     continue
