@@ -42,8 +42,12 @@ def status_info(status: KeyValue) -> tuple[dt.datetime, int, int] | None:
 
 def status_record(status: KeyValue) -> dict[str, Any]:
     """The JSON of a status; empty if another writer put something else there."""
+    return _record_of(status.value)
+
+
+def _record_of(text: str) -> dict[str, Any]:
     try:
-        record = json.loads(status.value)
+        record = json.loads(text)
     except ValueError:
         return {}
     return record if isinstance(record, dict) else {}
@@ -63,16 +67,27 @@ def new_status(previous: KeyValue | None, message: str, etcd_user: str | None) -
     if previous is None:
         return status
     status["prev_rev"] = previous.mod_revision
-    old = status_record(previous)
-    old_day = _day_of(old.get("date_time"))
+    old_day, carried = _what_follows(previous.value)
     if old_day is None:
         return status
     if old_day == now.date():
-        if "last_prev_day_rev" in old:
-            status["last_prev_day_rev"] = old["last_prev_day_rev"]
+        if carried is not _ABSENT:
+            status["last_prev_day_rev"] = carried
     else:
         status["last_prev_day_rev"] = previous.mod_revision
     return status
+
+
+#: A status without ``last_prev_day_rev``.
+_ABSENT = object()
+
+
+@functools.lru_cache(maxsize=256)
+def _what_follows(text: str) -> tuple[dt.date | None, Any]:
+    """What the next status takes from a status's text: the day of its ``date_time`` and its ``last_prev_day_rev``
+    (``_ABSENT`` without one). A producer's next notify follows its own last status: parsed once, not each time."""
+    old = _record_of(text)
+    return _day_of(old.get("date_time")), old.get("last_prev_day_rev", _ABSENT)
 
 
 #: ``date_time`` as every writer of the chain formats it (STATUS_TIME_FORMAT), with the ranges strptime checks.
