@@ -104,6 +104,9 @@ class WatchBatch:
 def revision_parts(events: Sequence[E], revision_of: Callable[[E], int]) -> Iterator[Sequence[E]]:
     """``events`` (in history order) in parts of about :data:`WATCH_CHUNK`, each ending where a revision ends."""
     size, start, total = WATCH_CHUNK, 0, len(events)
+    if total <= size:  # nearly every answer: one part, as it came
+        yield events
+        return
     while start < total:
         end = min(start + size, total)
         if end < total:

@@ -731,10 +731,17 @@ class GrpcWatchStream(WatchStream):
 
 
 def _events(events: Sequence[kv_pb2.Event]) -> WatchBatch:
-    puts = [_kv(e.kv) for e in events if e.type == kv_pb2.Event.PUT]
-    deleted = tuple((e.kv.key.decode("utf-8", errors="replace"), e.kv.mod_revision) for e in events
-                    if e.type == kv_pb2.Event.DELETE)
-    return WatchBatch(puts, max(e.kv.mod_revision for e in events), deleted=deleted)
+    puts: list[KeyValue] = []
+    deleted: list[tuple[str, int]] = []
+    revision = 0
+    for event in events:  # one pass: each ``event.kv`` is a message made for Python anew
+        kv = event.kv
+        revision = max(revision, kv.mod_revision)
+        if event.type == kv_pb2.Event.PUT:
+            puts.append(_kv(kv))
+        elif event.type == kv_pb2.Event.DELETE:
+            deleted.append((kv.key.decode("utf-8", errors="replace"), kv.mod_revision))
+    return WatchBatch(puts, revision, deleted=tuple(deleted))
 
 
 def _event_revision(event: kv_pb2.Event) -> int:
