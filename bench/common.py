@@ -7,6 +7,7 @@ temporary directory, stops it by its pid, and writes its figures as JSON for ``b
 from __future__ import annotations
 
 import atexit
+import gc
 import json
 import os
 import platform
@@ -232,8 +233,23 @@ def taking_feeds(thread_id: int | None) -> bool:
     wait runs exactly as an application's does.)"""
     from aviso_workflows.backends.etcd import _Inbox
 
-    frame = sys._current_frames().get(thread_id) if thread_id is not None else None
+    if thread_id is None:
+        return False
+    frame = _frames().get(thread_id)
     return frame is not None and frame.f_code is _Inbox.get.__code__
+
+
+def _frames() -> dict[int, Any]:
+    """Every thread's innermost frame, with the garbage collector held off meanwhile: Python 3.11 collects while
+    ``sys._current_frames`` holds the lock of the thread list, and a finalizer that takes that lock (a
+    ``threading.local`` being freed) deadlocks the process (CPython gh-106883; the 3.11 line was never fixed)."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return sys._current_frames()
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def results_path() -> Path:
