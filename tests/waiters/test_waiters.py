@@ -22,7 +22,8 @@ from waiting import until_following
 
 from aviso_workflows import Store, ValidationError
 from aviso_workflows.etcd import WatchIdle
-from aviso_workflows.waiters import WAITING_PREFIX, WaiterChange, parse_filters, register, watch_waiters
+from aviso_workflows.wait import wait
+from aviso_workflows.waiters import WAITING_PREFIX, Registration, WaiterChange, parse_filters, register, watch_waiters
 
 #: How long after a kill -9 an entry may still be listed: the TTL, plus etcd's expiry check and our polling.
 GONE_SECONDS = TTL + 2.0
@@ -198,6 +199,27 @@ def test_progress_is_coalesced_into_a_few_writes(store: Store, unique_date: str)
         registration.close(wait=5)
 
 
+@pytest.mark.parametrize(("mode", "posted", "written"), [("all", "0/6", [1]), ("any", "6", [])])
+def test_the_count_that_releases_a_wait_is_not_written_to_its_entry(store: Store, unique_date: str, mode: str,
+                                                                    posted: str, written: list[int],
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A wait whose keys are all there (``any``: one of them) is released at once: the count that releases it
+    would be one more write for an entry removed right after (ten thousand released triggers: ten thousand)."""
+    store.notify(store.request(mars(unique_date, posted)))
+    counts: list[int] = []
+    progress = Registration.progress
+
+    def recorded(self: Registration, found: int, *args: Any, **options: Any) -> None:
+        counts.append(found)
+        progress(self, found, *args, **options)
+
+    monkeypatch.setattr(Registration, "progress", recorded)
+    found = wait(store, store.request(mars(unique_date, "0/6")), mode=mode, timeout=10, who={"owner": "released"})
+    assert len(found) == len(posted.split("/"))
+    assert counts == written
+    assert not listed(store, owner="released")
+
+
 def test_waiters_leaving_together_leave_in_shared_transactions(store: Store, unique_date: str) -> None:
     """Three hundred triggers fired by one post end together: their entries go in a few transactions (a
     delete each would be three hundred writes racing the releases), while one waiter still waits."""
@@ -336,8 +358,6 @@ def test_trigger_in_process_registers_without_blocking_its_loop(store: Store, un
 def test_a_read_only_user_still_waits_and_registration_is_skipped_with_one_info_line(
         tmp_path_factory: pytest.TempPathFactory, caplog: pytest.LogCaptureFixture) -> None:
     from security_helpers import READER, WRITER, PrivateEtcd
-
-    from aviso_workflows.wait import wait
 
     etcd = PrivateEtcd(tmp_path_factory.mktemp("auth-etcd"), ["--auth-token", "simple"])
     etcd.start()
