@@ -4,7 +4,10 @@
   put → watch delivery (a bare put seen by a bare watch on a raw gRPC channel: the fastest etcd can
   tell a client about a write);
 - batched notify of a forecast's 241 steps, over each transport, against the same keys written as raw
-  gRPC transactions of at most ``max_txn_ops`` operations (keys per second; ratio ≥ 1 is faster).
+  gRPC transactions of at most ``max_txn_ops`` operations (keys per second; ratio ≥ 1 is faster);
+- reported beside them, the floors of a release by a thread other than the watch's own (ours: the shared
+  watch's thread hands each feed to the waiting thread): a bare put, and a transaction of the key with the
+  status key as a one-key notify writes, each seen by the raw watch and handed to a blocked thread.
 
 Each transport is measured **alone**, in a process of its own (a store with one transport, as an
 application has), one after the other on the same etcd; within that process the floors and ours alternate
@@ -85,17 +88,32 @@ class GrpcFloor:
         create = rpc_pb2.WatchCreateRequest(key=b"/floor/", range_end=b"/floor0")
         self.requests.put(rpc_pb2.WatchRequest(create_request=create))
         self.call = rpc_pb2_grpc.WatchStub(self.channel).Watch(iter(self.requests.get, None))
+        # While ``handing_over``, the watch thread hands each event to a thread blocked on ``handed`` (as our
+        # shared watch hands a feed to a waiting thread) instead of stamping it into ``seen``.
+        self.handing_over = False
+        self.handed: queue.SimpleQueue[tuple[bytes, float] | None] = queue.SimpleQueue()
+        self.taken: queue.SimpleQueue[tuple[bytes, float]] = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._follow, daemon=True)
         self.thread.start()
+        self.taker = threading.Thread(target=self._take, daemon=True)
+        self.taker.start()
 
     def _follow(self) -> None:
         try:
             for response in self.call:
                 now = time.perf_counter()
                 for event in response.events:
-                    self.seen.put((event.kv.key, now))
+                    if self.handing_over:
+                        self.handed.put((event.kv.key, now))
+                    else:
+                        self.seen.put((event.kv.key, now))
         except Exception:  # noqa: BLE001 - cancelled at close
             pass
+
+    def _take(self) -> None:
+        """The waiting thread of the hand-over floors: stamps each event as it wakes with it."""
+        for key, _ in iter(self.handed.get, None):
+            self.taken.put((key, time.perf_counter()))
 
     def put_to_watch(self, step: int) -> float:
         """Seconds from a put to its event in the watch thread."""
@@ -106,6 +124,32 @@ class GrpcFloor:
             seen, at = self.seen.get(timeout=RELEASE_BOUND)
             if seen == key:
                 return at - started
+
+    def handed_over(self, step: int, with_status: bool) -> float:
+        """Seconds from a write to its event in a thread waiting for it: what any release by a thread other
+        than the watch's own pays at least. The write is a bare put, or (``with_status``) what a one-key notify
+        must write: a transaction of the key and the status key, the key compared as our notify compares it."""
+        pb, key = self.pb, f"/floor/{'t' if with_status else 'p'}{step}".encode()
+        self.handing_over = True
+        try:
+            started = time.perf_counter()
+            if with_status:
+                # a compare that always holds: etcd evaluates it as it does our notify's "status unchanged"
+                request = pb.TxnRequest(compare=[pb.Compare(key=b"/floor/", target=pb.Compare.MOD, mod_revision=1 << 62,
+                                                            result=pb.Compare.LESS)],
+                                        failure=[pb.RequestOp(request_range=pb.RangeRequest(key=b"/floor/"))])
+                for put_key, value in ((key, b"file:///x"), (b"/floor/", STATUS_VALUE.encode())):
+                    put = request.success.add().request_put
+                    put.key, put.value = put_key, value
+                self.kv.Txn(request)
+            else:
+                self.kv.Put(self.pb.PutRequest(key=key, value=b"file:///x"))
+            while True:
+                taken, at = self.taken.get(timeout=RELEASE_BOUND)
+                if taken == key:
+                    return at - started
+        finally:
+            self.handing_over = False
 
     def notify(self, keys: list[str], limit: int) -> float:
         """Seconds to write ``keys`` and a status key as our notify does, in raw transactions."""
@@ -121,6 +165,7 @@ class GrpcFloor:
         return time.perf_counter() - started
 
     def close(self) -> None:
+        self.handed.put(None)
         self.requests.put(None)
         self.call.cancel()
         self.channel.close()
@@ -265,7 +310,9 @@ def _releases(stores: dict[str, Any], transports: tuple[str, ...], grpc_floor: G
     """The release rounds, floors and ours alternating, into ``samples`` (milliseconds)."""
     for step in range(-20, ROUNDS):  # the first 20: warm-up, not kept
         pairs = [("grpc put→watch", grpc_floor.put_to_watch(step + 1000)),
-                 ("gateway put→watch", gateway_floor.put_to_watch(step + 1000))]
+                 ("gateway put→watch", gateway_floor.put_to_watch(step + 1000)),
+                 (HANDED_PUT, grpc_floor.handed_over(step + 1000, with_status=False)),
+                 (HANDED_TXN, grpc_floor.handed_over(step + 1000, with_status=True))]
         pairs += [(f"release {t}", release(stores[t], t, step + 1000, year)) for t in transports]
         for name, seconds in pairs:
             if step >= 0:
@@ -290,6 +337,11 @@ def history_rows(samples: dict[str, list[float]], transports: tuple[str, ...], l
     return rows
 
 
+#: The floors of a release by a waiting thread that is not the watch's (ours: the shared watch's thread hands
+#: each feed to the waiting thread): a bare put, and the key with the status key a notify writes.
+HANDED_PUT = "grpc put→watch→waiting thread"
+HANDED_TXN = "grpc txn of key and status→watch→waiting thread"
+
 TARGETS = {"notify→release p50 ÷ gRPC put→watch": ("≤", 1.3), "notify→release p99 ÷ gRPC put→watch": ("≤", 2.0),
            "batched notify ÷ raw gRPC txn": ("≥", 0.9)}
 
@@ -301,11 +353,29 @@ def figures(runs: dict[str, dict[str, list[float]]], rows: list[dict[str, Any]])
                   reported(f"etcd gRPC put→watch p99 ({label})", percentile(samples["grpc put→watch"], 0.99), "ms"),
                   reported(f"etcd gateway put→watch p50 ({label})", percentile(samples["gateway put→watch"], 0.5),
                            "ms")]
+        found += _handed_over(label, samples)
     for row in rows:
         name = f"{row['figure']} ({row['transport']}; {row['value']:.3g} {row['unit']} / {row['floor']:.3g})"
         sense, limit = TARGETS[row["figure"]]
         found.append(at_most(name, row["ratio"], "×", limit) if sense == "≤" else at_least(name, row["ratio"], "×",
                                                                                           limit))
+    return found
+
+
+def _handed_over(label: str, samples: dict[str, list[float]]) -> list[Figure]:
+    """The hand-over floors, each as a multiple of gRPC put→watch (where the release target is set), and the
+    release as a multiple of the floor of what it must do (the key and the status key, then a hand-over)."""
+    if HANDED_TXN not in samples:  # results from before these floors were measured
+        return []
+    floor = percentile(samples["grpc put→watch"], 0.5)
+    found = []
+    for name in (HANDED_PUT, HANDED_TXN):
+        p50 = percentile(samples[name], 0.5)
+        found.append(reported(f"etcd {name} p50 ({label}; {p50:.3g} ms ÷ gRPC put→watch)", p50 / floor, "×"))
+    for measured in TRANSPORTS:
+        if f"release {measured}" in samples:
+            ratio = percentile(samples[f"release {measured}"], 0.5) / percentile(samples[HANDED_TXN], 0.5)
+            found.append(reported(f"notify→release p50 over {measured} ÷ {HANDED_TXN} ({label})", ratio, "×"))
     return found
 
 
