@@ -128,7 +128,8 @@ class GrpcFloor:
     def handed_over(self, step: int, with_status: bool) -> float:
         """Seconds from a write to its event in a thread waiting for it: what any release by a thread other
         than the watch's own pays at least. The write is a bare put, or (``with_status``) what a one-key notify
-        must write: a transaction of the key and the status key, the key compared as our notify compares it."""
+        must write: a transaction of the key and the status key, with a compare of the status key's revision as our
+        notify makes (here one that always holds)."""
         pb, key = self.pb, f"/floor/{'t' if with_status else 'p'}{step}".encode()
         self.handing_over = True
         try:
