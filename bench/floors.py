@@ -35,10 +35,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from common import (
     MARS,
@@ -120,10 +120,7 @@ class GrpcFloor:
         key = f"/floor/{step}".encode()
         started = time.perf_counter()
         self.kv.Put(self.pb.PutRequest(key=key, value=b"file:///x"))
-        while True:
-            seen, at = self.seen.get(timeout=RELEASE_BOUND)
-            if seen == key:
-                return at - started
+        return _stamp_of(self.seen, key) - started
 
     def handed_over(self, step: int, with_status: bool) -> float:
         """Seconds from a write to its event in a thread waiting for it: what any release by a thread other
@@ -139,16 +136,11 @@ class GrpcFloor:
                 request = pb.TxnRequest(compare=[pb.Compare(key=b"/floor/", target=pb.Compare.MOD, mod_revision=1 << 62,
                                                             result=pb.Compare.LESS)],
                                         failure=[pb.RequestOp(request_range=pb.RangeRequest(key=b"/floor/"))])
-                for put_key, value in ((key, b"file:///x"), (b"/floor/", STATUS_VALUE.encode())):
-                    put = request.success.add().request_put
-                    put.key, put.value = put_key, value
+                _add_puts(request, ((key, b"file:///x"), (b"/floor/", STATUS_VALUE.encode())))
                 self.kv.Txn(request)
             else:
                 self.kv.Put(self.pb.PutRequest(key=key, value=b"file:///x"))
-            while True:
-                taken, at = self.taken.get(timeout=RELEASE_BOUND)
-                if taken == key:
-                    return at - started
+            return _stamp_of(self.taken, key) - started
         finally:
             self.handing_over = False
 
@@ -158,10 +150,8 @@ class GrpcFloor:
         started = time.perf_counter()
         for start in range(0, len(keys), limit - 1):
             request = pb.TxnRequest()
-            for key, value in [*((k.encode(), b"file:///x") for k in keys[start:start + limit - 1]),
-                               (b"/raw/mars/", STATUS_VALUE.encode())]:
-                put = request.success.add().request_put  # the fastest way protobuf builds a message
-                put.key, put.value = key, value
+            _add_puts(request, [*((k.encode(), b"file:///x") for k in keys[start:start + limit - 1]),
+                                (b"/raw/mars/", STATUS_VALUE.encode())])
             self.kv.Txn(request)
         return time.perf_counter() - started
 
@@ -170,6 +160,24 @@ class GrpcFloor:
         self.requests.put(None)
         self.call.cancel()
         self.channel.close()
+
+
+Key = TypeVar("Key", str, bytes)
+
+
+def _add_puts(request: Any, pairs: Iterable[tuple[bytes, bytes]]) -> None:
+    """Add a put of each (key, value) to a transaction's success branch, the fastest way protobuf builds them."""
+    for key, value in pairs:
+        put = request.success.add().request_put
+        put.key, put.value = key, value
+
+
+def _stamp_of(stamps: queue.SimpleQueue[tuple[Key, float]], key: Key) -> float:
+    """The time stamped with ``key`` (earlier keys' stamps, such as a status key's, are passed over)."""
+    while True:
+        stamped, at = stamps.get(timeout=RELEASE_BOUND)
+        if stamped == key:
+            return at
 
 
 class GatewayFloor:
@@ -190,10 +198,7 @@ class GatewayFloor:
         key = f"/gwfloor/{step}"
         started = time.perf_counter()
         self.client.put(key, "file:///x")
-        while True:
-            seen, at = self.seen.get(timeout=RELEASE_BOUND)
-            if seen == key:
-                return at - started
+        return _stamp_of(self.seen, key) - started
 
 
 class _TakesNothing:
@@ -363,6 +368,11 @@ def figures(runs: dict[str, dict[str, list[float]]], rows: list[dict[str, Any]])
     return found
 
 
+def measured_transports(samples: dict[str, list[float]]) -> tuple[str, ...]:
+    """The transports whose releases ``samples`` hold (a process measured one of them alone, or both)."""
+    return tuple(t for t in TRANSPORTS if f"release {t}" in samples)
+
+
 def _handed_over(label: str, samples: dict[str, list[float]]) -> list[Figure]:
     """The hand-over floors, each as a multiple of gRPC put→watch (where the release target is set), and the
     release as a multiple of the floor of what it must do (the key and the status key, then a hand-over)."""
@@ -373,10 +383,9 @@ def _handed_over(label: str, samples: dict[str, list[float]]) -> list[Figure]:
     for name in (HANDED_PUT, HANDED_TXN):
         p50 = percentile(samples[name], 0.5)
         found.append(reported(f"etcd {name} p50 ({label}; {p50:.3g} ms ÷ gRPC put→watch)", p50 / floor, "×"))
-    for measured in TRANSPORTS:
-        if f"release {measured}" in samples:
-            ratio = percentile(samples[f"release {measured}"], 0.5) / percentile(samples[HANDED_TXN], 0.5)
-            found.append(reported(f"notify→release p50 over {measured} ÷ {HANDED_TXN} ({label})", ratio, "×"))
+    for measured in measured_transports(samples):
+        ratio = percentile(samples[f"release {measured}"], 0.5) / percentile(samples[HANDED_TXN], 0.5)
+        found.append(reported(f"notify→release p50 over {measured} ÷ {HANDED_TXN} ({label})", ratio, "×"))
     return found
 
 
@@ -438,7 +447,7 @@ def main() -> None:
             runs["side by side"] = measure(info.client_url, info.port, TRANSPORTS, 2050)
     rows = []
     for label, samples in runs.items():
-        measured = tuple(t for t in TRANSPORTS if f"release {t}" in samples)
+        measured = measured_transports(samples)
         machine = f"{os.cpu_count()} cores, load {samples['load'][0]:.1f}, etcd {version}"
         rows += history_rows(samples, measured, " alone" if label.endswith("alone") else "", machine)
     loads = ", ".join(f"{label} {samples['load'][0]:.1f}" for label, samples in runs.items())
