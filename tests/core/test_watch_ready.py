@@ -5,6 +5,11 @@ etcd serves a watch whose start revision is in the past (anything was written be
 creating the watch) from its sync of unsynced watchers, every 100 ms: a post made right after a waiter's read
 then reached the waiter up to 100 ms late. A waiter reads what exists after the creation, so the watch
 needs no earlier start. A delaying proxy in front of etcd holds every answer back, so the order is plain to see.
+
+etcd itself keeps a narrow form of the same race: its gRPC watch server turns a start revision of 0 into the
+store's revision read just before it registers the watch, plus one (``v3rpc/watch.go``, ``recvLoop``), so a
+write landing between the two still puts the new watch in the unsynced group. Under a busy machine this was seen
+for about one watch in a hundred, raw watches included; from a revision read beforehand it was most of them.
 """
 
 from __future__ import annotations
@@ -92,18 +97,27 @@ class _BusyProducer:
         self.thread.join(BOUND)
 
 
+#: New watches each test makes, and how many of them may hear their post late: from a revision read beforehand
+#: (unsynced, heard at etcd's next sync: late by 0-100 ms, over LATE about 55 % of the time) 5 or fewer of 24 is a
+#: chance of 0.07 %; started from etcd's revision (late only through etcd's own race or a starved machine, a few
+#: in a hundred at worst) 6 or more of 24 is a chance of 0.1 %.
+WATCHES, MAY_BE_LATE = 24, 5
+LATE = 0.04  # seconds after the post's transaction returned: a synced watch hears it within a few milliseconds
+
+
 @pytest.mark.parametrize("transport", ["grpc", "gateway"])
 def test_a_post_right_after_a_new_watch_is_ready_reaches_it_at_once(etcd_url: str, unique_date: str,
                                                                      transport: str) -> None:
-    """Five new watches, each started while another producer writes: a post made as soon as each is ready
-    reaches it at once. Started from a revision read beforehand, most were in etcd's unsynced group and heard
-    the post only at its next sync, up to 100 ms later."""
+    """New watches, each started while another producer writes: a post made as soon as each is ready reaches it
+    at once. Started from a revision read beforehand, most were in etcd's unsynced group and heard the post only
+    at its next sync, up to 100 ms later. Lateness counts from the post's transaction returning, so a slow write
+    to disk on a busy machine is not taken for a late watch."""
     config = StoreConfig(endpoints=(etcd_url,), transport=transport)
     store = Store(config=config)
     prefix = f"/ec/diss/{destination_for(unique_date, 'S')}/"
     late = []
     with _BusyProducer(store, f"/busy/{unique_date}/{transport}/"):
-        for attempt in range(5):
+        for attempt in range(WATCHES):
             watch, heard = PrefixWatch(config, prefix), _Heard()
             watch.add(heard, None)
             watch.start()
@@ -112,9 +126,8 @@ def test_a_post_right_after_a_new_watch_is_ready_reaches_it_at_once(etcd_url: st
                 key = f"{prefix}{attempt}"
                 posted = time.monotonic()
                 store.gateway.txn([], [put_op(key, "x")])
-                late.append(heard.seconds_until(key, posted))
+                written = time.monotonic() - posted
+                late.append(heard.seconds_until(key, posted) - written)
             finally:
                 watch.stop()
-    # etcd serves unsynced watchers every 100 ms: heard within 40 ms of the post in at most 2 of 5 such watches
-    # by chance; a watch created in sync hears it within a few milliseconds (40 ms leaves room for a busy machine)
-    assert sum(seconds > 0.04 for seconds in late) <= 1, f"posts reached new watches late: {late}"
+    assert sum(seconds > LATE for seconds in late) <= MAY_BE_LATE, f"posts reached new watches late: {late}"
