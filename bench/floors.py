@@ -139,7 +139,7 @@ class GrpcFloor:
                 _add_puts(request, ((key, b"file:///x"), (b"/floor/", STATUS_VALUE.encode())))
                 self.kv.Txn(request)
             else:
-                self.kv.Put(self.pb.PutRequest(key=key, value=b"file:///x"))
+                self.kv.Put(pb.PutRequest(key=key, value=b"file:///x"))
             return _stamp_of(self.taken, key) - started
         finally:
             self.handing_over = False
@@ -359,7 +359,7 @@ def figures(runs: dict[str, dict[str, list[float]]], rows: list[dict[str, Any]])
                   reported(f"etcd gRPC put→watch p99 ({label})", percentile(samples["grpc put→watch"], 0.99), "ms"),
                   reported(f"etcd gateway put→watch p50 ({label})", percentile(samples["gateway put→watch"], 0.5),
                            "ms")]
-        found += _handed_over(label, samples)
+        found += _hand_over_figures(label, samples)
     for row in rows:
         name = f"{row['figure']} ({row['transport']}; {row['value']:.3g} {row['unit']} / {row['floor']:.3g})"
         sense, limit = TARGETS[row["figure"]]
@@ -373,7 +373,7 @@ def measured_transports(samples: dict[str, list[float]]) -> tuple[str, ...]:
     return tuple(t for t in TRANSPORTS if f"release {t}" in samples)
 
 
-def _handed_over(label: str, samples: dict[str, list[float]]) -> list[Figure]:
+def _hand_over_figures(label: str, samples: dict[str, list[float]]) -> list[Figure]:
     """The hand-over floors, each as a multiple of gRPC put→watch (where the release target is set), and the
     release as a multiple of the floor of what it must do (the key and the status key, then a hand-over)."""
     if HANDED_TXN not in samples:  # results from before these floors were measured
